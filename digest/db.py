@@ -1,0 +1,137 @@
+"""Engine, sessions, the declarative Base, and schema upgrades through Alembic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from digest.errors import ConfigError, SchemaError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+# Stable constraint names so Alembic migrations can refer to them on every backend.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def load_models() -> None:
+    """Import every module that declares tables, so Base.metadata is complete."""
+    import importlib
+
+    for name in ("digest.articles", "digest.editions", "subscribers.models", "digest.ledger",
+                 "digest.runs", "digest.web_models"):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout for several processes."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"DIGEST_DATABASE_URL: {url!r} is not a database URL") from None
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("connect_args", {"timeout": 30})
+        engine = create_engine(url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _rec: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    try:
+        return create_engine(url, pool_pre_ping=True, **kwargs)
+    except ModuleNotFoundError as e:
+        raise ConfigError(
+            f"DIGEST_DATABASE_URL: driver {e.name!r} is not installed "
+            "(pip install 'digest[postgres]')"
+        ) from None
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back everything on any error."""
+    with factory() as session, session.begin():
+        yield session
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "heads") -> None:
+    """Bring the schema up to date; existing data is kept (migrations only add and alter)."""
+    from alembic import command
+
+    try:
+        command.upgrade(_alembic_config(engine), revision)
+    except OperationalError as e:
+        raise SchemaError(f"cannot upgrade database {engine.url!r}: {e.orig}") from None
+
+
+def current_revisions(engine: Engine) -> set[str]:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return set(MigrationContext.configure(conn).get_current_heads())
+
+
+def head_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return set(ScriptDirectory(str(MIGRATIONS)).get_heads())
+
+
+def ensure_schema(engine: Engine, auto_upgrade: bool = True) -> None:
+    """Make sure the schema is current: upgrade it (default) or say how to."""
+    try:
+        current = current_revisions(engine)
+    except OperationalError as e:
+        raise SchemaError(f"cannot open database {engine.url!r}: {e.orig}") from None
+    if current == head_revisions():
+        return
+    if auto_upgrade:
+        upgrade(engine)
+        return
+    if not current and not inspect(engine).get_table_names():
+        raise SchemaError("database is empty: run `digest db upgrade` to create the schema")
+    raise SchemaError("database schema is behind this version of digest: run `digest db upgrade`")

@@ -1,0 +1,39 @@
+"""One exception hierarchy. Every message is one line a user can act on (what and where)."""
+
+from __future__ import annotations
+
+
+class DigestError(Exception):
+    """Base of every error digest reports to a user; the CLI prints str(err) and exits 1."""
+
+    exit_code = 1
+
+
+class ConfigError(DigestError):
+    """The configuration file or environment is wrong (names file, key and problem)."""
+
+    exit_code = 2
+
+
+class InputError(DigestError):
+    """A user-supplied file or flag cannot be used at all (names file/row/field)."""
+
+
+class SchemaError(DigestError):
+    """The database schema is missing or behind the code."""
+
+
+class NotFound(DigestError):
+    """A named thing (newsletter, edition, subscriber, segment) does not exist."""
+
+
+class EditionFrozen(DigestError):
+    """The edition has started sending; it can no longer be rebuilt."""
+
+
+class ProviderError(DigestError):
+    """The email provider refused or failed in a way that stops the whole send."""
+
+
+class GateClosed(DigestError):
+    """A content gate blocked an unattended send (stale store, thin section, repeat)."""

@@ -1,0 +1,1 @@
+"""subscribers: the audience of digest — lists, segments, preferences, consent, import."""
