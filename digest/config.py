@@ -315,7 +315,9 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        raise t.error("timezone", f"{tz!r} is not an IANA time zone (e.g. America/New_York)")
+        raise t.error(
+            "timezone", f"{tz!r} is not an IANA time zone (e.g. America/New_York)"
+        ) from None
     send_raw = t.string("send_time", "06:00")
     m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", send_raw)
     if not m:
@@ -326,7 +328,9 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
 
     raw_sections = t.raw.get("sections")
     if not isinstance(raw_sections, list) or not raw_sections:
-        raise t.error("sections", "must be a non-empty array of tables ({name = ..., stories = ...})")
+        raise t.error(
+            "sections", "must be a non-empty array of tables ({name = ..., stories = ...})"
+        )
     sections: list[SectionConfig] = []
     seen: set[str] = set()
     for i, item in enumerate(raw_sections):
@@ -334,7 +338,7 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
         if isinstance(item, str):
             item = {"name": item}
         if not isinstance(item, dict):
-            raise t.error(where, "must be a table like {name = \"News\", stories = 3}")
+            raise t.error(where, 'must be a table like {name = "News", stories = 3}')
         s = _Reader(t.file, item, f"{t.prefix}{where}.")
         s.allow("name", "stories", "min")
         name = s.string("name", required=True).strip()

@@ -6,14 +6,37 @@ the story (title, dek, link, image...) so later re-ingests cannot change what wa
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
-from sqlalchemy import Date, Float, ForeignKey, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy import (
+    Date,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-from digest.articles import UTCDateTime
+from digest.articles import Article, UTCDateTime
+from digest.clock import Clock
+from digest.config import Config, NewsletterConfig
 from digest.db import Base
+from digest.errors import EditionFrozen, NotFound
+from digest.selection import (
+    Candidate,
+    Pick,
+    edition_window,
+    load_candidates,
+    pick,
+)
 
 # draft: may be rebuilt. frozen: sending has started; never changes again. sent: all rows settled.
 STATUSES = ("draft", "frozen", "sent")
@@ -93,3 +116,185 @@ def get_edition(session: Session, newsletter: str, edition_date: date) -> Editio
             Edition.newsletter == newsletter, Edition.edition_date == edition_date
         )
     ).one_or_none()
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    edition: Edition
+    built: bool
+    message: str
+
+
+def load_edition(session: Session, newsletter: str, edition_date: date) -> Edition:
+    edition = get_edition(session, newsletter, edition_date)
+    if edition is None:
+        raise NotFound(
+            f"no edition of {newsletter} for {edition_date}: "
+            f"run `digest edition build {newsletter} --date {edition_date}`"
+        )
+    return edition
+
+
+def load_already_sent(
+    session: Session, newsletter: NewsletterConfig, edition_date: date
+) -> list[Candidate]:
+    """Stories of earlier editions of this newsletter that went out (not drafts), recent enough
+    to fall in this edition's window again or to come back re-headlined."""
+    days = math.ceil(newsletter.lookback_hours / 24) + 7
+    rows = session.execute(
+        select(
+            EditionItem.article_id,
+            EditionItem.section,
+            EditionItem.title,
+            EditionItem.dek,
+            EditionItem.url,
+            EditionItem.published_at,
+        )
+        .join(Edition, Edition.id == EditionItem.edition_id)
+        .where(
+            Edition.newsletter == newsletter.id,
+            Edition.edition_date < edition_date,
+            Edition.edition_date >= edition_date - timedelta(days=days),
+            Edition.status != "draft",
+        )
+    ).all()
+    return [Candidate(*row) for row in rows]
+
+
+def build_edition(
+    session: Session,
+    config: Config,
+    newsletter: NewsletterConfig,
+    edition_date: date,
+    *,
+    clock: Clock,
+    force: bool = False,
+) -> BuildResult:
+    """Pick the stories and store them as the edition. An existing draft is kept unless
+    `force`; a frozen edition (sending started) is never rebuilt. The caller commits."""
+    existing = get_edition(session, newsletter.id, edition_date)
+    if existing is not None:
+        if existing.frozen:
+            raise EditionFrozen(
+                f"edition {newsletter.id} {edition_date} is frozen (sending started "
+                f"{existing.frozen_at:%Y-%m-%d %H:%M} UTC); it can no longer be rebuilt"
+            )
+        if not force:
+            return BuildResult(
+                existing,
+                False,
+                f"edition {newsletter.id} {edition_date} already built at "
+                f"{existing.built_at:%Y-%m-%d %H:%M} UTC (use --force to rebuild)",
+            )
+    start, end = edition_window(newsletter, edition_date)
+    picks = pick(
+        load_candidates(session, start, end),
+        newsletter,
+        config.selection,
+        end,
+        load_already_sent(session, newsletter, edition_date),
+    )
+    edition = existing or Edition(newsletter=newsletter.id, edition_date=edition_date)
+    if existing is not None:
+        edition.items.clear()
+        session.flush()
+    edition.status = "draft"
+    edition.built_at = clock()
+    edition.window_start = start
+    edition.window_end = end
+    edition.items = _items(session, picks, newsletter)
+    edition.fingerprint = fingerprint(edition.items)
+    session.add(edition)
+    try:
+        session.flush()
+    except IntegrityError:
+        # Another process built the same edition a moment ago: use theirs.
+        session.rollback()
+        return BuildResult(
+            load_edition(session, newsletter.id, edition_date),
+            False,
+            f"edition {newsletter.id} {edition_date} was built concurrently",
+        )
+    verb = "rebuilt" if existing is not None else "built"
+    count = len(edition.items)
+    sections = len(edition.sections())
+    return BuildResult(
+        edition,
+        True,
+        f"{verb} edition {newsletter.id} {edition_date}: {count} stories in {sections} sections",
+    )
+
+
+def _items(session: Session, picks: list[Pick], newsletter: NewsletterConfig) -> list[EditionItem]:
+    articles = {
+        a.id: a
+        for a in session.scalars(
+            select(Article).where(Article.id.in_([p.candidate.id for p in picks]))
+        )
+    }
+    order = {s.name: i for i, s in enumerate(newsletter.sections)}
+    items = []
+    for p in picks:
+        a = articles[p.candidate.id]
+        items.append(
+            EditionItem(
+                article_id=a.id,
+                section=p.section,
+                section_position=order[p.section],
+                rank=p.rank,
+                score=p.score,
+                reason=p.reason,
+                title=a.title,
+                dek=a.dek,
+                url=a.url,
+                byline=a.byline,
+                source=a.source,
+                published_at=a.published_at,
+                image_url=a.image_url,
+                image_alt=a.image_alt,
+                image_caption=a.image_caption,
+            )
+        )
+    return items
+
+
+def fingerprint(items: list[EditionItem]) -> str:
+    """Identifies the edition's content, so a gate can tell when today repeats yesterday."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(f"{item.section}\x1f{item.article_id}\x1f{item.title}\x1e".encode())
+    return h.hexdigest()
+
+
+def freeze_edition(session: Session, edition: Edition, *, clock: Clock) -> bool:
+    """Mark the edition frozen (sending starts). Atomic: exactly one caller wins the draft →
+    frozen transition; returns whether this call froze it. The caller commits."""
+    if edition.frozen:
+        return False
+    result = session.execute(
+        update(Edition)
+        .where(Edition.id == edition.id, Edition.status == "draft")
+        .values(status="frozen", frozen_at=clock())
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(edition)
+    return bool(getattr(result, "rowcount", 0))
+
+
+def format_edition(edition: Edition) -> str:
+    """The edition as an editor reads it: section, rank, title, source, score and why."""
+    lines = [
+        f"{edition.newsletter} {edition.edition_date:%A %-d %B %Y}  [{edition.status}]  "
+        f"built {edition.built_at:%Y-%m-%d %H:%M} UTC",
+        f"window {edition.window_start:%Y-%m-%d %H:%M} → {edition.window_end:%Y-%m-%d %H:%M} UTC",
+    ]
+    sections = edition.sections()
+    if not sections:
+        lines.append("(no stories in the window)")
+    for name, items in sections:
+        lines.append("")
+        lines.append(name.upper())
+        for item in items:
+            lines.append(f"  {item.rank}. {item.title}")
+            lines.append(f"     {item.source or '-'} · score {item.score:.2f} · {item.reason}")
+    return "\n".join(lines)
