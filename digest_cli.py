@@ -7,7 +7,7 @@ Each command parses flags, calls one library function and prints its result. Lib
 from __future__ import annotations
 
 import sys
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +83,10 @@ def parse_since(value: str | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an ISO date or time", param_hint="--since")
+        raise click.BadParameter(
+            f"{value!r} is not an ISO date or time", param_hint="--since"
+        ) from None
     if parsed.tzinfo is None:
-        from datetime import UTC
-
         parsed = parsed.replace(tzinfo=UTC)
     return parsed
 
