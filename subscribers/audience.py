@@ -1,0 +1,133 @@
+"""Who receives an edition, and with which sections: the one query the sending side asks."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, Select, exists, not_, select
+from sqlalchemy.orm import Session
+
+from digest.config import Config, NewsletterConfig
+from digest.errors import NotFound
+from subscribers.models import (
+    Membership,
+    SectionPreference,
+    Subscriber,
+    Suppression,
+    normalise_email,
+)
+from subscribers.segments import segment_condition
+
+PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Recipient:
+    subscriber_id: int
+    email: str
+    name: str | None
+    sections: tuple[str, ...]  # the newsletter's sections this person gets, in their order
+    timezone: str | None  # IANA or None
+
+
+def not_suppressed() -> ColumnElement[bool]:
+    return not_(exists().where(Suppression.email_hash == Subscriber.email_hash))
+
+
+def audience_query(
+    session: Session,
+    config: Config,
+    newsletter: NewsletterConfig,
+    segments: Sequence[str] = (),
+) -> Select[Subscriber]:
+    """Subscribers who receive `newsletter`, restricted to ANY of `segments` (all when empty)."""
+    q = select(Subscriber).where(
+        Subscriber.status == "active",
+        exists().where(
+            Membership.subscriber_id == Subscriber.id,
+            Membership.newsletter == newsletter.id,
+            Membership.status == "active",
+            Membership.paused.is_(False),
+        ),
+        not_suppressed(),
+    )
+    in_segments = segment_condition(session, config, segments, newsletter)
+    if in_segments is not None:
+        q = q.where(in_segments)
+    return q
+
+
+def sections_for(
+    session: Session, newsletter: NewsletterConfig, subscriber_ids: Sequence[int]
+) -> dict[int, tuple[str, ...]]:
+    """Each subscriber's sections in their order; the newsletter's own order when none chosen.
+
+    Choices of sections the newsletter no longer has are dropped; if nothing is left, the
+    subscriber gets the default rather than an empty email.
+    """
+    chosen: dict[int, list[str]] = defaultdict(list)
+    if subscriber_ids:
+        rows = session.execute(
+            select(SectionPreference.subscriber_id, SectionPreference.section)
+            .where(
+                SectionPreference.newsletter == newsletter.id,
+                SectionPreference.subscriber_id.in_(subscriber_ids),
+            )
+            .order_by(SectionPreference.subscriber_id, SectionPreference.position)
+        )
+        current = set(newsletter.section_names)
+        for sid, section in rows:
+            if section in current:
+                chosen[sid].append(section)
+    default = newsletter.section_names
+    return {sid: tuple(chosen.get(sid) or default) for sid in subscriber_ids}
+
+
+def audience(
+    session: Session,
+    config: Config,
+    newsletter: NewsletterConfig,
+    segments: Sequence[str] = (),
+) -> Iterator[Recipient]:
+    """Active members of the newsletter in ANY of the segments (all when empty), never
+    suppressed, each once, ordered by subscriber id, read a page at a time."""
+    base = (
+        audience_query(session, config, newsletter, segments)
+        .with_only_columns(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.timezone)
+        .order_by(Subscriber.id)
+        .limit(PAGE)
+    )
+    last = 0
+    while True:
+        # Keyset paging: no cursor is held open between pages, so callers may write meanwhile.
+        rows = session.execute(base.where(Subscriber.id > last)).all()
+        if not rows:
+            return
+        sections = sections_for(session, newsletter, [r[0] for r in rows])
+        for sid, email, name, tz in rows:
+            yield Recipient(sid, email, name, sections[sid], tz)
+        last = rows[-1][0]
+
+
+def find_subscriber(session: Session, email_or_id: str | int) -> Subscriber:
+    """By id (int or digits) or by address (normalised); NotFound names what was looked for."""
+    if isinstance(email_or_id, int) or email_or_id.strip().isdigit():
+        sub = session.get(Subscriber, int(email_or_id))
+    else:
+        sub = session.scalar(
+            select(Subscriber).where(Subscriber.email == normalise_email(email_or_id))
+        )
+    if sub is None:
+        raise NotFound(f"no subscriber {email_or_id!r}")
+    return sub
+
+
+def recipient(
+    session: Session, config: Config, newsletter: NewsletterConfig, email_or_id: str | int
+) -> Recipient:
+    """One subscriber as the newsletter would address them (whether or not they receive it)."""
+    sub = find_subscriber(session, email_or_id)
+    sections = sections_for(session, newsletter, [sub.id])[sub.id]
+    return Recipient(sub.id, sub.email, sub.name, sections, sub.timezone)
