@@ -1,0 +1,151 @@
+"""Benchmark: build an edition from a store of 1,000,000 articles on SQLite.
+
+Prints the edition build time (median of several builds of different dates), the query plan of
+the candidate query (to confirm the index is used), and, as the baseline in the same run, the
+same candidate query forced to scan the table (`NOT INDEXED`). Goal: build ≤ 200 ms.
+
+    .venv/bin/python bench/selection.py [--articles 1000000] [--db PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import insert, text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from digest.articles import Article  # noqa: E402
+from digest.clock import fixed  # noqa: E402
+from digest.config import load_config  # noqa: E402
+from digest.db import make_engine, session_factory, upgrade  # noqa: E402
+from digest.editions import build_edition  # noqa: E402
+from digest.selection import edition_window  # noqa: E402
+
+SECTIONS = [
+    "News",
+    "Local News",
+    "US",
+    "Business",
+    "Health",
+    "Finance",
+    "Crime",
+    "Entertainment",
+    "Celeb Lifestyle",
+    "Sports",
+    "Opinion",
+    "Weather",
+]
+END = datetime(2026, 1, 15, tzinfo=UTC)
+DAYS = 730
+
+
+def populate(url: str, n: int) -> None:
+    engine = make_engine(url)
+    upgrade(engine)
+    rng = random.Random(42)
+    span = DAYS * 86400
+    batch = []
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        for i in range(n):
+            published = END - timedelta(seconds=rng.randrange(span))
+            url_ = f"https://news.example/{i}"
+            batch.append(
+                {
+                    "guid": url_,
+                    "url": url_,
+                    "title": f"Story {i} on topic {rng.randrange(100000)} in town {rng.randrange(500)}",
+                    "dek": f"Summary {i}: words {rng.randrange(10**6)} {rng.randrange(10**6)}.",
+                    "body": None,
+                    "section": SECTIONS[i % len(SECTIONS)],
+                    "byline": "By Bench",
+                    "published_at": published,
+                    "updated_at": None,
+                    "image_url": None,
+                    "image_alt": None,
+                    "image_caption": None,
+                    "tags": [],
+                    "source": "Bench",
+                    "priority": "pin" if rng.random() < 0.001 else "normal",
+                    "popularity": float(rng.randrange(10000)),
+                    "content_hash": "x",
+                    "ingested_at": published,
+                    "modified_at": published,
+                }
+            )
+            if len(batch) == 20000:
+                conn.execute(insert(Article), batch)
+                batch.clear()
+        if batch:
+            conn.execute(insert(Article), batch)
+        conn.execute(text("ANALYZE"))
+    print(f"populated {n:,} articles in {time.perf_counter() - started:.1f} s")
+    engine.dispose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--articles", type=int, default=1_000_000)
+    ap.add_argument("--db", type=Path)
+    args = ap.parse_args()
+    db = args.db or Path(tempfile.mkdtemp()) / "bench-selection.db"
+    url = f"sqlite:///{db}"
+    if not db.exists():
+        populate(url, args.articles)
+    config = load_config(Path(__file__).resolve().parent.parent / "digest.example.toml")
+    nl = config.newsletter("morning")
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+
+    timings = []
+    for k in range(7):
+        day = date(2025, 6, 1) + timedelta(days=k * 13)
+        with sessions() as session:
+            started = time.perf_counter()
+            result = build_edition(session, config, nl, day, clock=fixed(END), force=True)
+            session.commit()
+            timings.append(time.perf_counter() - started)
+            stories = len(result.edition.items)
+    build_ms = statistics.median(timings) * 1000
+
+    start, end = edition_window(nl, date(2025, 6, 1))
+    params = {
+        "s": start.astimezone(UTC).replace(tzinfo=None),
+        "e": end.astimezone(UTC).replace(tzinfo=None),
+    }
+    query = "SELECT id, section, title FROM articles{hint} WHERE published_at >= :s AND published_at < :e"
+    with engine.connect() as conn:
+        plan = conn.execute(text("EXPLAIN QUERY PLAN " + query.format(hint="")), params).all()
+        candidates = len(conn.execute(text(query.format(hint="")), params).all())
+        t0 = time.perf_counter()
+        for _ in range(3):
+            conn.execute(text(query.format(hint="")), params).all()
+        indexed_ms = (time.perf_counter() - t0) / 3 * 1000
+        t0 = time.perf_counter()
+        conn.execute(text(query.format(hint=" NOT INDEXED")), params).all()
+        scan_ms = (time.perf_counter() - t0) * 1000
+
+    print(
+        f"store: {args.articles:,} articles over {DAYS} days; {candidates} candidates in a window"
+    )
+    print(f"query plan: {' | '.join(row[-1] for row in plan)}")
+    print(
+        f"edition build (median of {len(timings)}): {build_ms:.1f} ms for {stories} stories "
+        f"(goal <= 200 ms) {'OK' if build_ms <= 200 else 'MISSED'}"
+    )
+    print(
+        f"candidate query: indexed {indexed_ms:.1f} ms vs full scan baseline {scan_ms:.1f} ms "
+        f"({scan_ms / max(indexed_ms, 0.001):.0f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
