@@ -1,0 +1,119 @@
+"""The provider interface: send a batch of messages of one variant, answer per message.
+
+A provider never touches the ledger. It returns, per message, one `Outcome`; and it calls
+`checkpoint(handed, settled)` at the moment messages leave its hands (after the SMTP final dot,
+before the HTTP request) — the point after which a crash leaves "maybe delivered" — passing the
+outcomes it already knows. The sender records both durably before the provider goes on, so a
+re-run after a crash resends only what was never handed over.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from digest.message import Addressee, Content, VariantMessage
+
+
+class Kind(StrEnum):
+    ACCEPTED = "accepted"  # provider took it; provider_id set
+    RETRY = "retry"  # temporary (429, 5xx, connection); retry_after when the provider said
+    FAILED = "failed"  # permanent for this message (other 4xx, SMTP 5xx); error set
+    AUTH = "auth"  # credentials refused: the whole send must stop
+    UNKNOWN = "unknown"  # timed out after handing over: may or may not have been accepted
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivery_id: int
+    kind: Kind
+    provider_id: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message of a batch: who, and their personalised content."""
+
+    to: Addressee
+    content: Content
+
+    @property
+    def delivery_id(self) -> int:
+        assert self.to.delivery_id is not None
+        return self.to.delivery_id
+
+
+@dataclass
+class Batch:
+    """Messages of one variant. `template` is the per-variant content whose placeholders a
+    provider with server-side substitution (SendGrid) fills from `substitutions`."""
+
+    variant: VariantMessage
+    messages: list[Outgoing]
+    when: datetime
+    template: Content | None = None
+    substitutions: list[dict[str, str]] = field(default_factory=list)
+
+
+Checkpoint = Callable[[Sequence[int], Sequence[Outcome]], None]
+
+
+def no_checkpoint(handed: Sequence[int], settled: Sequence[Outcome]) -> None:
+    """For callers without a ledger (previews, benchmarks of the provider alone)."""
+
+
+class Provider(Protocol):
+    name: str
+    # Largest useful batch (SendGrid: 1000 personalizations per request).
+    batch_size: int
+
+    def send(self, batch: Batch, checkpoint: Checkpoint) -> list[Outcome]:
+        """Deliver the batch; one Outcome per message (those passed to checkpoint included)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RateLimiter:
+    """At most `rate` messages per second (0 = unlimited), smoothed over one-second bursts."""
+
+    def __init__(
+        self,
+        rate: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._allowance = max(rate, 1.0)
+        self._last = monotonic()
+
+    def take(self, n: int = 1) -> None:
+        if self.rate <= 0:
+            return
+        while True:
+            now = self._monotonic()
+            self._allowance = min(
+                max(self.rate, float(n)), self._allowance + (now - self._last) * self.rate
+            )
+            self._last = now
+            if self._allowance >= n:
+                self._allowance -= n
+                return
+            self._sleep((n - self._allowance) / self.rate)
+
+
+def backoff(attempt: int, base: float, cap: float, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter; never sooner than the provider asked."""
+    delay = random.uniform(0, min(cap, base * 2 ** max(attempt - 1, 0)))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap * 4))
+    return delay

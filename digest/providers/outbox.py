@@ -1,0 +1,46 @@
+"""Outbox provider: each message becomes one .eml file in a folder (demo, --dry-run, audits).
+
+Files are written to a temporary name and renamed, so a crash never leaves half a message; the
+name comes from the ledger row, so a re-run after a crash overwrites rather than duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from digest.providers.base import Batch, Checkpoint, Kind, Outcome, RateLimiter
+
+
+class OutboxProvider:
+    name = "outbox"
+    batch_size = 500
+
+    def __init__(self, folder: Path, rate: float = 0.0) -> None:
+        self.folder = folder
+        self.limiter = RateLimiter(rate)
+
+    def path_for(self, batch: Batch, delivery_id: int) -> Path:
+        campaign = batch.variant.campaign.replace("/", "_")
+        return self.folder / f"{campaign}_{delivery_id:08d}.eml"
+
+    def send(self, batch: Batch, checkpoint: Checkpoint) -> list[Outcome]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        outcomes = []
+        for m in batch.messages:
+            self.limiter.take()
+            path = self.path_for(batch, m.delivery_id)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                tmp.write_bytes(batch.variant.mime(m.content, m.to, batch.when))
+                os.replace(tmp, path)
+            except OSError as e:
+                outcomes.append(
+                    Outcome(m.delivery_id, Kind.RETRY, error=f"cannot write {path}: {e.strerror}")
+                )
+                continue
+            outcomes.append(Outcome(m.delivery_id, Kind.ACCEPTED, provider_id=path.name))
+        return outcomes
+
+    def close(self) -> None:
+        pass

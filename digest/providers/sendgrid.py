@@ -1,0 +1,173 @@
+"""SendGrid provider: the official `sendgrid` library, up to 1000 personalizations a request.
+
+When the batch carries a substitution template, one request carries the variant's content once
+and each personalization fills its own links and name through `substitutions` (measured: about
+40 times fewer bytes than one request per recipient). Without one, each message is its own
+request. The library has no timeout by default; `client.timeout` is always set. SendGrid has no
+idempotency key: a request that timed out may have been accepted, so its rows become `unknown`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+from typing import Any
+
+from python_http_client.exceptions import HTTPError
+from sendgrid import SendGridAPIClient
+
+from digest.config import SendGridConfig
+from digest.errors import ConfigError
+from digest.providers.base import Batch, Checkpoint, Kind, Outcome, Outgoing, RateLimiter
+
+_FIELD_INDEX = re.compile(r"personalizations\.(\d+)")
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if headers is None:
+        return None
+    value = headers.get(name)
+    return str(value) if value is not None else None
+
+
+def _errors(body: Any) -> tuple[str, list[int]]:
+    """The provider's own words, and which personalizations it blamed (if it said)."""
+    try:
+        data = json.loads(body.decode("utf-8") if isinstance(body, bytes) else body)
+        errors = data.get("errors") or []
+        messages = [
+            f"{e.get('message', '')}" + (f" ({e['field']})" if e.get("field") else "")
+            for e in errors
+        ]
+        indices = sorted(
+            {int(m.group(1)) for e in errors if (m := _FIELD_INDEX.search(str(e.get("field"))))}
+        )
+        return "; ".join(messages) or "no error message", indices
+    except (ValueError, AttributeError, TypeError):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+        return text[:300] or "no error message", []
+
+
+class SendGridProvider:
+    name = "sendgrid"
+
+    def __init__(self, config: SendGridConfig) -> None:
+        key = config.api_key
+        if not key:
+            raise ConfigError(
+                f"SendGrid needs an API key: set the environment variable {config.api_key_env}"
+            )
+        self.config = config
+        self.batch_size = config.batch_size
+        self.client = SendGridAPIClient(key, host=config.host)
+        self.client.client.timeout = config.timeout
+        self.limiter = RateLimiter(config.rate)
+
+    def send(self, batch: Batch, checkpoint: Checkpoint) -> list[Outcome]:
+        if batch.template is not None and len(batch.substitutions) == len(batch.messages):
+            groups = [
+                (batch.messages[i : i + self.batch_size], i)
+                for i in range(0, len(batch.messages), self.batch_size)
+            ]
+            outcomes: list[Outcome] = []
+            for messages, start in groups:
+                subs = batch.substitutions[start : start + len(messages)]
+                outcomes += self._request(batch, messages, subs, checkpoint)
+            return outcomes
+        outcomes = []
+        for m in batch.messages:
+            outcomes += self._request(batch, [m], None, checkpoint)
+        return outcomes
+
+    def _body(
+        self, batch: Batch, messages: list[Outgoing], subs: list[dict[str, str]] | None
+    ) -> dict[str, Any]:
+        v = batch.variant
+        if subs is not None:
+            assert batch.template is not None
+            ps = [v.sendgrid_personalization(m.to, s) for m, s in zip(messages, subs, strict=True)]
+            return v.sendgrid_body(batch.template, ps)
+        (m,) = messages
+        return v.sendgrid_body(m.content, [v.sendgrid_personalization(m.to)])
+
+    def _request(
+        self,
+        batch: Batch,
+        messages: list[Outgoing],
+        subs: list[dict[str, str]] | None,
+        checkpoint: Checkpoint,
+    ) -> list[Outcome]:
+        ids = [m.delivery_id for m in messages]
+        body = self._body(batch, messages, subs)
+        self.limiter.take(len(messages))
+        checkpoint(ids, [])
+        try:
+            response = self.client.send(body)
+        except HTTPError as e:
+            return self._refused(batch, messages, subs, checkpoint, e)
+        except TimeoutError:
+            error = f"no answer from {self.config.host} within {self.config.timeout:g}s"
+            return [Outcome(i, Kind.UNKNOWN, error=error) for i in ids]
+        except urllib.error.URLError as e:
+            error = f"cannot reach {self.config.host}: {e.reason}"
+            return [Outcome(i, Kind.RETRY, error=error) for i in ids]
+        except OSError as e:
+            # A connection reset after the request went out: it may have been accepted.
+            error = f"connection to {self.config.host} lost: {e}"
+            return [Outcome(i, Kind.UNKNOWN, error=error) for i in ids]
+        message_id = _header(response.headers, "X-Message-Id") or f"sendgrid-{time.time_ns()}"
+        return [Outcome(i, Kind.ACCEPTED, provider_id=message_id) for i in ids]
+
+    def _refused(
+        self,
+        batch: Batch,
+        messages: list[Outgoing],
+        subs: list[dict[str, str]] | None,
+        checkpoint: Checkpoint,
+        e: HTTPError,
+    ) -> list[Outcome]:
+        ids = [m.delivery_id for m in messages]
+        status = int(e.status_code)
+        text, blamed = _errors(e.body)
+        error = f"SendGrid {status}: {text}"
+        if status in (401, 403):
+            return [Outcome(i, Kind.AUTH, error=error) for i in ids]
+        if status == 429 or status >= 500:
+            retry_after = None
+            reset = _header(e.headers, "X-RateLimit-Reset")
+            after = _header(e.headers, "Retry-After")
+            try:
+                if after is not None:
+                    retry_after = float(after)
+                elif reset is not None:
+                    retry_after = max(0.0, float(reset) - time.time())
+            except ValueError:
+                pass
+            return [Outcome(i, Kind.RETRY, error=error, retry_after=retry_after) for i in ids]
+        if status == 413 and len(messages) > 1:
+            half = len(messages) // 2
+            parts = [(messages[:half], 0), (messages[half:], half)]
+            out: list[Outcome] = []
+            for part, start in parts:
+                part_subs = subs[start : start + len(part)] if subs is not None else None
+                if part_subs is None:
+                    for m in part:
+                        out += self._request(batch, [m], None, checkpoint)
+                else:
+                    out += self._request(batch, part, part_subs, checkpoint)
+            return out
+        if blamed and len(messages) > 1:
+            bad = {ids[i] for i in blamed if i < len(ids)}
+            others = "refused together with a bad recipient; retrying"
+            return [
+                Outcome(i, Kind.FAILED, error=error)
+                if i in bad
+                else Outcome(i, Kind.RETRY, error=others, retry_after=0.0)
+                for i in ids
+            ]
+        return [Outcome(i, Kind.FAILED, error=error) for i in ids]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,165 @@
+"""SMTP provider: one connection reused for many messages, STARTTLS or implicit TLS, AUTH.
+
+Each message is its own SMTP transaction (MAIL, RCPT, DATA), so one refused recipient never
+stops the others. The checkpoint is called right after the final dot has been written and
+before the server's reply is read: from then on the server may have the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import smtplib
+import ssl
+from collections.abc import Sequence
+
+from digest.config import SmtpConfig
+from digest.providers.base import Batch, Checkpoint, Kind, Outcome, Outgoing, RateLimiter
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+_QUEUE_ID = re.compile(r"(?:queued as|id=?|ok:?)\s*<?([\w.@:-]+)>?", re.IGNORECASE)
+
+
+class _Connection(smtplib.SMTP):
+    def data_with_mark(self, message: bytes, mark: Checkpoint, delivery_id: int) -> tuple[int, str]:
+        """smtplib.SMTP.data, with the checkpoint between the final dot and the reply."""
+        code, reply = self.docmd("data")
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        body = _LEADING_DOT.sub(b"..", message)
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        self.send(body + b".\r\n")
+        mark([delivery_id], [])
+        code, text = self.getreply()
+        return code, text.decode("utf-8", "replace")
+
+
+class _SSLConnection(smtplib.SMTP_SSL, _Connection):
+    pass
+
+
+def _refusal(delivery_id: int, code: int, text: str | bytes) -> Outcome:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    error = f"SMTP {code} {text}".strip()
+    if code in (530, 534, 535, 538):
+        return Outcome(delivery_id, Kind.AUTH, error=error)
+    if 400 <= code < 500:
+        return Outcome(delivery_id, Kind.RETRY, error=error)
+    return Outcome(delivery_id, Kind.FAILED, error=error)
+
+
+class SmtpProvider:
+    name = "smtp"
+    batch_size = 100
+
+    def __init__(self, config: SmtpConfig, envelope_from: str) -> None:
+        self.config = config
+        self.envelope_from = envelope_from
+        self.limiter = RateLimiter(config.rate)
+        self._conn: _Connection | None = None
+
+    def _connect(self) -> _Connection:
+        c = self.config
+        context = ssl.create_default_context()
+        conn: _Connection
+        if c.security == "tls":
+            conn = _SSLConnection(c.host, c.port, timeout=c.timeout, context=context)
+        else:
+            conn = _Connection(c.host, c.port, timeout=c.timeout)
+            if c.security == "starttls":
+                conn.starttls(context=context)
+        conn.ehlo_or_helo_if_needed()
+        if c.username:
+            conn.login(c.username, c.password or "")
+        return conn
+
+    def send(self, batch: Batch, checkpoint: Checkpoint) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        pending: list[Outcome] = []  # known outcomes not yet passed to a checkpoint
+
+        def mark(handed: Sequence[int], settled: Sequence[Outcome]) -> None:
+            checkpoint(handed, [*pending, *settled])
+            pending.clear()
+
+        for i, m in enumerate(batch.messages):
+            self.limiter.take()
+            outcome = self._send_one(batch, m, mark, reconnect=True)
+            outcomes.append(outcome)
+            pending.append(outcome)
+            if outcome.kind is Kind.AUTH:
+                outcomes += [
+                    Outcome(r.delivery_id, Kind.AUTH, error=outcome.error)
+                    for r in batch.messages[i + 1 :]
+                ]
+                break
+            if outcome.kind is Kind.RETRY and self._conn is None:
+                # The server is unreachable: the rest of the batch waits for the backoff.
+                outcomes += [
+                    Outcome(r.delivery_id, Kind.RETRY, error=outcome.error)
+                    for r in batch.messages[i + 1 :]
+                ]
+                break
+        return outcomes
+
+    def _send_one(self, batch: Batch, m: Outgoing, mark: Checkpoint, *, reconnect: bool) -> Outcome:
+        rid = m.delivery_id
+        handed = False
+
+        def mark_handed(ids: Sequence[int], settled: Sequence[Outcome]) -> None:
+            nonlocal handed
+            handed = True
+            mark(ids, settled)
+
+        try:
+            if self._conn is None:
+                self._conn = self._connect()
+            conn = self._conn
+            message = batch.variant.mime(m.content, m.to, batch.when)
+            code, reply = conn.mail(self.envelope_from)
+            if code != 250:
+                conn.rset()
+                return _refusal(rid, code, reply)
+            code, reply = conn.rcpt(m.to.email)
+            if code not in (250, 251):
+                conn.rset()
+                return _refusal(rid, code, reply)
+            code, text = conn.data_with_mark(message, mark_handed, rid)
+            if code != 250:
+                return _refusal(rid, code, text)
+            found = _QUEUE_ID.search(text)
+            return Outcome(rid, Kind.ACCEPTED, provider_id=found.group(1) if found else text[:200])
+        except smtplib.SMTPAuthenticationError as e:
+            self._drop()
+            return _refusal(rid, e.smtp_code, e.smtp_error)
+        except smtplib.SMTPNotSupportedError as e:
+            self._drop()
+            return Outcome(rid, Kind.AUTH, error=f"SMTP server {self.config.host}: {e}")
+        except smtplib.SMTPResponseException as e:
+            self._drop()
+            if handed:
+                return Outcome(rid, Kind.UNKNOWN, error=f"SMTP {e.smtp_code} after the message")
+            return _refusal(rid, e.smtp_code, e.smtp_error)
+        except (smtplib.SMTPException, OSError) as e:
+            self._drop()
+            if handed:
+                # The final dot went out; whether the server kept the message is unknowable.
+                return Outcome(rid, Kind.UNKNOWN, error=f"connection lost after the message: {e}")
+            if reconnect:
+                return self._send_one(batch, m, mark, reconnect=False)
+            where = f"{self.config.host}:{self.config.port}"
+            return Outcome(rid, Kind.RETRY, error=f"SMTP server {where}: {e or type(e).__name__}")
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                self._conn.quit()
+            self._drop()
