@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import (
     Date,
@@ -285,8 +285,9 @@ def format_edition(edition: Edition) -> str:
     """The edition as an editor reads it: section, rank, title, source, score and why."""
     lines = [
         f"{edition.newsletter} {edition.edition_date:%A %-d %B %Y}  [{edition.status}]  "
-        f"built {edition.built_at:%Y-%m-%d %H:%M} UTC",
-        f"window {edition.window_start:%Y-%m-%d %H:%M} → {edition.window_end:%Y-%m-%d %H:%M} UTC",
+        f"built {edition.built_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC",
+        f"window {edition.window_start.astimezone(UTC):%Y-%m-%d %H:%M} → "
+        f"{edition.window_end.astimezone(UTC):%Y-%m-%d %H:%M} UTC",
     ]
     sections = edition.sections()
     if not sections:
