@@ -6,7 +6,6 @@ Each command parses flags, calls one library function and prints its result. Lib
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,14 @@ class App:
         return self._sessions
 
 
+class _ExitError(click.ClickException):
+    """A ClickException carrying the library error's documented exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code  # type: ignore[misc]  # click declares it a class variable
+
+
 class DigestGroup(click.Group):
     """Turns library errors into one clear line and a documented exit code."""
 
@@ -51,9 +58,7 @@ class DigestGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DigestError as e:
-            err = click.ClickException(str(e))
-            err.exit_code = e.exit_code
-            raise err from None
+            raise _ExitError(str(e), e.exit_code) from None
         except OperationalError as e:
             raise click.ClickException(f"database error: {e.orig}") from None
 
@@ -244,4 +249,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
