@@ -2,37 +2,43 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-dev
-export DIGEST_DATABASE_URL ?= sqlite:///.var/digest.db
-export DIGEST_CONFIG ?= digest.example.toml
-export DIGEST_SECRET_KEY ?= demo-secret-not-for-production
 
-.PHONY: demo test lint typecheck install bench clean
+.PHONY: demo test lint typecheck install install-dev bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $@ $(VENV)/.installed
 
-install: $(STAMP)
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
 
-demo: $(STAMP)
-	@mkdir -p .var
+# The main job on the embedded default: SQLite in .var/, the shipped sample newsroom, outbox.
+demo: $(VENV)/.installed
+	DIGEST_DATABASE_URL=$${DIGEST_DATABASE_URL:-sqlite:///.var/digest.db} \
+	DIGEST_CONFIG=$${DIGEST_CONFIG:-digest.example.toml} \
+	DIGEST_SECRET_KEY=$${DIGEST_SECRET_KEY:-demo-secret-not-for-production} \
 	$(BIN)/digest demo
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check digest subscribers digest_cli.py tests bench
 	$(BIN)/ruff format --check digest subscribers digest_cli.py tests bench
 
-typecheck: $(STAMP)
+typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck
+test: lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/selection.py
 
 clean:
-	rm -rf .var outbox test-artifacts build *.egg-info
+	rm -rf .var test-artifacts build *.egg-info
