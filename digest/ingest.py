@@ -367,6 +367,8 @@ def _validate(raw: Mapping[str, Any], defaults: _Defaults) -> dict[str, Any]:
     if not title:
         raise FieldError("no title")
     values["title"] = title
+    if "date_error" in raw:
+        raise FieldError(raw["date_error"])
     if raw.get("published_at") is None:
         raise FieldError("no published date")
     values["published_at"] = parse_datetime(raw["published_at"], "published")
@@ -584,6 +586,18 @@ def _json_lines(path: Path, text: str, first: json.JSONDecodeError) -> Iterator[
             raise InputError(f"{path}: line {number}: JSON is nested too deeply") from None
 
 
+def parse_record(
+    record: Mapping[str, object],
+    *,
+    section: str | None = None,
+    source: str | None = None,
+    known_sections: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Article fields from one JSON object or CSV row (field names as in the README); raises
+    FieldError with the rejection reason."""
+    return _validate(_record_fields(record), _Defaults(section, source, known_sections))
+
+
 def _record_fields(record: Mapping[str, object]) -> dict[str, Any]:
     """JSON/CSV field names -> the raw fields _validate reads. Unknown names are ignored."""
     raw: dict[str, Any] = {}
@@ -713,19 +727,26 @@ def _entry_fields(
     entry: dict[str, Any], media: _MediaText, source: str | None, defaults: _Defaults
 ) -> dict[str, Any]:
     raw: dict[str, Any] = {
-        "url": entry.get("link") or _enclosure_page(entry),
+        "url": entry.get("link"),
         "title": _text_of(entry, "title"),
         "guid": entry.get("id") or None,
-        "published_at": _entry_date(entry),
     }
+    try:
+        raw["published_at"] = _entry_date(entry)
+    except FieldError as e:
+        raw["date_error"] = str(e)  # reported after the link and title checks
     # dict.get: FeedParserDict.get("updated...") falls back to the published date.
-    if dict.get(entry, "published_parsed") and dict.get(entry, "updated_parsed"):
-        raw["updated_at"] = _struct_to_utc(dict.get(entry, "updated_parsed"))
+    updated = dict.get(entry, "updated_parsed")
+    if updated and dict.get(entry, "published_parsed"):
+        raw["updated_at"] = _struct_to_utc(updated)
     terms = [t.get("term") or t.get("label") for t in entry.get("tags") or []]
     terms = [t.strip() for t in terms if isinstance(t, str) and t.strip()]
     raw["sections"] = terms
-    section = pick_section(terms, defaults.section, defaults.known_sections)
-    raw["tags"] = [t for t in terms if t.casefold() != section.casefold()]
+    try:
+        section = pick_section(terms, defaults.section, defaults.known_sections).casefold()
+    except FieldError:
+        section = None  # _validate rejects the item with the reason
+    raw["tags"] = [t for t in terms if t.casefold() != section]
     body = _entry_body(entry, media)
     raw["body"] = body
     summary = entry.get("summary")
@@ -753,11 +774,6 @@ def _byline(entry: Mapping[str, Any]) -> str | None:
     if match:
         return match[1]
     return None if "@" in author and " " not in author.strip() else author
-
-
-def _enclosure_page(entry: Mapping[str, Any]) -> str | None:
-    links = [lk for lk in entry.get("links") or [] if lk.get("rel") == "alternate"]
-    return links[0].get("href") if links else None
 
 
 def _text_of(context: Mapping[str, Any], key: str) -> str | None:
