@@ -1,0 +1,658 @@
+"""Render an edition as email: once per variant, then personalise per recipient cheaply.
+
+A variant is the layout a group of subscribers shares: which sections, in which order. Each
+variant is rendered with Jinja2 and CSS-inlined with premailer exactly once (premailer costs
+milliseconds; a send has up to 100,000 recipients). The rendered HTML and text carry placeholders
+for the per-recipient parts (first name, email, unsubscribe, preferences and view-in-browser
+links). The placeholders contain a random nonce chosen per Renderer, so article text, which is
+written before the nonce exists, cannot produce or break one. personalise() fills them with a
+precomputed split, no parsing and no regex per recipient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+import re
+import secrets
+import string
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from operator import itemgetter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import jinja2
+from markupsafe import Markup
+
+from digest.config import Config, NewsletterConfig, UtmConfig
+from digest.editions import Edition, EditionItem
+from digest.errors import ConfigError, DigestError
+
+if TYPE_CHECKING:
+    from subscribers.audience import Recipient
+
+log = logging.getLogger(__name__)
+
+HTML_TEMPLATE = "digest.html"
+TEXT_TEMPLATE = "digest.txt"
+TEXT_WIDTH = 78
+SUBJECT_MAX = 90
+PREHEADER_MAX = 140
+FIRST_NAME_MAX = 40
+NAME_FALLBACK = "reader"
+# Gmail clips HTML beyond about 102 KB; warn well before that.
+SIZE_WARN_BYTES = 90 * 1024
+SIZE_LIMIT_BYTES = 102 * 1024
+# Allowance per placeholder when sizing a variant before the real values are known.
+_SLOT_ALLOWANCE = 320
+
+SLOTS = ("first_name", "email", "unsubscribe_url", "preferences_url", "view_url")
+_SUBJECT_FIELDS = frozenset({"title", "lead", "date", "headlines"})
+_UTM_FIELDS = frozenset({"newsletter", "date"})
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+_AP_MONTHS = [
+    "Jan.",
+    "Feb.",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "Aug.",
+    "Sept.",
+    "Oct.",
+    "Nov.",
+    "Dec.",
+]
+_WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+# C0/C1 controls (except tab and newline) and bidi overrides that could reorder surrounding
+# markup text; C1 characters also make Gmail clip a message.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_SPACE = re.compile(r"\s+")
+
+
+class RenderError(DigestError):
+    """A template is missing or broken, or the rendered email cannot be used."""
+
+
+class EmailTooLarge(DigestError):
+    """The HTML of a variant is above the size where Gmail clips it."""
+
+
+@dataclass(frozen=True)
+class RenderedVariant:
+    """One variant of an edition, inlined and ready to personalise.
+
+    html and text contain placeholders `%%dg<nonce>.<slot>%%`; personalise() fills them.
+    """
+
+    key: str
+    sections: tuple[str, ...]
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    nonce: str = ""
+    _html_fill: _Fill = field(init=False, repr=False, compare=False)
+    _text_fill: _Fill = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_html_fill", _Fill.parse(self.html, self.nonce))
+        object.__setattr__(self, "_text_fill", _Fill.parse(self.text, self.nonce))
+
+    def placeholder(self, slot: str) -> str:
+        return _placeholder(self.nonce, slot)
+
+
+@dataclass(frozen=True)
+class Personal:
+    email: str
+    name: str | None
+    unsubscribe_url: str
+    preferences_url: str
+    view_url: str
+
+
+@dataclass(frozen=True)
+class Personalised:
+    subject: str
+    html: str
+    text: str
+
+
+@dataclass(frozen=True)
+class SizeCheck:
+    """Size of a variant's HTML as sent (UTF-8, placeholders counted at a generous allowance)."""
+
+    bytes: int
+    warning: str | None
+
+
+@dataclass(frozen=True)
+class _Fill:
+    """A document split at its placeholders, so filling it is one join."""
+
+    parts: tuple[str, ...]
+    pick: Callable[[tuple[str, ...]], tuple[str, ...]] | None
+
+    @classmethod
+    def parse(cls, document: str, nonce: str) -> _Fill:
+        if not nonce:
+            return cls((document,), None)
+        prefix = f"%%dg{nonce}."
+        chunks = document.split(prefix)
+        parts = [chunks[0]]
+        order: list[int] = [0]
+        for chunk in chunks[1:]:
+            slot, sep, rest = chunk.partition("%%")
+            if not sep or slot not in SLOTS:
+                raise RenderError(f"rendered email has a broken placeholder near {chunk[:40]!r}")
+            # Values are appended after the static parts: index = len(parts) + slot index,
+            # resolved once the number of parts is known.
+            order.append(-1 - SLOTS.index(slot))
+            parts.append(rest)
+            order.append(len(parts) - 1)
+        n = len(parts)
+        indices = [i if i >= 0 else n + (-1 - i) for i in order]
+        return cls(tuple(parts), itemgetter(*indices) if len(indices) > 1 else None)
+
+    def fill(self, values: tuple[str, ...]) -> str:
+        if self.pick is None:
+            return self.parts[0]
+        return "".join(self.pick(self.parts + values))
+
+
+def _placeholder(nonce: str, slot: str) -> str:
+    return f"%%dg{nonce}.{slot}%%"
+
+
+# --- templates -----------------------------------------------------------------------------
+
+
+def _shipped_loader() -> jinja2.BaseLoader:
+    try:
+        return jinja2.PackageLoader("digest.templates", ".")
+    except (ModuleNotFoundError, ValueError):
+        # A checkout that is not installed: templates/ sits next to digest/.
+        return jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates")
+
+
+def template_environment(templates_dir: Path | None = None) -> jinja2.Environment:
+    """Jinja2 environment: files in templates_dir override the shipped templates one by one."""
+    loaders: list[jinja2.BaseLoader] = []
+    if templates_dir is not None:
+        loaders.append(jinja2.FileSystemLoader(templates_dir))
+    loaders.append(_shipped_loader())
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        finalize=_finalize,
+    )
+    env.filters["wrap"] = wrap
+    env.filters["width"] = display_width
+    return env
+
+
+def _finalize(value: Any) -> Any:
+    # Every value printed by a template passes here before escaping.
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return clean_text(value)
+    return value
+
+
+def clean_text(value: str) -> str:
+    """Drop control characters and bidi overrides from untrusted text; keep emoji and RTL."""
+    return _CONTROL.sub("", value)
+
+
+def _one_line(value: str) -> str:
+    return _SPACE.sub(" ", clean_text(value)).strip()
+
+
+# --- text helpers --------------------------------------------------------------------------
+
+
+def _char_width(ch: str) -> int:
+    if unicodedata.combining(ch) or ch in "\u200b\u200c\u200d\ufe0e\ufe0f":
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def display_width(text: str) -> int:
+    """Terminal columns `text` takes (wide East Asian characters and emoji count two)."""
+    return sum(_char_width(ch) for ch in text)
+
+
+def wrap(
+    text: str, width: int = TEXT_WIDTH, indent: str = "", subsequent: str | None = None
+) -> str:
+    """Greedy word wrap by terminal columns. A word longer than a line (a URL) gets its own line."""
+    subsequent = indent if subsequent is None else subsequent
+    lines: list[str] = []
+    current = indent
+    current_w = display_width(indent)
+    empty = True
+    for word in _one_line(text).split(" "):
+        if not word:
+            continue
+        w = display_width(word)
+        if not empty and current_w + 1 + w > width:
+            lines.append(current)
+            current, current_w, empty = subsequent, display_width(subsequent), True
+        if empty:
+            current += word
+            current_w += w
+            empty = False
+        else:
+            current += " " + word
+            current_w += 1 + w
+    if not empty:
+        lines.append(current)
+    return "\n".join(lines)
+
+
+def truncate(text: str, limit: int) -> str:
+    """Shorten to `limit` characters at a word boundary with an ellipsis, never splitting an
+    emoji sequence or a letter from its combining marks."""
+    text = _one_line(text)
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    # Back off while the cut lands inside a grapheme (ZWJ sequences, modifiers, marks).
+    while cut and (
+        _joins(text[len(cut)]) or _joins(cut[-1]) or unicodedata.combining(text[len(cut)])
+    ):
+        cut = cut[:-1]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:·-–—") + "…"
+
+
+def _joins(ch: str) -> bool:
+    return ch in "\u200d\ufe0e\ufe0f" or "\U0001f3fb" <= ch <= "\U0001f3ff"
+
+
+def long_date(d: date) -> str:
+    return f"{_WEEKDAYS[d.weekday()]}, {_MONTHS[d.month - 1]} {d.day}, {d.year}"
+
+
+def _short_date(d: date) -> str:
+    return f"{_MONTHS[d.month - 1]} {d.day}, {d.year}"
+
+
+def _clock_time(t: datetime) -> str:
+    hour = t.hour % 12 or 12
+    minute = "" if t.minute == 0 else f":{t.minute:02d}"
+    return f"{hour}{minute} {'a.m.' if t.hour < 12 else 'p.m.'}"
+
+
+def story_time(published_at: datetime, newsletter: NewsletterConfig, edition_date: date) -> str:
+    """AP style, in the newsletter's time zone: '7:15 a.m. EDT' or 'March 9, 11:40 p.m. EDT'."""
+    local = published_at.astimezone(newsletter.tz)
+    zone = local.tzname() or ""
+    day = "" if local.date() == edition_date else f"{_AP_MONTHS[local.month - 1]} {local.day}, "
+    return f"{day}{_clock_time(local)} {zone}".strip()
+
+
+def _greeting(newsletter: NewsletterConfig) -> str:
+    hour = newsletter.send_time.hour
+    return "Good morning" if hour < 12 else "Good afternoon" if hour < 18 else "Good evening"
+
+
+# --- links ---------------------------------------------------------------------------------
+
+
+def _format_fields(template: str, allowed: frozenset[str], where: str, **values: str) -> str:
+    names: list[str] = []
+    try:
+        for _, name, spec, conv in string.Formatter().parse(template):
+            if name is None:
+                continue
+            if name not in allowed or spec or conv:
+                raise ConfigError(
+                    f"{where}: unknown field {{{name}}} (use {', '.join(sorted(allowed))})"
+                )
+            names.append(name)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e} (write {{{{ and }}}} for literal braces)") from None
+    return template.format(**{n: values[n] for n in names})
+
+
+def add_utm(url: str, utm: UtmConfig | None, newsletter_id: str, edition_date: date) -> str:
+    """Add utm_source/medium/campaign to an http(s) link, replacing only those keys and keeping
+    the rest of the query string (as written) and the fragment."""
+    if utm is None or not url:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return url
+    where = f"newsletters.{newsletter_id}.utm"
+    values = {"newsletter": newsletter_id, "date": edition_date.isoformat()}
+    ours = {
+        "utm_source": _format_fields(utm.source, _UTM_FIELDS, f"{where}.source", **values),
+        "utm_medium": _format_fields(utm.medium, _UTM_FIELDS, f"{where}.medium", **values),
+        "utm_campaign": _format_fields(utm.campaign, _UTM_FIELDS, f"{where}.campaign", **values),
+    }
+    kept = [
+        p for p in parts.query.split("&") if p and unquote(p.split("=", 1)[0]).strip() not in ours
+    ]
+    kept += [f"{k}={quote(v, safe='')}" for k, v in ours.items() if v]
+    return urlunsplit(parts._replace(query="&".join(kept)))
+
+
+def _safe_url(url: str | None) -> str:
+    """Only http(s) links reach the email (no javascript:, data: ...)."""
+    url = (url or "").strip()
+    return url if urlsplit(url).scheme in ("http", "https") and not _CONTROL.search(url) else ""
+
+
+def archive_url(config: Config, newsletter: NewsletterConfig, edition: Edition) -> str:
+    return f"{config.site.base_url}/archive/{newsletter.id}/{edition.edition_date.isoformat()}"
+
+
+def personal_links(
+    config: Config, newsletter: NewsletterConfig, edition: Edition, recipient: Recipient
+) -> Personal:
+    """Signed unsubscribe and preference links for one recipient, plus the web version."""
+    from subscribers.tokens import make_token
+
+    secret = config.site.secret
+    if not secret:
+        raise ConfigError(
+            f"{config.site.secret_env} is not set: it signs unsubscribe and preference links"
+        )
+    base = config.site.base_url
+    return Personal(
+        email=recipient.email,
+        name=recipient.name,
+        unsubscribe_url=f"{base}/u/"
+        + make_token(secret, recipient.subscriber_id, newsletter.id, "unsubscribe"),
+        preferences_url=f"{base}/p/"
+        + make_token(secret, recipient.subscriber_id, newsletter.id, "preferences"),
+        view_url=archive_url(config, newsletter, edition),
+    )
+
+
+def first_name(name: str | None) -> str:
+    words = _one_line(name or "").split(" ")
+    return truncate(words[0], FIRST_NAME_MAX) if words[0] else NAME_FALLBACK
+
+
+def personalise(variant: RenderedVariant, personal: Personal) -> Personalised:
+    """Fill a variant's placeholders for one recipient (escaped for HTML, raw for text)."""
+    raw = (
+        first_name(personal.name),
+        _one_line(personal.email),
+        personal.unsubscribe_url,
+        personal.preferences_url,
+        personal.view_url,
+    )
+    escaped = tuple(html.escape(v, quote=True) for v in raw)
+    return Personalised(
+        subject=variant.subject,
+        html=variant._html_fill.fill(escaped),
+        text=variant._text_fill.fill(raw),
+    )
+
+
+def check_size(variant: RenderedVariant) -> SizeCheck:
+    """Size budget of one variant: a warning above 90 KB, EmailTooLarge above 102 KB."""
+    parts = variant._html_fill.parts
+    size = sum(len(p.encode("utf-8")) for p in parts) + (len(parts) - 1) * _SLOT_ALLOWANCE
+    kb = size / 1024
+    if size > SIZE_LIMIT_BYTES:
+        raise EmailTooLarge(
+            f"variant {variant.key} ({', '.join(variant.sections)}): HTML is {kb:.0f} KB, above "
+            f"the {SIZE_LIMIT_BYTES // 1024} KB where Gmail clips it; send fewer stories per "
+            "section or shorten the template"
+        )
+    warning = None
+    if size > SIZE_WARN_BYTES:
+        warning = (
+            f"variant {variant.key}: HTML is {kb:.0f} KB, close to the "
+            f"{SIZE_LIMIT_BYTES // 1024} KB where Gmail clips it"
+        )
+        log.warning(warning)
+    return SizeCheck(size, warning)
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+class _QuietCssutils(logging.Filter):
+    """cssutils validates against CSS 2.1: it warns about every mso- property Outlook needs and
+    every vendor or newer property email clients use. Other problems still get through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "mso-" not in message and "Unknown Property name" not in message
+
+
+_CSSUTILS_LOG = logging.getLogger("CSSUTILS")
+_CSSUTILS_LOG.addFilter(_QuietCssutils())
+
+
+def inline_css(document: str) -> str:
+    """premailer: inline the template's base styles, keep the ignored <style> (media queries,
+    dark mode) and every !important as written. Never touches the network."""
+    from premailer import Premailer
+
+    return str(
+        Premailer(
+            document,
+            keep_style_tags=False,
+            strip_important=False,
+            allow_network=False,
+            disable_validation=True,
+            cssutils_logging_handler=None,
+            remove_unset_properties=True,
+        ).transform()
+    )
+
+
+@dataclass(frozen=True)
+class _Story:
+    title: str
+    url: str
+    dek: str
+    meta: str
+    image_url: str
+    image_alt: str
+    lead: bool
+
+
+@dataclass(frozen=True)
+class _Section:
+    name: str
+    stories: tuple[_Story, ...]
+
+
+class Renderer:
+    """Renders one edition; each distinct variant is rendered and inlined once and cached."""
+
+    def __init__(
+        self,
+        config: Config,
+        newsletter: NewsletterConfig,
+        edition: Edition,
+        *,
+        templates_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.newsletter = newsletter
+        self.edition = edition
+        self.nonce = secrets.token_hex(8)
+        self.env = template_environment(templates_dir or config.templates_dir)
+        self._sections = self._edition_sections()
+        self._cache: dict[tuple[tuple[str, ...], bool], RenderedVariant] = {}
+
+    def _edition_sections(self) -> list[tuple[str, list[EditionItem]]]:
+        items = sorted(self.edition.items, key=lambda i: (i.section_position, i.rank))
+        out: list[tuple[str, list[EditionItem]]] = []
+        for item in items:
+            if not out or out[-1][0] != item.section:
+                out.append((item.section, []))
+            out[-1][1].append(item)
+        return out
+
+    @property
+    def edition_sections(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self._sections)
+
+    def resolve(self, sections: Iterable[str]) -> tuple[str, ...]:
+        """The sections a reader asking for `sections` gets, in their order: unknown or empty
+        ones dropped, and the whole edition when nothing is left (or nothing was asked)."""
+        have = {name.casefold(): name for name, _ in self._sections}
+        out: list[str] = []
+        for s in sections:
+            name = have.get(s.casefold())
+            if name is not None and name not in out:
+                out.append(name)
+        return tuple(out) or self.edition_sections
+
+    def variant(self, sections: tuple[str, ...]) -> RenderedVariant:
+        return self._render(self.resolve(sections), archive=False)
+
+    def archive(self) -> Personalised:
+        """The web-archive version: the whole edition, no personal data, no personal links."""
+        url = archive_url(self.config, self.newsletter, self.edition)
+        variant = self._render(self.edition_sections, archive=True)
+        return personalise(variant, Personal("", None, url, url, url))
+
+    def _render(self, sections: tuple[str, ...], *, archive: bool) -> RenderedVariant:
+        cached = self._cache.get((sections, archive))
+        if cached is not None:
+            return cached
+        context = self._context(sections, archive)
+        html_doc = self._template(HTML_TEMPLATE).render(context)
+        text_doc = self._template(TEXT_TEMPLATE).render(context)
+        inlined = inline_css(html_doc)
+        for slot in SLOTS:
+            if inlined.count(_placeholder(self.nonce, slot)) != html_doc.count(
+                _placeholder(self.nonce, slot)
+            ):
+                raise RenderError(
+                    f"{HTML_TEMPLATE}: slot.{slot} was altered by CSS inlining; use it only in "
+                    "text or as a whole href value"
+                )
+        key = "v-" + hashlib.sha1("\x1f".join(sections).encode()).hexdigest()[:10]
+        variant = RenderedVariant(
+            key="archive" if archive else key,
+            sections=sections,
+            subject=context["subject"],
+            preheader=context["preheader"],
+            html=inlined,
+            text=_tidy_text(text_doc),
+            nonce=self.nonce,
+        )
+        self._cache[(sections, archive)] = variant
+        return variant
+
+    def _template(self, name: str) -> jinja2.Template:
+        try:
+            return self.env.get_template(name)
+        except jinja2.TemplateNotFound:
+            raise RenderError(
+                f"template {name} not found (templates_dir: {self.config.templates_dir})"
+            ) from None
+        except jinja2.TemplateSyntaxError as e:
+            raise RenderError(f"{e.filename or name}:{e.lineno}: {e.message}") from None
+
+    def _context(self, sections: tuple[str, ...], archive: bool) -> dict[str, Any]:
+        nl = self.newsletter
+        by_name = dict(self._sections)
+        out: list[_Section] = []
+        for name in sections:
+            stories = tuple(
+                self._story(item, lead=not out and i == 0) for i, item in enumerate(by_name[name])
+            )
+            out.append(_Section(name, stories))
+        subject, preheader = self._subject_and_preheader(out)
+        slot = {s: Markup(_placeholder(self.nonce, s)) for s in SLOTS}
+        count = sum(len(s.stories) for s in out)
+        return {
+            "newsletter": nl,
+            "edition_date": self.edition.edition_date,
+            "date_long": long_date(self.edition.edition_date),
+            "greeting": _greeting(nl),
+            "intro": "Here is what you need to know today." if count else "",
+            "preheader": preheader,
+            "subject": subject,
+            "sections": out,
+            "count_label": f"{count} {'story' if count == 1 else 'stories'}" if count else "",
+            "site": self.config.site,
+            "slot": slot,
+            "archive": archive,
+            "lang": "en",
+        }
+
+    def _story(self, item: EditionItem, *, lead: bool) -> _Story:
+        nl = self.newsletter
+        url = add_utm(_safe_url(item.url), nl.utm, nl.id, self.edition.edition_date)
+        meta = " · ".join(
+            p
+            for p in (
+                _one_line(item.byline or ""),
+                _one_line(item.source or ""),
+                story_time(item.published_at, nl, self.edition.edition_date),
+            )
+            if p
+        )
+        return _Story(
+            title=_one_line(item.title),
+            url=url,
+            dek=_one_line(item.dek or ""),
+            meta=meta,
+            image_url=_safe_url(item.image_url),
+            image_alt=_one_line(item.image_alt or ""),
+            lead=lead,
+        )
+
+    def _subject_and_preheader(self, sections: list[_Section]) -> tuple[str, str]:
+        nl = self.newsletter
+        tops = [s.stories[0].title for s in sections if s.stories]
+        lead = tops[0] if tops else ""
+        shown_lead = "{lead}" in nl.subject
+        values = {
+            "title": _one_line(nl.title),
+            "lead": lead,
+            "date": _short_date(self.edition.edition_date),
+            "headlines": " · ".join(tops[1:] if shown_lead and len(tops) > 1 else tops),
+        }
+        where = f"newsletters.{nl.id}"
+        subject = _format_fields(nl.subject, _SUBJECT_FIELDS, f"{where}.subject", **values)
+        pre = _format_fields(nl.preheader, _SUBJECT_FIELDS, f"{where}.preheader", **values)
+        return truncate(subject, SUBJECT_MAX), truncate(pre, PREHEADER_MAX)
+
+
+def _tidy_text(text: str) -> str:
+    """Collapse the blank-line runs templates leave and end with one newline."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip("\n") + "\n"

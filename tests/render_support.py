@@ -1,0 +1,116 @@
+"""A fixed edition for the rendering tests, the golden files and bench/render.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from digest.editions import Edition, EditionItem
+
+EDITION_DATE = date(2026, 3, 10)
+BUILT = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
+
+STORIES: list[tuple[str, str, str, str | None, str | None, str | None]] = [
+    # section, title, dek, byline, source, image
+    (
+        "News",
+        "City council approves $2.1 billion transit plan after a nine-hour session",
+        "The vote clears the way for two new light-rail lines and a bus network redesign that "
+        "planners say will put 300,000 more residents within a ten-minute walk of frequent service.",
+        "By Maria Alvarez",
+        "The Test Gazette",
+        "https://img.news.example/transit.jpg",
+    ),
+    (
+        "News",
+        "Storm knocks out power to 40,000 homes; crews expect repairs by Thursday",
+        "Utility officials said the hardest-hit neighbourhoods are along the bay, where winds "
+        "gusted past 60 mph overnight.",
+        "By Sam Okafor",
+        "Wire",
+        None,
+    ),
+    (
+        "News",
+        "School board delays vote on later start times",
+        "Parents packed the meeting; the board will take the question up again in April.",
+        None,
+        "The Test Gazette",
+        None,
+    ),
+    (
+        "Business",
+        "Port traffic hits a record as retailers restock early",
+        "Container volumes rose 14 percent from a year earlier, the port authority said.",
+        "By Lena Fischer",
+        "Business Desk",
+        "https://img.news.example/port.jpg",
+    ),
+    (
+        "Business",
+        "Local bakery chain expands to three new towns",
+        "The family-owned company will hire 120 people this spring.",
+        "By Ravi Patel",
+        None,
+        None,
+    ),
+    (
+        "Health",
+        "What the new screening guidelines mean for people in their 40s",
+        "Doctors say the change could catch thousands of cancers earlier; here is how to talk "
+        "to your physician about it.",
+        "By Dr. Ana Costa",
+        "Health Desk",
+        None,
+    ),
+    (
+        "Entertainment",
+        "A jazz festival returns to the waterfront after five years",
+        "Tickets go on sale Friday, with free afternoon sets for families.",
+        "By Chris Doyle",
+        "Arts",
+        "https://img.news.example/jazz.jpg",
+    ),
+]
+
+
+def make_edition(
+    stories: list[tuple[str, str, str, str | None, str | None, str | None]] | None = None,
+    newsletter: str = "daily",
+    url_query: str = "",
+) -> Edition:
+    """An unsaved edition: sections in the order given, ranks in order within a section."""
+    edition = Edition(
+        id=1,
+        newsletter=newsletter,
+        edition_date=EDITION_DATE,
+        status="draft",
+        built_at=BUILT,
+        window_start=BUILT - timedelta(hours=24),
+        window_end=BUILT,
+        fingerprint="fixed",
+    )
+    positions: dict[str, int] = {}
+    ranks: dict[str, int] = {}
+    for n, (section, title, dek, byline, source, image) in enumerate(stories or STORIES):
+        positions.setdefault(section, len(positions))
+        ranks[section] = ranks.get(section, -1) + 1
+        edition.items.append(
+            EditionItem(
+                article_id=n + 1,
+                section=section,
+                section_position=positions[section],
+                rank=ranks[section],
+                score=10.0 - n,
+                reason="test",
+                title=title,
+                dek=dek,
+                url=f"https://news.example/{section.lower()}/{n + 1}{url_query}",
+                byline=byline,
+                source=source,
+                published_at=BUILT - timedelta(hours=2 + 3 * n, minutes=15 * n),
+                image_url=image,
+                image_alt=f"Photo for: {title[:40]}" if image else None,
+                image_caption=None,
+            )
+        )
+    return edition
