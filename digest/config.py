@@ -142,6 +142,21 @@ class SiteConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The subscriber-facing web app (`digest serve`): webhook verification and rate limits."""
+
+    sendgrid_webhook_public_key_env: str = "SENDGRID_WEBHOOK_PUBLIC_KEY"
+    sendgrid_webhook_max_age_seconds: int = 600
+    sendgrid_webhook_allow_unsigned: bool = False
+    token_requests_per_minute: float = 30.0  # per client IP on /u/ and /p/; 0 = no limit
+    proxy_hops: int = 0  # reverse proxies in front whose X-Forwarded-For is trusted
+
+    @property
+    def sendgrid_webhook_public_key(self) -> str | None:
+        return os.environ.get(self.sendgrid_webhook_public_key_env) or None
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None
     newsletters: dict[str, NewsletterConfig]
@@ -152,6 +167,7 @@ class Config:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     segments: dict[str, str] = field(default_factory=dict)
     templates_dir: Path | None = None
+    web: WebConfig = field(default_factory=WebConfig)
 
     @property
     def database_url(self) -> str:
@@ -197,7 +213,7 @@ def load_config(path: str | Path | None = None) -> Config:
 
 def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     r = _Reader(str(path) if path else "config", raw, "")
-    r.allow("newsletters", "selection", "site", "providers", "segments", "templates_dir")
+    r.allow("newsletters", "selection", "site", "providers", "segments", "templates_dir", "web")
     newsletters_tbl = r.table("newsletters", required=True)
     if not newsletters_tbl.raw:
         raise newsletters_tbl.error("", "declare at least one newsletter")
@@ -273,6 +289,19 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
             tdir = path.parent / tdir
         if not tdir.is_dir():
             raise r.error("templates_dir", f"{tdir} is not a folder")
+    web_t = r.table("web")
+    web_t.allow(*WebConfig.__dataclass_fields__)
+    web = WebConfig(
+        sendgrid_webhook_public_key_env=web_t.string(
+            "sendgrid_webhook_public_key_env", WebConfig.sendgrid_webhook_public_key_env
+        ),
+        sendgrid_webhook_max_age_seconds=web_t.integer(
+            "sendgrid_webhook_max_age_seconds", 600, minimum=1
+        ),
+        sendgrid_webhook_allow_unsigned=web_t.boolean("sendgrid_webhook_allow_unsigned", False),
+        token_requests_per_minute=web_t.number("token_requests_per_minute", 30.0, minimum=0.0),
+        proxy_hops=web_t.integer("proxy_hops", 0, minimum=0, maximum=10),
+    )
     return Config(
         path=path,
         newsletters=newsletters,
@@ -283,6 +312,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         outbox=outbox,
         segments=segments,
         templates_dir=tdir,
+        web=web,
     )
 
 
