@@ -17,7 +17,8 @@ from digest.config import SmtpConfig
 from digest.providers.base import Batch, Checkpoint, Kind, Outcome, Outgoing, RateLimiter
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
-_QUEUE_ID = re.compile(r"(?:queued as|id=?|ok:?)\s*<?([\w.@:-]+)>?", re.IGNORECASE)
+# Postfix/Exim/aiosmtpd "queued as X", Sendmail-style "id=X"; otherwise the whole reply is kept.
+_QUEUE_ID = re.compile(r"(?:queued as\s+|\bid=)<?([\w.@:-]+)", re.IGNORECASE)
 
 
 class _Connection(smtplib.SMTP):
