@@ -32,6 +32,7 @@ from markupsafe import Markup
 from digest.config import Config, NewsletterConfig, UtmConfig
 from digest.editions import Edition, EditionItem
 from digest.errors import ConfigError, DigestError
+from subscribers.tokens import make_token, site_secret
 
 if TYPE_CHECKING:
     from subscribers.audience import Recipient
@@ -366,7 +367,10 @@ def add_utm(url: str, utm: UtmConfig | None, newsletter_id: str, edition_date: d
 def _safe_url(url: str | None) -> str:
     """Only http(s) links reach the email (no javascript:, data: ...)."""
     url = (url or "").strip()
-    return url if urlsplit(url).scheme in ("http", "https") and not _CONTROL.search(url) else ""
+    if urlsplit(url).scheme not in ("http", "https") or _CONTROL.search(url):
+        return ""
+    # Percent-encode what a URL may not hold raw (quotes, spaces, <>), keep what it may.
+    return quote(url, safe="!#$%&()*+,-./:;=?@[]_~")
 
 
 def archive_url(config: Config, newsletter: NewsletterConfig, edition: Edition) -> str:
@@ -377,13 +381,7 @@ def personal_links(
     config: Config, newsletter: NewsletterConfig, edition: Edition, recipient: Recipient
 ) -> Personal:
     """Signed unsubscribe and preference links for one recipient, plus the web version."""
-    from subscribers.tokens import make_token
-
-    secret = config.site.secret
-    if not secret:
-        raise ConfigError(
-            f"{config.site.secret_env} is not set: it signs unsubscribe and preference links"
-        )
+    secret = site_secret(config)
     base = config.site.base_url
     return Personal(
         email=recipient.email,
@@ -467,7 +465,8 @@ def inline_css(document: str) -> str:
             strip_important=False,
             allow_network=False,
             disable_validation=True,
-            cssutils_logging_handler=None,
+            # Templates set width/height attributes themselves (images need real pixels).
+            disable_basic_attributes=["width", "height"],
             remove_unset_properties=True,
         ).transform()
     )
