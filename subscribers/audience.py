@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Select, exists, not_, select
+from sqlalchemy import ColumnElement, Select, exists, func, not_, select
 from sqlalchemy.orm import Session
 
 from digest.config import Config, NewsletterConfig
@@ -131,3 +131,29 @@ def recipient(
     sub = find_subscriber(session, email_or_id)
     sections = sections_for(session, newsletter, [sub.id])[sub.id]
     return Recipient(sub.id, sub.email, sub.name, sections, sub.timezone)
+
+
+@dataclass(frozen=True)
+class SegmentCount:
+    newsletter: str
+    count: int  # subscribers of the newsletter's audience in the segment
+    sample: tuple[str, ...]  # a few of their addresses, lowest ids first
+
+
+def segment_counts(
+    session: Session,
+    config: Config,
+    name: str,
+    newsletters: Sequence[NewsletterConfig],
+    sample: int = 5,
+) -> list[SegmentCount]:
+    """How many of each newsletter's audience a segment selects, counted by the database."""
+    out = []
+    for nl in newsletters:
+        q = audience_query(session, config, nl, [name])
+        count = session.scalar(select(func.count()).select_from(q.subquery())) or 0
+        emails = session.scalars(
+            q.with_only_columns(Subscriber.email).order_by(Subscriber.id).limit(sample)
+        )
+        out.append(SegmentCount(nl.id, count, tuple(emails)))
+    return out

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import IO, Any, TypeVar
 from zoneinfo import available_timezones
 
 from email_validator import EmailNotValidError, validate_email
@@ -554,7 +554,7 @@ def _update_existing(
 def export_csv(
     session: Session,
     config: Config,
-    out: TextIO,
+    out: IO[str],
     *,
     newsletter: NewsletterConfig | None = None,
     segments: Sequence[str] = (),

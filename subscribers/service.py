@@ -422,3 +422,33 @@ def list_subscribers(
     if limit is not None:
         q = q.limit(limit)
     return list(session.scalars(q))
+
+
+def describe_subscriber(session: Session, config: Config, sub: Subscriber) -> list[str]:
+    """Everything stored about one subscriber, as lines for `subscribers show`."""
+    lines = [
+        f"{sub.email} (id {sub.id})",
+        f"  name:         {sub.name or '-'}",
+        f"  status:       {sub.status}",
+        f"  timezone:     {sub.timezone or '-'}",
+        f"  source:       {sub.source or '-'}",
+        f"  created:      {sub.created_at:%Y-%m-%d %H:%M}Z",
+        f"  confirmed:    {f'{sub.confirmed_at:%Y-%m-%d %H:%M}Z' if sub.confirmed_at else '-'}",
+        f"  tags:         {', '.join(sub.tag_names()) or '-'}",
+    ]
+    for key, value in sorted(sub.attribute_map().items()):
+        lines.append(f"  {key + ':':<13} {value}")
+    for m in sorted(sub.memberships, key=lambda m: m.newsletter):
+        state = m.status + (", paused" if m.paused else "")
+        nl = config.newsletters.get(m.newsletter)
+        sections = ", ".join(sections_for(session, nl, [sub.id])[sub.id]) if nl else "?"
+        lines.append(f"  list {m.newsletter}: {state}; sections: {sections}")
+    consents = session.scalars(
+        select(Consent).where(Consent.subscriber_id == sub.id).order_by(Consent.at, Consent.id)
+    )
+    for c in consents:
+        lines.append(f"  consent {c.newsletter}: {c.method} at {c.at:%Y-%m-%d %H:%M}Z ({c.detail})")
+    hit = suppression_for(session, sub.email)
+    if hit is not None:
+        lines.append(f"  SUPPRESSED: {hit.reason} since {hit.created_at:%Y-%m-%d}")
+    return lines
