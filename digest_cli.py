@@ -529,6 +529,55 @@ def segments_show(app: App, name, newsletter_id):
             click.echo(f"  {c.newsletter}: {c.count} recipient(s){sample if c.sample else ''}")
 
 
+# --- preview (rendering) ---------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("newsletter")
+@click.option("--date", "date_", help="Edition date (default today in the newsletter's zone).")
+@click.option("--segment", help="Preview as the first member of this segment.")
+@click.option("--subscriber", help="Preview exactly what this subscriber (email or id) gets.")
+@click.option("--format", "fmt", default="html", show_default=True, help="html or text.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE, not stdout.")
+@click.option("--open", "open_", is_flag=True, help="Open the preview in the default browser.")
+@click.option("--serve", is_flag=True, help="Serve all variants on 127.0.0.1, fresh on reload.")
+@click.option("--port", default=8025, show_default=True, type=click.IntRange(0, 65535))
+@pass_app
+def preview(app: App, newsletter, date_, segment, subscriber, fmt, output, open_, serve, port):
+    """Show the stored edition's email exactly as a reader gets it."""
+    import os
+    import tempfile
+    import webbrowser
+
+    from digest.preview import PreviewServer, preview_mail, render_preview
+
+    nl = app.config.newsletter(newsletter)
+    day = parse_date(date_, nl.tz)
+    if serve:
+        server = PreviewServer(app.config, app.sessions, nl, day, port=port)
+        click.echo(f"previewing {nl.id} {day} at {server.url} (Ctrl-C to stop)")
+        if open_:
+            webbrowser.open(server.url)
+        server.run()
+        return
+    with app.sessions() as session:
+        mail = preview_mail(session, app.config, nl, day, segment=segment, subscriber=subscriber)
+        document = render_preview(mail, fmt)
+    if mail.size_warning:
+        click.echo(f"warning: {mail.size_warning}", err=True)
+    if open_ and not output:
+        suffix = ".html" if fmt == "html" else f".{fmt}.txt"
+        handle, output = tempfile.mkstemp(prefix="digest-preview-", suffix=suffix)
+        os.close(handle)
+    if output:
+        Path(output).write_bytes(document.encode("utf-8"))
+        click.echo(f"wrote {output}", err=True)
+        if open_:
+            webbrowser.open(Path(output).resolve().as_uri())
+    else:
+        click.echo(document, nl=False)
+
+
 def main() -> None:
     cli(prog_name="digest")
 
