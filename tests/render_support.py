@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+from sqlalchemy.orm import Session
+
 from digest.editions import Edition, EditionItem
+from tests.factories import add_article
 
 EDITION_DATE = date(2026, 3, 10)
 BUILT = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
@@ -77,10 +80,11 @@ def make_edition(
     stories: list[tuple[str, str, str, str | None, str | None, str | None]] | None = None,
     newsletter: str = "daily",
     url_query: str = "",
+    edition_id: int | None = 1,
 ) -> Edition:
     """An unsaved edition: sections in the order given, ranks in order within a section."""
     edition = Edition(
-        id=1,
+        id=edition_id,
         newsletter=newsletter,
         edition_date=EDITION_DATE,
         status="draft",
@@ -113,4 +117,17 @@ def make_edition(
                 image_caption=None,
             )
         )
+    return edition
+
+
+def store_edition(session: Session) -> Edition:
+    """The fixed edition saved in the database, with the articles its items point to."""
+    edition = make_edition(edition_id=None)
+    for item in edition.items:
+        article = add_article(
+            session, item.published_at, title=item.title, section=item.section, url=item.url
+        )
+        item.article_id = article.id
+    session.add(edition)
+    session.flush()
     return edition
