@@ -1,0 +1,623 @@
+"""The subscriber-facing web app: one-click unsubscribe, preferences, the web archive and the
+SendGrid Event Webhook (`digest serve`, or any WSGI server through `wsgi_app()`).
+
+Security choices, each for a reason a subscriber or a deliverability engineer would give:
+- Token links (/u/, /p/) answer an invalid, tampered, foreign or orphaned token with the same
+  404 page, so nobody can learn who is subscribed by probing. They never set a cookie, are
+  never cached (Cache-Control: no-store) and send no Referer onwards (Referrer-Policy).
+- A GET never changes anything (mail scanners follow links). The unsubscribe page's button posts
+  the RFC 8058 body `List-Unsubscribe=One-Click`, exactly what mail clients send: the signed
+  token in the URL is the whole authority, so a CSRF token would add nothing there.
+- The preferences form carries a signed form token bound to the page's token and its issue
+  time (no cookie, no server state), and a cross-site Origin is refused.
+- Token endpoints are rate limited per client address (a token bucket in this process).
+- Paths of token links are redacted from the access log and error log.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+from flask import Flask, Response, request
+from itsdangerous import BadSignature, URLSafeSerializer
+from sendgrid.helpers.eventwebhook import EventWebhook
+from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.datastructures import Headers, MultiDict
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from digest.clock import Clock, utcnow
+from digest.config import Config, NewsletterConfig, load_config
+from digest.db import ensure_schema, is_sqlite, make_engine, session_factory, transaction
+from digest.editions import Edition, get_edition
+from digest.errors import ConfigError, InputError, NotFound
+from digest.render import Renderer, long_date, template_environment
+from subscribers.audience import sections_for
+from subscribers.models import Subscriber
+from subscribers.service import set_preferences, unsubscribe
+from subscribers.tokens import InvalidToken, TokenData, make_token, read_token, site_secret
+
+log = logging.getLogger(__name__)
+
+ONE_CLICK_FIELD = "List-Unsubscribe"
+ONE_CLICK_VALUE = "One-Click"
+FORM_MAX_AGE = timedelta(hours=12)
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a SendGrid batch holds up to a few thousand events
+PUBLIC_STATUSES = ("frozen", "sent")
+_TOKEN_PATH = re.compile(r"(/[up]/)[^\s?#/]+")
+
+_CSP_PAGES = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+# The archive is the email as sent: inline styles and story images from the newsroom's CDN.
+_CSP_ARCHIVE = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
+def redact(text: str) -> str:
+    """Remove the token from /u/<token> and /p/<token>: it identifies a subscriber."""
+    return _TOKEN_PATH.sub(r"\1…", text)
+
+
+# --- rate limiting ---------------------------------------------------------------------------
+
+
+@dataclass
+class RateLimiter:
+    """A token bucket per client address: `per_minute` sustained, bursts of `burst`.
+
+    In-process only: each server process counts on its own, so production should also limit
+    at the reverse proxy.
+    """
+
+    per_minute: float
+    burst: float = 10.0
+    max_clients: int = 10_000
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def retry_after(self, client: str, now: float) -> float | None:
+        """Take one token for `client`; None when allowed, else seconds until the next one."""
+        if self.per_minute <= 0:
+            return None
+        rate = self.per_minute / 60.0
+        with self._lock:
+            tokens, last = self._buckets.get(client, (self.burst, now))
+            tokens = min(self.burst, tokens + max(0.0, now - last) * rate)
+            if tokens < 1.0:
+                self._buckets[client] = (tokens, now)
+                return (1.0 - tokens) / rate
+            if len(self._buckets) >= self.max_clients and client not in self._buckets:
+                self._forget_idle(now, rate)
+            self._buckets[client] = (tokens - 1.0, now)
+            return None
+
+    def _forget_idle(self, now: float, rate: float) -> None:
+        # A bucket that has refilled completely carries no information.
+        full = [
+            k for k, (t, last) in self._buckets.items() if t + (now - last) * rate >= self.burst
+        ]
+        for k in full:
+            del self._buckets[k]
+        if len(self._buckets) >= self.max_clients:
+            self._buckets.clear()
+
+
+# --- form tokens (CSRF) ----------------------------------------------------------------------
+
+
+def _bind(link_token: str) -> str:
+    return hashlib.sha256(link_token.encode("utf-8")).hexdigest()[:24]
+
+
+def make_form_token(secret: str, link_token: str, issued: float) -> str:
+    """A signed token for the preferences form, valid for this link only, for FORM_MAX_AGE."""
+    token = URLSafeSerializer(secret, salt="digest.web.form").dumps([_bind(link_token), issued])
+    assert isinstance(token, str)
+    return token
+
+
+def check_form_token(secret: str, link_token: str, form_token: str, now: float) -> bool:
+    try:
+        bound, issued = URLSafeSerializer(secret, salt="digest.web.form").loads(form_token)
+    except (BadSignature, ValueError, TypeError):
+        return False
+    if bound != _bind(link_token) or not isinstance(issued, int | float):
+        return False
+    age = now - issued
+    return -300 <= age <= FORM_MAX_AGE.total_seconds()
+
+
+# --- the SendGrid Event Webhook ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    ok: bool
+    reason: str
+
+
+class WebhookVerifier:
+    """SendGrid's signed Event Webhook: ECDSA (P-256, SHA-256) over timestamp + raw body, checked
+    with the sendgrid library's EventWebhook helper, and a timestamp no older than max_age."""
+
+    def __init__(self, public_key: str | None, max_age_seconds: int, allow_unsigned: bool) -> None:
+        self.max_age = max_age_seconds
+        self.allow_unsigned = allow_unsigned
+        self._helper: EventWebhook | None = None
+        if public_key:
+            try:
+                self._helper = EventWebhook(public_key.strip())
+            except (ValueError, TypeError) as e:
+                raise ConfigError(
+                    "the SendGrid webhook verification key is not a base64 EC public key "
+                    f"(copy it from Mail Settings > Event Webhook): {e}"
+                ) from None
+
+    @property
+    def enabled(self) -> bool:
+        return self._helper is not None
+
+    def check(self, body: bytes, headers: Headers, now: float) -> SignatureCheck:
+        if self._helper is None:
+            if self.allow_unsigned:
+                return SignatureCheck(True, "unsigned requests allowed by configuration")
+            return SignatureCheck(False, "no verification key configured")
+        signature = headers.get(EventWebhookHeader.SIGNATURE)
+        timestamp = headers.get(EventWebhookHeader.TIMESTAMP)
+        if not signature or not timestamp:
+            return SignatureCheck(False, "unsigned")
+        try:
+            age = now - int(timestamp)
+        except ValueError:
+            return SignatureCheck(False, "bad timestamp")
+        if abs(age) > self.max_age:
+            return SignatureCheck(False, "stale timestamp")
+        try:
+            payload = body.decode("utf-8")
+            valid = bool(self._helper.verify_signature(payload, signature, timestamp))
+        except (UnicodeDecodeError, binascii.Error, ValueError):
+            valid = False
+        return SignatureCheck(valid, "valid" if valid else "invalid signature")
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+
+class _App(Flask):
+    def log_exception(self, exc_info: Any) -> None:
+        self.logger.error(
+            "Exception on %s [%s]", redact(request.path), request.method, exc_info=exc_info
+        )
+
+
+@dataclass
+class _Web:
+    config: Config
+    sessions: sessionmaker[Session]
+    clock: Clock
+    secret: str
+    limiter: RateLimiter
+    verifier: WebhookVerifier
+    pages: jinja2.Environment
+    write_lock: AbstractContextManager[Any]
+    archive_cache: dict[tuple[int, str], str] = field(default_factory=dict)
+
+    @contextmanager
+    def unit(self) -> Iterator[Session]:
+        """One write transaction. SQLite allows one writer: threads of this server take turns
+        instead of failing with 'database is locked' halfway through a read-then-write."""
+        with self.write_lock, transaction(self.sessions) as session:
+            yield session
+
+    def page(self, template: str, status: int = 200, **context: Any) -> Response:
+        context.setdefault("masthead", "Newsletter")
+        html = self.pages.get_template(template).render(site=self.config.site, **context)
+        return Response(html, status=status, mimetype="text/html")
+
+    def invalid_link(self) -> Response:
+        return self.page(
+            "web/message.html",
+            404,
+            heading="This link doesn’t work",
+            text="It may be incomplete or damaged. Please use the link from your latest email.",
+        )
+
+    def read(self, token: str, purpose: str) -> tuple[TokenData, NewsletterConfig] | None:
+        try:
+            data = read_token(self.secret, token, purpose)
+        except InvalidToken:
+            return None
+        nl = self.config.newsletters.get(data.newsletter)
+        return None if nl is None else (data, nl)
+
+    def limited(self) -> Response | None:
+        wait = self.limiter.retry_after(request.remote_addr or "-", self.clock().timestamp())
+        if wait is None:
+            return None
+        response = self.page(
+            "web/message.html",
+            429,
+            heading="Too many requests",
+            text="Please wait a moment and try again.",
+        )
+        response.headers["Retry-After"] = str(max(1, round(wait)))
+        return response
+
+
+def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock) -> Flask:
+    """The WSGI app. Fails at once (ConfigError) when the link secret or webhook key is unusable."""
+    engine = sessions.kw.get("bind")
+    web = _Web(
+        config=config,
+        sessions=sessions,
+        clock=clock,
+        secret=site_secret(config),
+        limiter=RateLimiter(config.web.token_requests_per_minute),
+        verifier=WebhookVerifier(
+            config.web.sendgrid_webhook_public_key,
+            config.web.sendgrid_webhook_max_age_seconds,
+            config.web.sendgrid_webhook_allow_unsigned,
+        ),
+        pages=template_environment(config.templates_dir),
+        write_lock=threading.Lock()
+        if isinstance(engine, Engine) and is_sqlite(engine)
+        else nullcontext(),
+    )
+    app = _App(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.extensions["digest"] = web
+    if config.web.proxy_hops:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=config.web.proxy_hops, x_proto=config.web.proxy_hops
+        )
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        h = response.headers
+        h.setdefault("Content-Security-Policy", _CSP_PAGES)
+        h["X-Content-Type-Options"] = "nosniff"
+        h["Referrer-Policy"] = "no-referrer"
+        h["X-Frame-Options"] = "DENY"
+        if request.path.startswith(("/u/", "/p/", "/webhooks/")):
+            h["Cache-Control"] = "no-store"
+        return response
+
+    @app.route("/u/<token>", methods=["GET", "POST"])
+    def unsubscribe_link(token: str) -> Response:
+        refused = web.limited()
+        if refused is not None:
+            return refused
+        found = web.read(token, "unsubscribe")
+        if found is None:
+            return web.invalid_link()
+        data, nl = found
+        if request.method == "GET":
+            prefs = make_token(web.secret, data.subscriber_id, nl.id, "preferences")
+            return web.page(
+                "web/unsubscribe.html",
+                masthead=nl.title,
+                newsletter=nl,
+                done=False,
+                preferences_url=f"/p/{prefs}",
+            )
+        if request.form.get(ONE_CLICK_FIELD) != ONE_CLICK_VALUE:
+            return web.page(
+                "web/message.html",
+                400,
+                masthead=nl.title,
+                heading="Nothing was changed",
+                text="Use the Unsubscribe button on the previous page.",
+            )
+        with web.unit() as session:
+            _unsubscribe(session, data, at=clock())
+        log.info("unsubscribe via link: newsletter=%s", nl.id)
+        return web.page("web/unsubscribe.html", masthead=nl.title, newsletter=nl, done=True)
+
+    @app.route("/p/<token>", methods=["GET", "POST"])
+    def preferences(token: str) -> Response:
+        refused = web.limited()
+        if refused is not None:
+            return refused
+        found = web.read(token, "preferences")
+        if found is None:
+            return web.invalid_link()
+        data, nl = found
+        if request.method == "GET":
+            with web.sessions() as session:
+                state = _preference_state(session, data.subscriber_id, nl)
+            if state is None:
+                return web.invalid_link()
+            return _preferences_page(web, token, nl, data, state)
+        if not _same_origin(config) or not check_form_token(
+            web.secret, token, request.form.get("csrf", ""), clock().timestamp()
+        ):
+            return web.page(
+                "web/message.html",
+                403,
+                masthead=nl.title,
+                heading="Please try again",
+                text="This form has expired. Reload the page, then save your choices again.",
+            )
+        try:
+            posted = _posted_preferences(nl, request.form)
+        except InputError as e:
+            return web.page(
+                "web/message.html", 400, masthead=nl.title, heading="Nothing was saved", text=str(e)
+            )
+        error = message = None
+        member = True
+        if not posted.sections and not posted.paused:
+            error = "Choose at least one section, or pause the newsletter instead."
+        else:
+            with web.unit() as session:
+                state = _preference_state(session, data.subscriber_id, nl)
+                if state is None:
+                    return web.invalid_link()
+                member = state.member
+                if member:
+                    _save_preferences(session, data.subscriber_id, nl, posted)
+                    message = "Saved. Your next email follows these choices."
+        shown = PreferenceState(member, posted.order, posted.chosen, posted.paused)
+        return _preferences_page(
+            web, token, nl, data, shown, message=message, error=error, status=400 if error else 200
+        )
+
+    @app.get("/archive/<newsletter>/")
+    def archive_index(newsletter: str) -> Response:
+        nl = config.newsletters.get(newsletter)
+        if nl is None:
+            return _not_found(web)
+        with web.sessions() as session:
+            dates = list(
+                session.scalars(
+                    select(Edition.edition_date)
+                    .where(Edition.newsletter == nl.id, Edition.status.in_(PUBLIC_STATUSES))
+                    .order_by(Edition.edition_date.desc())
+                    .limit(400)
+                )
+            )
+        editions = [{"href": d.isoformat(), "label": long_date(d)} for d in dates]
+        response = web.page("web/archive.html", masthead=nl.title, editions=editions)
+        response.headers["Cache-Control"] = "public, max-age=300"
+        return response
+
+    @app.get("/archive/<newsletter>/<edition_date>")
+    def archive_edition(newsletter: str, edition_date: str) -> Response:
+        nl = config.newsletters.get(newsletter)
+        day = _parse_day(edition_date)
+        if nl is None or day is None:
+            return _not_found(web)
+        with web.sessions() as session:
+            edition = get_edition(session, nl.id, day)
+            if edition is None or edition.status not in PUBLIC_STATUSES:
+                return _not_found(web)
+            html = _archive_html(web, nl, edition)
+        response = Response(html, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = _CSP_ARCHIVE
+        response.headers["Cache-Control"] = "public, max-age=3600"
+        return response
+
+    @app.post("/webhooks/sendgrid")
+    def sendgrid_webhook() -> Response:
+        body = request.get_data(cache=False)
+        verdict = web.verifier.check(body, request.headers, clock().timestamp())
+        if not verdict.ok:
+            log.warning("sendgrid webhook refused: %s", verdict.reason)
+            return Response("forbidden\n", status=403, mimetype="text/plain")
+        try:
+            events = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            return Response("body is not JSON\n", status=400, mimetype="text/plain")
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            return Response("body is not a list of events\n", status=400, mimetype="text/plain")
+        with web.unit() as session:
+            outcome = apply_events(session, events, at=clock())
+        log.info("sendgrid webhook: %s", outcome.summary())
+        return Response(
+            json.dumps(outcome.counts, sort_keys=True), status=200, mimetype="application/json"
+        )
+
+    return app
+
+
+def _not_found(web: _Web) -> Response:
+    return web.page("web/message.html", 404, heading="Not found", text="There is no such edition.")
+
+
+def _parse_day(raw: str) -> date | None:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        return None
+
+
+def _archive_html(web: _Web, nl: NewsletterConfig, edition: Edition) -> str:
+    # A frozen edition never changes, so its page is rendered (and CSS-inlined) once.
+    key = (edition.id, edition.fingerprint)
+    html = web.archive_cache.get(key)
+    if html is None:
+        html = Renderer(web.config, nl, edition).archive().html
+        if len(web.archive_cache) > 256:
+            web.archive_cache.clear()
+        web.archive_cache[key] = html
+    return html
+
+
+def _same_origin(config: Config) -> bool:
+    """Browsers send Origin on form posts; a foreign one means another site made the post."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    ours = {request.host_url.rstrip("/"), _origin(config.site.base_url)}
+    return origin.rstrip("/") in ours
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+# --- unsubscribe and preferences (units of work) --------------------------------------------
+
+
+def _unsubscribe(session: Session, data: TokenData, *, at: datetime) -> None:
+    # NotFound: forgotten, or never on this list. What the person asked for already holds, and
+    # the answer must not differ from a real unsubscribe (no enumeration).
+    with suppress(NotFound):
+        unsubscribe(session, data.subscriber_id, data.newsletter, reason="unsubscribe link", at=at)
+
+
+@dataclass(frozen=True)
+class PreferenceState:
+    member: bool  # on the list (pending or active); False when unsubscribed
+    order: tuple[str, ...]  # every section, chosen ones first in the subscriber's order
+    chosen: frozenset[str]
+    paused: bool
+
+
+def _preference_state(
+    session: Session, subscriber_id: int, nl: NewsletterConfig
+) -> PreferenceState | None:
+    """What the preferences page shows; None when there is no such subscriber or membership."""
+    sub = session.get(Subscriber, subscriber_id)
+    membership = sub.membership(nl.id) if sub is not None else None
+    if sub is None or membership is None:
+        return None
+    chosen = sections_for(session, nl, [sub.id])[sub.id]
+    order = chosen + tuple(s for s in nl.section_names if s not in chosen)
+    return PreferenceState(
+        membership.status != "unsubscribed", order, frozenset(chosen), membership.paused
+    )
+
+
+@dataclass(frozen=True)
+class PostedPreferences:
+    order: tuple[str, ...]
+    chosen: frozenset[str]
+    paused: bool
+
+    @property
+    def sections(self) -> list[str]:
+        return [s for s in self.order if s in self.chosen]
+
+
+def _posted_preferences(nl: NewsletterConfig, form: MultiDict[str, str]) -> PostedPreferences:
+    order = form.getlist("order")
+    if sorted(order) != sorted(nl.section_names):
+        raise InputError("the list of sections has changed; reload the page and try again")
+    chosen = frozenset(form.getlist("section"))
+    if not chosen <= set(order):
+        raise InputError("unknown section; reload the page and try again")
+    move = form.get("move", "")
+    m = re.fullmatch(r"(up|down):(\d+)", move)
+    if m:
+        i = int(m.group(2))
+        j = i - 1 if m.group(1) == "up" else i + 1
+        if 0 <= i < len(order) and 0 <= j < len(order):
+            order[i], order[j] = order[j], order[i]
+    return PostedPreferences(tuple(order), chosen, form.get("delivery") == "paused")
+
+
+def _save_preferences(
+    session: Session, subscriber_id: int, nl: NewsletterConfig, posted: PostedPreferences
+) -> None:
+    # Pausing with nothing ticked keeps the earlier sections for when the reader resumes.
+    set_preferences(session, subscriber_id, nl, posted.sections or None, paused=posted.paused)
+
+
+def _preferences_page(
+    web: _Web,
+    token: str,
+    nl: NewsletterConfig,
+    data: TokenData,
+    state: PreferenceState,
+    *,
+    message: str | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> Response:
+    rows = [{"name": s, "chosen": s in state.chosen} for s in state.order]
+    unsubscribe_url = "/u/" + make_token(web.secret, data.subscriber_id, nl.id, "unsubscribe")
+    return web.page(
+        "web/preferences.html",
+        status,
+        masthead=nl.title,
+        newsletter=nl,
+        member=state.member,
+        rows=rows,
+        paused=state.paused,
+        csrf=make_form_token(web.secret, token, int(web.clock().timestamp())),
+        message=message,
+        error=error,
+        unsubscribe_url=unsubscribe_url,
+    )
+
+
+# --- provider events ---------------------------------------------------------------------------
+
+
+@dataclass
+class EventOutcome:
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    def summary(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "no events"
+
+
+def apply_events(session: Session, events: list[dict[str, Any]], *, at: datetime) -> EventOutcome:
+    raise NotImplementedError
+
+
+# --- serving ---------------------------------------------------------------------------------
+
+
+class _RedactingHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.requestline = redact(self.requestline)
+        super().log_request(code, size)
+
+
+def serve(
+    config: Config, sessions: sessionmaker[Session], *, host: str, port: int, clock: Clock
+) -> None:
+    """Run the app on werkzeug's threaded server until interrupted (for production, put
+    gunicorn behind a reverse proxy instead; see README)."""
+    app = create_app(config, sessions, clock=clock)
+    server = make_server(host, port, app, threaded=True, request_handler=_RedactingHandler)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def wsgi_app(config_path: str | None = None) -> Flask:
+    """For WSGI servers: `gunicorn 'digest.web:wsgi_app()'` (config from DIGEST_CONFIG)."""
+    config = load_config(config_path)
+    engine = make_engine(config.database_url)
+    ensure_schema(engine)
+    return create_app(config, session_factory(engine), clock=utcnow)
