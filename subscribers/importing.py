@@ -140,7 +140,7 @@ def _read_text(data: bytes, file: str) -> str:
 def _parse(text: str, file: str, newsletter: NewsletterConfig) -> tuple[list[_Row], list[RowError]]:
     if not text.strip():
         raise InputError(f"{file}: the file is empty (expected a header row with an email column)")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = [h.strip().lower() for h in next(reader)]
         if "email" not in header:
@@ -294,6 +294,8 @@ def import_bytes(
     updated = _update_existing(session, newsletter, old_rows, existing, at=at, file=file)
     report.updated = updated
     report.unchanged = len(old_rows) - updated
+    # The bulk statements bypass the identity map: objects already loaded must be reread.
+    session.expire_all()
     return report
 
 
