@@ -395,15 +395,20 @@ def personal_links(
 
 
 def first_name(name: str | None) -> str:
-    words = _one_line(name or "").split(" ")
-    return truncate(words[0], FIRST_NAME_MAX) if words[0] else NAME_FALLBACK
+    """The first word of the name, or the fallback; runs per recipient, so no regex on the
+    common path."""
+    words = name.split(None, 1) if name else None
+    word = _CONTROL.sub("", words[0]) if words else ""
+    if not word:
+        return NAME_FALLBACK
+    return word if len(word) <= FIRST_NAME_MAX else truncate(word, FIRST_NAME_MAX)
 
 
 def personalise(variant: RenderedVariant, personal: Personal) -> Personalised:
     """Fill a variant's placeholders for one recipient (escaped for HTML, raw for text)."""
     raw = (
         first_name(personal.name),
-        _one_line(personal.email),
+        _CONTROL.sub("", personal.email),
         personal.unsubscribe_url,
         personal.preferences_url,
         personal.view_url,
@@ -507,6 +512,7 @@ class Renderer:
         self.env = template_environment(templates_dir or config.templates_dir)
         self._sections = self._edition_sections()
         self._cache: dict[tuple[tuple[str, ...], bool], RenderedVariant] = {}
+        self._requested: dict[tuple[str, ...], RenderedVariant] = {}
 
     def _edition_sections(self) -> list[tuple[str, list[EditionItem]]]:
         items = sorted(self.edition.items, key=lambda i: (i.section_position, i.rank))
@@ -533,7 +539,16 @@ class Renderer:
         return tuple(out) or self.edition_sections
 
     def variant(self, sections: tuple[str, ...]) -> RenderedVariant:
-        return self._render(self.resolve(sections), archive=False)
+        # Looked up per recipient: remember what each requested tuple resolved to.
+        found = self._requested.get(sections)
+        if found is None:
+            found = self._requested[sections] = self._render(self.resolve(sections), archive=False)
+        return found
+
+    def forget_variants(self) -> None:
+        """Drop the rendered variants so the next request renders afresh (previews, benchmarks)."""
+        self._cache.clear()
+        self._requested.clear()
 
     def archive(self) -> Personalised:
         """The web-archive version: the whole edition, no personal data, no personal links."""
