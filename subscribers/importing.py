@@ -131,8 +131,9 @@ def _read_text(data: bytes, file: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
         raise InputError(
-            f"{file}: not UTF-8 text (invalid byte at offset {e.start}); save it as "
+            f"{file}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); save it as "
             "'CSV UTF-8' and import again; nothing was imported"
         ) from None
 
