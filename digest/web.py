@@ -17,13 +17,14 @@ Security choices, each for a reason a subscriber or a deliverability engineer wo
 from __future__ import annotations
 
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -34,7 +35,8 @@ from flask import Flask, Response, request
 from itsdangerous import BadSignature, URLSafeSerializer
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.datastructures import Headers, MultiDict
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -45,10 +47,12 @@ from digest.config import Config, NewsletterConfig, load_config
 from digest.db import ensure_schema, is_sqlite, make_engine, session_factory, transaction
 from digest.editions import Edition, get_edition
 from digest.errors import ConfigError, InputError, NotFound
+from digest.ledger import Delivery
 from digest.render import Renderer, long_date, template_environment
+from digest.web_models import WebhookEvent
 from subscribers.audience import sections_for
-from subscribers.models import Subscriber
-from subscribers.service import set_preferences, unsubscribe
+from subscribers.models import Subscriber, normalise_email
+from subscribers.service import set_preferences, suppress, unsubscribe
 from subscribers.tokens import InvalidToken, TokenData, make_token, read_token, site_secret
 
 log = logging.getLogger(__name__)
@@ -428,8 +432,14 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
             return Response("body is not JSON\n", status=400, mimetype="text/plain")
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             return Response("body is not a list of events\n", status=400, mimetype="text/plain")
-        with web.unit() as session:
-            outcome = apply_events(session, events, at=clock())
+        try:
+            with web.unit() as session:
+                outcome = apply_events(session, events, at=clock())
+        except IntegrityError:
+            # The same batch arrived twice at once: the other request applied these events;
+            # applying again now skips them as duplicates.
+            with web.unit() as session:
+                outcome = apply_events(session, events, at=clock())
         log.info("sendgrid webhook: %s", outcome.summary())
         return Response(
             json.dumps(outcome.counts, sort_keys=True), status=200, mimetype="application/json"
@@ -483,7 +493,7 @@ def _origin(url: str) -> str:
 def _unsubscribe(session: Session, data: TokenData, *, at: datetime) -> None:
     # NotFound: forgotten, or never on this list. What the person asked for already holds, and
     # the answer must not differ from a real unsubscribe (no enumeration).
-    with suppress(NotFound):
+    with contextlib.suppress(NotFound):
         unsubscribe(session, data.subscriber_id, data.newsletter, reason="unsubscribe link", at=at)
 
 
@@ -575,6 +585,14 @@ def _preferences_page(
 
 # --- provider events ---------------------------------------------------------------------------
 
+# Precedence keeps the outcome independent of arrival order: a bounce or drop marks the row
+# failed whatever came before, and a later processed/delivered never undoes it; those only
+# settle rows whose fate was open (`unknown`).
+CONFIRMING = ("processed", "delivered")
+FAILING = ("bounce", "dropped")
+UNSUBSCRIBING = ("unsubscribe", "group_unsubscribe")
+EVENT_RETENTION = timedelta(days=7)  # SendGrid retries a batch for up to 72 hours
+
 
 @dataclass
 class EventOutcome:
@@ -588,7 +606,111 @@ class EventOutcome:
 
 
 def apply_events(session: Session, events: list[dict[str, Any]], *, at: datetime) -> EventOutcome:
-    raise NotImplementedError
+    """Apply a batch of SendGrid events in the caller's transaction: suppressions,
+    unsubscribes and ledger updates, each event once (by sg_event_id)."""
+    outcome = EventOutcome()
+    ids = [str(e["sg_event_id"]) for e in events if e.get("sg_event_id")]
+    seen: set[str] = set()
+    for chunk in range(0, len(ids), 500):
+        seen.update(
+            session.scalars(
+                select(WebhookEvent.sg_event_id).where(
+                    WebhookEvent.sg_event_id.in_(ids[chunk : chunk + 500])
+                )
+            )
+        )
+    for event in events:
+        kind = str(event.get("event") or "")
+        event_id = str(event.get("sg_event_id") or "")[:100]
+        if event_id:
+            if event_id in seen:
+                outcome.add("duplicate")
+                continue
+            seen.add(event_id)
+            session.add(WebhookEvent(sg_event_id=event_id, event=kind[:40], received_at=at))
+        outcome.add(_apply_event(session, kind, event, at))
+    session.execute(delete(WebhookEvent).where(WebhookEvent.received_at < at - EVENT_RETENTION))
+    return outcome
+
+
+def _apply_event(session: Session, kind: str, event: dict[str, Any], at: datetime) -> str:
+    email = normalise_email(str(event.get("email") or ""))
+    row = _delivery_of(session, event, email)
+    if kind in CONFIRMING:
+        if row is None:
+            return "unmatched"
+        if row.state == "unknown":
+            row.state, row.settled_at, row.last_error = "sent", at, None
+        if row.state == "sent" and not row.provider_message_id:
+            row.provider_message_id = _message_id(event)
+        return kind
+    if kind in FAILING:
+        reason = str(event.get("reason") or event.get("type") or kind)
+        if row is not None:
+            row.state, row.settled_at = "failed", at
+            row.last_error = f"{kind}: {reason}"[:2000]
+        suppression = _suppression_reason(kind, event, reason)
+        if email and suppression:
+            suppress(session, email, suppression, at)
+        return kind if suppression else f"{kind} (not suppressed)"
+    if kind == "spamreport":
+        if email:
+            suppress(session, email, "complained", at)
+        return kind
+    if kind in UNSUBSCRIBING:
+        _unsubscribe_from_event(session, row, email, at)
+        return kind
+    return "ignored"
+
+
+def _delivery_of(session: Session, event: dict[str, Any], email: str) -> Delivery | None:
+    """The ledger row named by the delivery_id custom arg, if its address matches the event's
+    (rows of another installation sharing the SendGrid account must not be touched)."""
+    raw = str(event.get("delivery_id") or "")
+    if not raw.isdigit():
+        return None
+    row = session.get(Delivery, int(raw))
+    if row is None or normalise_email(row.email) != email:
+        return None
+    return row
+
+
+def _message_id(event: dict[str, Any]) -> str | None:
+    # sg_message_id is the X-Message-Id of the send request plus a per-recipient suffix.
+    raw = str(event.get("sg_message_id") or "")
+    return raw.partition(".")[0][:255] or None
+
+
+def _suppression_reason(kind: str, event: dict[str, Any], reason: str) -> str | None:
+    """Why to suppress the address, or None. A `blocked` bounce is the receiving server
+    refusing the sender (reputation, rate), and a drop for spam content is about the
+    message: neither says the address is bad."""
+    if kind == "bounce":
+        return None if str(event.get("type") or "") == "blocked" else "bounced"
+    lowered = reason.lower()
+    if "spam content" in lowered:
+        return None
+    if "spam reporting" in lowered:
+        return "complained"
+    return "bounced"
+
+
+def _unsubscribe_from_event(
+    session: Session, row: Delivery | None, email: str, at: datetime
+) -> None:
+    if row is not None:
+        edition = session.get(Edition, row.edition_id)
+        target: tuple[int, str | None] | None = (
+            row.subscriber_id,
+            edition.newsletter if edition else None,
+        )
+    else:
+        sub_id = session.scalar(select(Subscriber.id).where(Subscriber.email == email))
+        # Without the delivery we cannot tell which list: leaving all of them is the safe side.
+        target = (sub_id, None) if sub_id is not None and email else None
+    if target is not None:
+        with contextlib.suppress(NotFound):
+            unsubscribe(session, target[0], target[1], reason="provider unsubscribe", at=at)
 
 
 # --- serving ---------------------------------------------------------------------------------
