@@ -135,6 +135,8 @@ _SUMMARY_TAGS = {
 _RSS_AUTHOR = re.compile(r"\s*\S+@\S+\s*\((.+)\)\s*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _DEK_FROM_BODY = 300
+# ASCII whitespace only: str.split() would also eat no-break spaces (French « guillemets »).
+_SPACES = re.compile(r"[ \t\n\r\f\v]+")
 
 
 class FieldError(ValueError):
@@ -341,6 +343,8 @@ def _sniff(path: Path, data: bytes) -> str:
 
 
 def _decode(path: Path, data: bytes, what: str) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError(f"{path}: UTF-16 text; {what} must be UTF-8 (save it as UTF-8)")
     if b"\x00" in data[:8192]:
         raise InputError(f"{path}: binary data, not {what}")
     try:
@@ -363,7 +367,7 @@ def _validate(raw: Mapping[str, Any], defaults: _Defaults) -> dict[str, Any]:
     values: dict[str, Any] = {}
     url = parse_url(raw.get("url"))
     values["url"] = url
-    title = clean_text(raw.get("title"), "title")
+    title = _one_line(clean_text(raw.get("title"), "title"))
     if not title:
         raise FieldError("no title")
     values["title"] = title
@@ -379,7 +383,10 @@ def _validate(raw: Mapping[str, Any], defaults: _Defaults) -> dict[str, Any]:
     )
     for name in ("dek", "body", "byline", "image_alt", "image_caption", "source"):
         if name in raw:
-            values[name] = clean_text(raw[name], name) or _DEFAULTS[name]
+            value = clean_text(raw[name], name)
+            if name in ("byline", "source"):
+                value = _one_line(value)
+            values[name] = value or _DEFAULTS[name]
     if raw.get("image_url"):
         values["image_url"] = parse_url(raw["image_url"], "image_url")
     elif "image_url" in raw:
@@ -400,6 +407,11 @@ def _validate(raw: Mapping[str, Any], defaults: _Defaults) -> dict[str, Any]:
         if isinstance(value, str) and len(value) > limit:
             raise FieldError(f"{name} is longer than {limit} characters")
     return values
+
+
+def _one_line(text: str | None) -> str | None:
+    """Headlines, bylines and sources are one line: feeds often wrap them in newlines."""
+    return _SPACES.sub(" ", text).strip() if text else text
 
 
 def _blank(value: object) -> bool:
@@ -893,7 +905,7 @@ def html_to_text(html: str) -> str:
     parser = _TextExtractor()
     parser.feed(html)
     parser.close()
-    return " ".join("".join(parser.parts).split())
+    return _SPACES.sub(" ", "".join(parser.parts)).strip()
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -226,6 +226,20 @@ def test_a_story_found_by_url_keeps_its_first_guid(
     assert list(by_guid(sessions)) == ["https://x.example/a"]
 
 
+def test_headlines_bylines_and_sources_are_one_line(
+    sessions: sessionmaker[Session], now: datetime, tmp_path: Path
+) -> None:
+    record = story(title="\n  Two\n   lines\u00a0» ", byline="Jo\n Smith", source=" Wire\t Co ")
+    (report,) = ingest(sessions, write_json(tmp_path / "w.json", [record]), at=now)
+    assert report.new == 1
+    (article,) = by_guid(sessions).values()
+    assert (article.title, article.byline, article.source) == (
+        "Two lines\u00a0»",
+        "Jo Smith",
+        "Wire Co",
+    )
+
+
 def test_non_strict_sections_keep_the_given_name(
     sessions: sessionmaker[Session], now: datetime, tmp_path: Path
 ) -> None:
@@ -260,6 +274,7 @@ def test_text_is_cleaned_of_control_characters(
         ("image.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "image.png: binary data"),
         ("latin1.csv", "url,title\nhttps://x.example/é,Café\n".encode("latin-1"), "not UTF-8"),
         ("names.csv", b"name,email\nAda,ada@example.com\n", "must name url and title"),
+        ("excel.csv", "url,title\n".encode("utf-16"), "excel.csv: UTF-16 text"),
         ("empty.csv", b"", "must name url and title"),
     ],
 )
