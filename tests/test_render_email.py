@@ -99,6 +99,43 @@ def test_every_image_has_alt_width_and_height(config: Config) -> None:
         assert re.search(r'width="\d+"', img) and re.search(r'height="\d+"', img), img
 
 
+def _luminance(hex_colour: str) -> float:
+    channels = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(a: str, b: str) -> float:
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_text_colours_have_accessible_contrast(config: Config) -> None:
+    _, mail = _render(config)
+    checked = 0
+    for cls, style in re.findall(r'<(?:td|a) class="([\w-]+)"[^>]*style="([^"]*)"', mail.html):
+        colour = re.search(r"(?<![-\w])color:\s*(#[0-9a-f]{6})", style)
+        if not colour:
+            continue
+        background = "#f3f0e8" if cls.startswith(("footer", "address")) else "#ffffff"
+        assert _contrast(colour.group(1), background) >= 4.5, (cls, colour.group(1))
+        checked += 1
+    assert checked >= 10
+
+
+def test_templates_are_shipped_with_the_package() -> None:
+    import fnmatch
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["digest.templates"]
+    assert pyproject["tool"]["setuptools"]["package-dir"]["digest.templates"] == "templates"
+    folder = Path(__file__).parent.parent / "templates"
+    for name in ("digest.html", "digest.txt", "_styles.html", "_story.html"):
+        assert (folder / name).is_file()
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), name
+
+
 def test_content_has_header_sections_stories_and_footer(config: Config) -> None:
     variant, mail = _render(config)
     html = mail.html
