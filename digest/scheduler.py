@@ -1,0 +1,523 @@
+"""Unattended daily sends: what is due when, and the `schedule` loop that asks.
+
+All decisions live in `run_due()`, which reads time only through the injected clock: which
+edition is due, whether it is within the catch-up grace period, whether another process holds it
+(digest.runs), the content gates (digest.gates), then digest.sending.send_edition. The loop in
+`serve()` is wiring: `schedule` jobs at each newsletter's send time in its time zone, plus a
+periodic retry pass. Because run_due() is idempotent, a job that fires twice (a DST fall-back)
+or late (a busy loop, a restart) can neither double-send nor miss.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
+from types import FrameType
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from digest.clock import Clock
+from digest.config import Config, NewsletterConfig
+from digest.db import transaction
+from digest.editions import build_edition, get_edition, load_edition
+from digest.errors import DigestError, GateClosed
+from digest.gates import check_gates
+from digest.runs import (
+    FINAL,
+    STALE_AFTER,
+    ScheduledRun,
+    claim_run,
+    finish_run,
+    get_run,
+    is_stale,
+    keep_alive,
+    last_run,
+    mark_running,
+    owner_id,
+)
+from digest.selection import edition_window
+from digest.sending import SendOptions, send_edition
+from subscribers.audience import Recipient
+
+log = logging.getLogger("digest.scheduler")
+
+# With local-time delivery a subscriber gets edition D at the first send_time on their own
+# clock at or after the newsletter's send instant: within one local day (at most 25 h).
+LOCAL_SPAN = timedelta(hours=25)
+RETRY_EVERY_MINUTES = 15
+
+
+class Report(Protocol):
+    def summary(self) -> str: ...
+
+
+class SendFn(Protocol):
+    """digest.sending.send_edition, or a stand-in with the same call (tests)."""
+
+    def __call__(
+        self,
+        config: Config,
+        sessions: sessionmaker[Session],
+        newsletter_id: str,
+        edition_date: date,
+        *,
+        clock: Clock,
+        stop: threading.Event | None,
+        recipients: Callable[[Recipient], bool] | None,
+        options: SendOptions,
+    ) -> Report: ...
+
+
+def _send(
+    config: Config,
+    sessions: sessionmaker[Session],
+    newsletter_id: str,
+    edition_date: date,
+    *,
+    clock: Clock,
+    stop: threading.Event | None,
+    recipients: Callable[[Recipient], bool] | None,
+    options: SendOptions,
+) -> Report:
+    if recipients is not None:
+        options = replace(options, recipient_filter=recipients)
+    return send_edition(
+        config, sessions, newsletter_id, edition_date, options, clock=clock, stop=stop
+    )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one look at one edition did. `outcome` is one of: sent, waiting (local-time waves
+    remain), interrupted, blocked (a gate), failed, skipped (missed beyond catch-up), busy
+    (another process holds it), finished (already done earlier), not-due."""
+
+    newsletter: str
+    edition_date: date | None
+    outcome: str
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome not in ("blocked", "failed", "interrupted")
+
+
+# --- time -------------------------------------------------------------------------------------
+
+
+def send_instant(newsletter: NewsletterConfig, edition_date: date) -> datetime:
+    """When the edition goes out, in UTC: send_time on the edition date on the newsletter's
+    wall clock. A send time that does not exist that day (spring forward) goes out at the same
+    number of minutes after the change; one that occurs twice (fall back) goes out the first
+    time."""
+    return edition_window(newsletter, edition_date)[1].astimezone(UTC)
+
+
+def due_edition(newsletter: NewsletterConfig, now: datetime) -> tuple[date, datetime]:
+    """The latest edition whose send instant is at or before `now`, and that instant."""
+    local = now.astimezone(newsletter.tz).date()
+    for d in (local, local - timedelta(days=1), local - timedelta(days=2)):
+        at = send_instant(newsletter, d)
+        if at <= now:
+            return d, at
+    raise AssertionError("a send instant lies within two days of any time")
+
+
+def next_send(newsletter: NewsletterConfig, now: datetime) -> tuple[date, datetime]:
+    """The first edition whose send instant is after `now`, and that instant."""
+    local = now.astimezone(newsletter.tz).date()
+    for d in (local - timedelta(days=1), local, local + timedelta(days=1), local + timedelta(2)):
+        at = send_instant(newsletter, d)
+        if at > now:
+            return d, at
+    raise AssertionError("a send instant lies within two days of any time")
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def local_delivery(send_time: time, zone: ZoneInfo, after: datetime) -> datetime:
+    """The first instant at or after `after` when it is `send_time` on `zone`'s wall clock."""
+    day = after.astimezone(zone).date()
+    for d in (day - timedelta(days=1), day, day + timedelta(days=1)):
+        at = datetime.combine(d, send_time, tzinfo=zone).astimezone(UTC)
+        if at >= after:
+            return at
+    raise AssertionError("send_time recurs every local day")
+
+
+def wave(
+    newsletter: NewsletterConfig, edition_date: date, since: datetime, until: datetime
+) -> Callable[[Recipient], bool]:
+    """Recipients whose local delivery instant of this edition lies in (since, until]. Those
+    without a (valid) time zone get the newsletter's."""
+    start = send_instant(newsletter, edition_date)
+    instants: dict[str | None, datetime] = {}
+
+    def due(recipient: Recipient) -> bool:
+        tz = recipient.timezone
+        if tz not in instants:
+            zone = (_zone(tz) if tz else None) or newsletter.tz
+            instants[tz] = local_delivery(newsletter.send_time, zone, start)
+        return since < instants[tz] <= until
+
+    return due
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Runner:
+    """What run_due needs besides the newsletter; one per scheduler process or CLI call."""
+
+    config: Config
+    sessions: sessionmaker[Session]
+    clock: Clock
+    # Stand-in for send_edition (tests); by default send_edition with `options`.
+    send: SendFn | None = None
+    options: SendOptions = field(default_factory=SendOptions)
+    stop: threading.Event = field(default_factory=threading.Event)
+    owner: str = field(default_factory=owner_id)
+    force: bool = False
+    stale_after: timedelta = STALE_AFTER
+
+
+def run_due(runner: Runner, newsletter_id: str) -> list[RunResult]:
+    """Send what is due of one newsletter now, at most once, and record the result.
+
+    Never raises for a problem of the run itself (gate, provider, bug): it is logged and
+    recorded in the run's row, so one newsletter cannot stop the others.
+    """
+    newsletter = runner.config.newsletter(newsletter_id)
+    now = runner.clock()
+    day, at = due_edition(newsletter, now)
+    if not newsletter.local_time_delivery:
+        return [_run_edition(runner, newsletter, day, at, now, local=False)]
+    results = []
+    grace = timedelta(hours=newsletter.catch_up_hours)
+    for d in (day - timedelta(days=1), day):
+        start = send_instant(newsletter, d)
+        if now < start + LOCAL_SPAN + grace:
+            results.append(_run_edition(runner, newsletter, d, start, now, local=True))
+    return results
+
+
+def _event(
+    level: int, event: str, newsletter: str, edition_date: date | None, message: str
+) -> None:
+    log.log(
+        level,
+        message,
+        extra={"event": event, "newsletter": newsletter, "edition": str(edition_date or "")},
+    )
+
+
+def _result(
+    nl: NewsletterConfig, d: date, outcome: str, message: str, level: int = logging.INFO
+) -> RunResult:
+    _event(level, outcome, nl.id, d, message)
+    return RunResult(nl.id, d, outcome, message)
+
+
+def _run_edition(
+    runner: Runner, nl: NewsletterConfig, d: date, at: datetime, now: datetime, *, local: bool
+) -> RunResult:
+    grace = timedelta(hours=nl.catch_up_hours)
+    late = now - at
+    with runner.sessions() as session:
+        existing = get_run(session, nl.id, d)
+        if existing is not None and existing.status in FINAL:
+            return RunResult(nl.id, d, "finished", f"{existing.status}: {existing.result}")
+        if (
+            existing is not None
+            and existing.status in ("claimed", "running")
+            and not is_stale(existing, now, runner.stale_after)
+        ):
+            return _result(nl, d, "busy", f"held by {existing.claimed_by}", logging.DEBUG)
+    if not local and late > grace:
+        return _missed(runner, nl, d, at, now, existing)
+
+    claim = claim_run(
+        runner.sessions,
+        nl.id,
+        d,
+        owner=runner.owner,
+        clock=runner.clock,
+        stale_after=runner.stale_after,
+    )
+    if claim is None:
+        return _result(nl, d, "busy", "claimed by another process", logging.DEBUG)
+    if existing is not None and existing.status != "waiting":
+        _event(
+            logging.WARNING,
+            "retry",
+            nl.id,
+            d,
+            f"taking over from {existing.claimed_by} (was {existing.status})",
+        )
+    mark_running(runner.sessions, claim, clock=runner.clock)
+    recipients = wave(nl, d, now - grace, now) if local else None
+    if local and late > grace and existing is None:
+        _event(
+            logging.WARNING,
+            "catch-up",
+            nl.id,
+            d,
+            f"recipients due before {now - grace:%Y-%m-%d %H:%M} UTC are beyond "
+            f"catch_up_hours = {nl.catch_up_hours:g} and skipped",
+        )
+    _event(logging.INFO, "start", nl.id, d, f"sending (due {at:%Y-%m-%d %H:%M} UTC)")
+    status, outcome, level = "failed", "failed", logging.ERROR
+    try:
+        with keep_alive(runner.sessions, claim, clock=runner.clock):
+            # Later waves of a local-time run go on without judging the edition again.
+            _prepare(runner, nl, d, gates=existing is None or existing.status != "waiting")
+            report = (runner.send or _send)(
+                runner.config,
+                runner.sessions,
+                nl.id,
+                d,
+                clock=runner.clock,
+                stop=runner.stop,
+                recipients=recipients,
+                options=runner.options,
+            )
+        message = "; ".join(report.summary().splitlines())
+        if runner.stop.is_set():
+            status, outcome, level = "failed", "interrupted", logging.WARNING
+            message = f"interrupted, resumes on the next run: {message}"
+        elif local and now < at + LOCAL_SPAN:
+            status, outcome, level = "waiting", "waiting", logging.INFO
+        else:
+            status, outcome, level = "done", "sent", logging.INFO
+    except GateClosed as e:
+        outcome, level, message = "blocked", logging.WARNING, str(e)
+    except DigestError as e:
+        message = str(e)
+    except Exception as e:  # a bug in one newsletter's run must not stop the scheduler
+        message = f"unexpected {_describe(e)}"
+    finish_run(runner.sessions, claim, status, message, clock=runner.clock)
+    return _result(nl, d, outcome, message, level)
+
+
+def _describe(e: BaseException) -> str:
+    """Type, message and where it was raised, on one line (for a bug report)."""
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(e).__name__}: {e}{where}".replace("\n", " ")
+
+
+def _prepare(runner: Runner, nl: NewsletterConfig, d: date, *, gates: bool) -> None:
+    """Build the edition if nobody did (kept even when a gate then closes, for the editor to
+    look at), and check the gates unless forced."""
+    with transaction(runner.sessions) as session:
+        if get_edition(session, nl.id, d) is None:
+            build_edition(session, runner.config, nl, d, clock=runner.clock)
+    if gates and not runner.force:
+        with runner.sessions() as session:
+            edition = load_edition(session, nl.id, d)
+            check_gates(session, runner.config, nl, edition, clock=runner.clock)
+
+
+def _missed(
+    runner: Runner,
+    nl: NewsletterConfig,
+    d: date,
+    at: datetime,
+    now: datetime,
+    existing: ScheduledRun | None,
+) -> RunResult:
+    if existing is not None and existing.status == "failed":
+        # Already reported when it failed; a retry pass past the grace period stays quiet.
+        return RunResult(nl.id, d, "finished", f"failed: {existing.result}")
+    claim = claim_run(
+        runner.sessions,
+        nl.id,
+        d,
+        owner=runner.owner,
+        clock=runner.clock,
+        stale_after=runner.stale_after,
+    )
+    if claim is None:
+        return RunResult(nl.id, d, "busy", "claimed by another process")
+    hours = (now - at).total_seconds() / 3600
+    message = (
+        f"missed: due {at:%Y-%m-%d %H:%M} UTC, {hours:.1f} h ago, beyond catch_up_hours = "
+        f"{nl.catch_up_hours:g}; send it by hand with `digest send {nl.id} --date {d}`"
+    )
+    finish_run(runner.sessions, claim, "skipped", message, clock=runner.clock)
+    return _result(nl, d, "skipped", message, logging.WARNING)
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewsletterStatus:
+    newsletter: str
+    timezone: str
+    next_date: date
+    next_at: datetime  # in the newsletter's time zone
+    local_time_delivery: bool
+    last: ScheduledRun | None
+
+    def lines(self) -> Iterator[str]:
+        mode = " (local-time waves from then on)" if self.local_time_delivery else ""
+        yield (
+            f"{self.newsletter}: next {self.next_date} at {self.next_at:%Y-%m-%d %H:%M %Z} "
+            f"({self.timezone}){mode}"
+        )
+        if self.last is None:
+            yield "  last: never run"
+        else:
+            r = self.last
+            when = r.finished_at or r.heartbeat_at
+            yield (
+                f"  last: {r.edition_date} {r.status} at {when:%Y-%m-%d %H:%M} UTC "
+                f"by {r.claimed_by}: {r.result or '-'}"
+            )
+
+
+def schedule_status(
+    config: Config, sessions: sessionmaker[Session], *, clock: Clock
+) -> list[NewsletterStatus]:
+    now = clock()
+    out = []
+    with sessions() as session:
+        for nl in config.newsletters.values():
+            d, at = next_send(nl, now)
+            out.append(
+                NewsletterStatus(
+                    nl.id,
+                    nl.timezone,
+                    d,
+                    at.astimezone(nl.tz),
+                    nl.local_time_delivery,
+                    last_run(session, nl.id),
+                )
+            )
+    return out
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+def build_schedule(runner: Runner) -> Any:
+    """A schedule.Scheduler with each newsletter's jobs (returned for inspection in tests)."""
+    import schedule
+
+    sched = schedule.Scheduler()
+    for nl in runner.config.newsletters.values():
+        job = _job(runner, nl.id)
+        if nl.local_time_delivery:
+            # Each wave also retries what failed or was abandoned in the hour before.
+            sched.every().hour.at(f":{nl.send_time:%M}").do(job).tag(nl.id, "waves")
+        else:
+            sched.every().day.at(f"{nl.send_time:%H:%M}", nl.timezone).do(job).tag(nl.id)
+            # Retries a failed run within the grace period and takes over a stale claim.
+            sched.every(RETRY_EVERY_MINUTES).minutes.do(job).tag(nl.id, "retry")
+    return sched
+
+
+def _job(runner: Runner, newsletter_id: str) -> Callable[[], None]:
+    def job() -> None:
+        if runner.stop.is_set():
+            return
+        try:
+            run_due(runner, newsletter_id)
+        except Exception as e:  # schedule lets a job's exception stop run_pending()
+            _event(logging.ERROR, "error", newsletter_id, None, _describe(e))
+
+    return job
+
+
+def serve(runner: Runner, *, poll_seconds: float = 30.0) -> int:
+    """Run until SIGTERM/SIGINT: catch up at start, then the jobs. Returns the exit code (0)."""
+    sched = build_schedule(runner)
+    previous = {
+        sig: signal.signal(sig, _on_signal(runner.stop)) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        names = ", ".join(runner.config.newsletters)
+        _event(logging.INFO, "started", "*", None, f"scheduler {runner.owner} for {names}")
+        for nid in runner.config.newsletters:
+            _job(runner, nid)()
+        while not runner.stop.is_set():
+            sched.run_pending()
+            idle = sched.idle_seconds
+            runner.stop.wait(poll_seconds if idle is None else max(0.0, min(idle, poll_seconds)))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    _event(logging.INFO, "stopped", "*", None, "stopped on signal")
+    return 0
+
+
+def _on_signal(stop: threading.Event) -> Callable[[int, FrameType | None], None]:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second signal: stop now, the ledger stays consistent
+        _event(
+            logging.INFO,
+            "stopping",
+            "*",
+            None,
+            f"{signal.Signals(signum).name}: finishing the current batch",
+        )
+        stop.set()
+
+    return handle
+
+
+# --- logging ----------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, event, newsletter, edition, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds"),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", record.name),
+            "newsletter": getattr(record, "newsletter", None),
+            "edition": getattr(record, "edition", None) or None,
+            "message": record.getMessage(),
+        }
+        return json.dumps(out, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """`2026-03-10T10:30:00Z INFO sent daily 2026-03-10: 1200 sent ...` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = getattr(record, "event", record.name)
+        where = " ".join(
+            x for x in (getattr(record, "newsletter", ""), getattr(record, "edition", "")) if x
+        )
+        message = record.getMessage().replace("\n", " ")
+        return f"{ts} {record.levelname} {event} {where}: {message}"
+
+
+def configure_logging(json_lines: bool, stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
