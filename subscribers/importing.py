@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, TypeVar
 from zoneinfo import available_timezones
@@ -169,19 +170,22 @@ def _parse(text: str, file: str, newsletter: NewsletterConfig) -> tuple[list[_Ro
     width = len(header)
     checker = AddressChecker()
 
-    def cell(values: list[str], name: str) -> str:
-        i = col.get(name)
+    def cell(values: list[str], i: int | None) -> str:
         return values[i].strip() if i is not None and i < len(values) else ""
 
+    email_i, tz_i, sections_i, tags_i, name_i = (
+        col.get(k) for k in ("email", "timezone", "sections", "tags", "name")
+    )
+
     for number, values in raw_rows:
-        if not any(v.strip() for v in values):
+        if not "".join(values).strip():
             continue
         if len(values) > width and any(v.strip() for v in values[width:]):
             errors.append(
                 RowError(number, f"{len(values)} cells but the header names {width} columns")
             )
             continue
-        raw_email = cell(values, "email")
+        raw_email = cell(values, email_i)
         if not raw_email:
             errors.append(RowError(number, "email is empty"))
             continue
@@ -195,12 +199,12 @@ def _parse(text: str, file: str, newsletter: NewsletterConfig) -> tuple[list[_Ro
         if email in seen:
             errors.append(RowError(number, f"{email} is a duplicate of row {seen[email]}"))
             continue
-        tz = cell(values, "timezone") or None
+        tz = cell(values, tz_i) or None
         if tz is not None and tz not in zones:
             errors.append(RowError(number, f"timezone {tz!r} is not an IANA time zone"))
             continue
         sections: list[str] | None = None
-        raw_sections = cell(values, "sections")
+        raw_sections = cell(values, sections_i)
         if raw_sections:
             sections = []
             unknown = []
@@ -217,11 +221,11 @@ def _parse(text: str, file: str, newsletter: NewsletterConfig) -> tuple[list[_Ro
                     RowError(number, f"unknown section {unknown[0]!r} (sections: {known})")
                 )
                 continue
-        raw_tags = cell(values, "tags")
+        raw_tags = cell(values, tags_i)
         tags = sorted({t.lower() for t in _SPLIT.split(raw_tags) if t}) if raw_tags else None
         attributes = {h: values[i].strip() for i, h in attr_cols if i < len(values)}
         attributes = {k: v for k, v in attributes.items() if v}
-        name = cell(values, "name") or None
+        name = cell(values, name_i) or None
         too_long = next(
             (k for k, v in attributes.items() if len(v) > 500),
             "name" if name and len(name) > 300 else None,
@@ -311,6 +315,7 @@ def _insert_new(
 ) -> None:
     if not rows:
         return
+    source = f"import:{Path(file).name}"[:200]
     _bulk(
         session,
         Subscriber,
@@ -321,7 +326,7 @@ def _insert_new(
                 "name": r.name,
                 "status": "active",
                 "timezone": r.timezone,
-                "source": f"import:{Path(file).name}"[:200],
+                "source": source,
                 "created_at": at,
                 "confirmed_at": at,
                 "unsubscribed_at": None,
@@ -407,7 +412,8 @@ def _bulk(session: Session, model: type[Any], params: list[dict[str, Any]]) -> N
 
     SQLAlchemy's own executemany converts every value of every row in Python, which costs more
     than the database work here; the values are converted once per distinct value instead,
-    with the column types' own bind processors, so what is stored is identical.
+    with the column types' own bind processors, so what is stored is identical. `params` is
+    converted in place.
     """
     if not params:
         return
@@ -416,23 +422,24 @@ def _bulk(session: Session, model: type[Any], params: list[dict[str, Any]]) -> N
     keys = list(params[0])
     compiled = insert(table).compile(dialect=conn.dialect, column_keys=keys)
     processors = {
-        k: p for k in keys if (p := table.c[k].type.bind_processor(conn.dialect)) is not None
+        k: f for k in keys if (f := table.c[k].type.bind_processor(conn.dialect)) is not None
     }
-    memo: dict[tuple[str, Any], Any] = {}
-
-    def convert(key: str, value: Any) -> Any:
-        proc = processors.get(key)
-        if proc is None or value is None:
-            return value
-        if (key, value) not in memo:
-            memo[key, value] = proc(value)
-        return memo[key, value]
-
+    for key, proc in processors.items():
+        memo: dict[Any, Any] = {}
+        for row in params:
+            value = row[key]
+            if value is not None:
+                if value not in memo:
+                    memo[value] = proc(value)
+                row[key] = memo[value]
     order = compiled.positiontup
+    rows: list[Any] = params
     if order is not None:
-        rows: list[Any] = [tuple(convert(k, p[k]) for k in order) for p in params]
-    else:
-        rows = [{k: convert(k, v) for k, v in p.items()} for p in params]
+        rows = (
+            [(row[order[0]],) for row in params]
+            if len(order) == 1
+            else list(map(itemgetter(*order), params))
+        )
     conn.exec_driver_sql(str(compiled), rows)
 
 
