@@ -541,7 +541,9 @@ def segments_show(app: App, name, newsletter_id):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE, not stdout.")
 @click.option("--open", "open_", is_flag=True, help="Open the preview in the default browser.")
 @click.option("--serve", is_flag=True, help="Serve all variants on 127.0.0.1, fresh on reload.")
-@click.option("--port", default=8025, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--port", default=8025, show_default=True, type=click.IntRange(0, 65535), help="For --serve."
+)
 @pass_app
 def preview(app: App, newsletter, date_, segment, subscriber, fmt, output, open_, serve, port):
     """Show the stored edition's email exactly as a reader gets it."""
