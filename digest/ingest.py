@@ -49,16 +49,6 @@ _MAX_LENGTH = {
     "source": 200,
     "image_url": 2048,
 }
-_TEXT_FIELDS = (
-    "title",
-    "dek",
-    "body",
-    "byline",
-    "image_url",
-    "image_alt",
-    "image_caption",
-    "source",
-)
 # What content_hash covers: every field ingest stores.
 _HASHED = (
     "guid",
@@ -498,8 +488,7 @@ def parse_priority(value: object) -> str:
         return "normal"
     if isinstance(value, str) and value.strip().lower() in PRIORITIES:
         return value.strip().lower()
-    shown = _quote(value) if isinstance(value, str) else repr(value)
-    raise FieldError(f"priority {shown[:60]} is not one of {', '.join(PRIORITIES)}")
+    raise FieldError(f"priority {_quote(value)} is not one of {', '.join(PRIORITIES)}")
 
 
 def parse_popularity(value: object) -> float:
@@ -513,8 +502,7 @@ def parse_popularity(value: object) -> float:
         except (ValueError, OverflowError):
             number = None
     if number is None or not math.isfinite(number) or number < 0:
-        shown = _quote(value) if isinstance(value, str) else repr(value)
-        raise FieldError(f"popularity {shown[:60]} is not a number of 0 or more")
+        raise FieldError(f"popularity {_quote(value)} is not a number of 0 or more")
     return number
 
 
@@ -544,9 +532,13 @@ def _unknown_section(name: str, known: Mapping[str, str]) -> str:
     raise FieldError(f"unknown section {_quote(name)} (configured: {allowed})")
 
 
-def _quote(text: object) -> str:
-    shown = str(text)
-    return repr(shown if len(shown) <= 80 else shown[:77] + "...")
+def _quote(value: object) -> str:
+    """A value as a rejection quotes it: repr, cut to about 80 characters."""
+    try:
+        shown = repr(value)
+    except ValueError:  # an int with more digits than Python will print
+        return f"a {type(value).__name__} too long to show"
+    return shown if len(shown) <= 80 else f"{shown[:77]}..."
 
 
 # --- JSON ------------------------------------------------------------------------------------
@@ -559,9 +551,11 @@ def _parse_json(path: Path, data: bytes, defaults: _Defaults) -> _Parsed:
         doc = json.loads(text)
     except json.JSONDecodeError as first:
         records = list(_json_lines(path, text, first))
-    except RecursionError:
-        raise InputError(f"{path}: JSON is nested too deeply") from None
+    except (ValueError, RecursionError) as e:  # numbers too long, nesting too deep
+        raise InputError(f"{path}: JSON cannot be read ({_first_line(e)})") from None
     else:
+        if isinstance(doc, dict) and isinstance(_wrapped(doc), list):
+            doc = _wrapped(doc)  # {"articles": [...]}, as some CMS exports wrap the list
         if isinstance(doc, list):
             records = [(f"item {n}", rec) for n, rec in enumerate(doc, 1)]
         elif isinstance(doc, dict):
@@ -578,24 +572,30 @@ def _parse_json(path: Path, data: bytes, defaults: _Defaults) -> _Parsed:
     return parsed
 
 
+def _wrapped(doc: dict[str, Any]) -> object:
+    return doc.get("articles", doc.get("items")) if len(doc) == 1 else None
+
+
 def _json_lines(path: Path, text: str, first: json.JSONDecodeError) -> Iterator[tuple[str, object]]:
     # One document (an array, or a single line) with a syntax error: report where it is.
     if "\n" not in text.strip() or text.lstrip().startswith("["):
         raise InputError(
             f"{path}: not valid JSON ({first.msg} at line {first.lineno} column {first.colno})"
         )
-    for number, line in enumerate(text.splitlines(), 1):
+    # "\n" only: str.splitlines() would also split inside strings holding U+2028 and friends.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             yield f"line {number}", json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(
-                f"{path}: line {number}: not valid JSON ({e.msg} at column {e.colno}); "
-                "nothing was ingested from this file"
+                f"{path}: line {number}: not valid JSON ({e.msg} at column {e.colno})"
             ) from None
-        except RecursionError:
-            raise InputError(f"{path}: line {number}: JSON is nested too deeply") from None
+        except (ValueError, RecursionError) as e:
+            raise InputError(
+                f"{path}: line {number}: JSON cannot be read ({_first_line(e)})"
+            ) from None
 
 
 def parse_record(
@@ -608,6 +608,10 @@ def parse_record(
     """Article fields from one JSON object or CSV row (field names as in the README); raises
     FieldError with the rejection reason."""
     return _validate(_record_fields(record), _Defaults(section, source, known_sections))
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).split(";")[0].splitlines()[0] if str(error) else type(error).__name__
 
 
 def _record_fields(record: Mapping[str, object]) -> dict[str, Any]:

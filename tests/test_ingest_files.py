@@ -226,6 +226,22 @@ def test_a_story_found_by_url_keeps_its_first_guid(
     assert list(by_guid(sessions)) == ["https://x.example/a"]
 
 
+def test_json_wrapped_in_an_articles_key_and_lines_with_unicode_separators(
+    sessions: sessionmaker[Session], now: datetime, tmp_path: Path
+) -> None:
+    wrapped = tmp_path / "export.json"
+    wrapped.write_text(json.dumps({"articles": [story()]}))
+    lines = tmp_path / "export.jsonl"
+    records = [
+        story(url="https://x.example/b", dek="one\u2028two"),
+        story(url="https://x.example/c"),
+    ]
+    lines.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records))
+    reports = ingest(sessions, wrapped, lines, at=now)
+    assert [(r.new, r.rejected) for r in reports] == [(1, 0), (2, 0)]
+    assert by_guid(sessions)["https://x.example/b"].dek == "one\u2028two"
+
+
 def test_headlines_bylines_and_sources_are_one_line(
     sessions: sessionmaker[Session], now: datetime, tmp_path: Path
 ) -> None:
@@ -271,6 +287,12 @@ def test_text_is_cleaned_of_control_characters(
             "broken.jsonl: line 2: not valid JSON",
         ),
         ("scalar.json", b"42", "scalar.json: JSON must be an array of objects"),
+        (
+            "huge.json",
+            b"[" + b"1" * 5000 + b"]",
+            "huge.json: JSON cannot be read (Exceeds the limit",
+        ),
+        ("deep.json", b"[" * 100_000, "deep.json: JSON cannot be read"),
         ("image.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "image.png: binary data"),
         ("latin1.csv", "url,title\nhttps://x.example/é,Café\n".encode("latin-1"), "not UTF-8"),
         ("names.csv", b"name,email\nAda,ada@example.com\n", "must name url and title"),

@@ -103,6 +103,14 @@ def test_any_value_is_a_priority_or_a_rejection(value: object) -> None:
     assert priority in (None, "normal", "boost", "pin")
 
 
+def test_popularity_forms() -> None:
+    assert parse_popularity("1e3") == 1000.0
+    assert parse_popularity(7) == 7.0
+    for bad in ("nan", "inf", True, 10**5000, "-1", [1]):
+        with pytest.raises(FieldError, match="is not a number of 0 or more"):
+            parse_popularity(bad)
+
+
 @pytest.mark.parametrize(
     ("value", "expected"), [("PIN", "pin"), (" boost ", "boost"), ("", "normal"), (None, "normal")]
 )
