@@ -580,6 +580,43 @@ def preview(app: App, newsletter, date_, segment, subscriber, fmt, output, open_
         click.echo(document, nl=False)
 
 
+# --- web -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@pass_app
+def serve(app: App, host: str, port: int):
+    """Run the subscriber web app: unsubscribe, preferences, archive, SendGrid webhook."""
+    from digest.web import serve as serve_web
+
+    serve_web(
+        app.config,
+        app.sessions,
+        host=host,
+        port=port,
+        clock=utcnow,
+        on_ready=lambda url: click.echo(f"serving on {url} (Ctrl-C to stop)"),
+    )
+
+
+@cli.command("unsubscribe")
+@click.option(
+    "--from-mbox",
+    "mbox",
+    required=True,
+    type=click.Path(),
+    help="mbox file or maildir folder of mail sent to the List-Unsubscribe address.",
+)
+@pass_app
+def unsubscribe_mail(app: App, mbox: str):
+    """Process unsubscribe requests sent to the List-Unsubscribe mailto address."""
+    from digest.mailto import process_mailbox
+
+    click.echo(process_mailbox(app.config, app.sessions, Path(mbox), clock=utcnow).summary())
+
+
 def main() -> None:
     cli(prog_name="digest")
 

@@ -23,7 +23,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -723,12 +723,20 @@ class _RedactingHandler(WSGIRequestHandler):
 
 
 def serve(
-    config: Config, sessions: sessionmaker[Session], *, host: str, port: int, clock: Clock
+    config: Config,
+    sessions: sessionmaker[Session],
+    *,
+    host: str,
+    port: int,
+    clock: Clock,
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Run the app on werkzeug's threaded server until interrupted (for production, put
-    gunicorn behind a reverse proxy instead; see README)."""
+    """Run the app on werkzeug's threaded server until interrupted; `on_ready` gets the URL
+    once the socket is bound (for production use gunicorn behind a reverse proxy, see README)."""
     app = create_app(config, sessions, clock=clock)
     server = make_server(host, port, app, threaded=True, request_handler=_RedactingHandler)
+    if on_ready is not None:
+        on_ready(f"http://{host}:{server.server_port}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
