@@ -207,8 +207,11 @@ def content_hash(values: Mapping[str, Any]) -> str:
         elif name == "popularity":
             value = float(value or 0.0)
         canon[name] = value
-    blob = json.dumps(canon, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return _sha256(json.dumps(canon, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _stored(article: Article) -> dict[str, Any]:
@@ -367,7 +370,9 @@ def _validate(raw: Mapping[str, Any], defaults: _Defaults) -> dict[str, Any]:
         raise FieldError("no published date")
     values["published_at"] = parse_datetime(raw["published_at"], "published")
     guid = clean_text(raw.get("guid"), "guid", allow_number=True)
-    values["guid"] = guid or url
+    # Without a guid the URL is the id; one too long for the guid column is hashed to fit.
+    fallback = url if len(url) <= _MAX_LENGTH["guid"] else f"sha256:{_sha256(url)}"
+    values["guid"] = guid or fallback
     values["section"] = pick_section(
         raw.get("sections") or [], defaults.section, defaults.known_sections
     )
@@ -445,8 +450,10 @@ def parse_datetime(value: object, name: str = "published") -> datetime:
     if isinstance(value, datetime) and value.tzinfo is not None:
         parsed = value
     else:
-        if not isinstance(value, str) or not value.strip():
+        if _blank(value):
             raise FieldError(f"no {name} date")
+        if not isinstance(value, str):
+            raise FieldError(f"{name} date must be ISO 8601 text, not {type(value).__name__}")
         text = value.strip()
         try:
             parsed = datetime.fromisoformat(text)

@@ -185,6 +185,18 @@ def test_fields_too_long_for_the_store_are_rejected(
     assert report.new == 1
 
 
+def test_a_long_url_without_guid_gets_a_hashed_guid(
+    sessions: sessionmaker[Session], now: datetime, tmp_path: Path
+) -> None:
+    url = "https://x.example/" + "a" * 1000
+    path = write_json(tmp_path / "long-url.json", [story(url=url)])
+    (first,) = ingest(sessions, path, at=now)
+    (second,) = ingest(sessions, path, at=now)
+    assert (first.new, second.unchanged) == (1, 1)
+    (guid,) = by_guid(sessions)
+    assert guid.startswith("sha256:") and len(guid) == 71
+
+
 def test_same_story_twice_in_one_file_is_one_article(
     sessions: sessionmaker[Session], now: datetime, tmp_path: Path
 ) -> None:
