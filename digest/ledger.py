@@ -1,0 +1,386 @@
+"""The delivery ledger: one row per (edition, subscriber), the truth about who got what.
+
+States:
+    pending    row created, not yet given to a provider
+    sending    claimed by a worker (claimed_by/claimed_at); handed_at is set the moment the
+               message left for the provider (SMTP final dot written, HTTP request started)
+    sent       the provider accepted it (provider_message_id)
+    failed     the provider refused it for good (last_error); `--retry-failed` tries again
+    suppressed the address was suppressed after the row was created; not sent
+    skipped    the subscriber left the audience (unsubscribed, paused, left the segment)
+    unknown    handed over, but no answer came back (timeout, crash): it may have been
+               delivered; only `--resend-unknown` sends it again
+
+A row is claimed (committed) before the provider call and settled (committed) after it, so a
+crash leaves it in `sending`; `recover()` returns such rows to `pending` when they were never
+handed over, and marks them `unknown` when they were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import cast
+
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    exists,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from digest.articles import UTCDateTime
+from digest.db import Base
+from digest.providers.base import Kind, Outcome
+
+STATES = ("pending", "sending", "sent", "failed", "suppressed", "skipped", "unknown")
+SETTLED = ("sent", "failed", "suppressed", "skipped", "unknown")
+# A claim older than this belongs to a worker presumed dead (other machines cannot be asked).
+LEASE = timedelta(minutes=15)
+_STOPPED = (
+    "the sender stopped after handing the message to the provider and before its answer: "
+    "it may have been delivered"
+)
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"))
+    # No foreign key: the ledger is an audit record and outlives the subscriber row.
+    subscriber_id: Mapped[int] = mapped_column(Integer)
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str | None] = mapped_column(String(300))
+    sections: Mapped[str] = mapped_column(Text)  # JSON list, to re-render the same variant
+    variant: Mapped[str] = mapped_column(String(40))
+    segment: Mapped[str] = mapped_column(String(200), default="")
+    state: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    provider: Mapped[str | None] = mapped_column(String(16))
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(120))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    handed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("edition_id", "subscriber_id"),
+        # Claims walk one edition's pending rows variant by variant (full provider batches).
+        Index("ix_deliveries_edition_state", "edition_id", "state", "variant", "id"),
+    )
+
+    @property
+    def section_tuple(self) -> tuple[str, ...]:
+        return tuple(json.loads(self.sections))
+
+
+DELIVERIES = cast(Table, Delivery.__table__)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What a worker needs of a claimed row (plain values, safe across sessions)."""
+
+    id: int
+    subscriber_id: int
+    email: str
+    name: str | None
+    sections: tuple[str, ...]
+    variant: str
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()[:80]}:{os.getpid()}"
+
+
+def _alive_here(claimed_by: str) -> bool:
+    """Whether a claim belongs to a live process on this machine (others cannot be asked)."""
+    host, _, pid = claimed_by.rpartition(":")
+    if host != socket.gethostname()[:80] or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def existing_subscribers(session: Session, edition_id: int) -> set[int]:
+    return set(
+        session.scalars(select(Delivery.subscriber_id).where(Delivery.edition_id == edition_id))
+    )
+
+
+def insert_rows(session: Session, rows: Sequence[dict[str, object]]) -> None:
+    """Bulk insert of new rows (dicts of column values); the unique key rejects duplicates."""
+    if rows:
+        session.execute(DELIVERIES.insert(), list(rows))
+
+
+def recover(session: Session, edition_id: int, now: datetime) -> tuple[int, int]:
+    """Settle rows left in `sending` by a dead worker: back to pending when never handed over,
+    `unknown` when they were. Returns (returned to pending, marked unknown)."""
+    stale = session.execute(
+        select(Delivery.id, Delivery.claimed_by, Delivery.claimed_at, Delivery.handed_at).where(
+            Delivery.edition_id == edition_id, Delivery.state == "sending"
+        )
+    ).all()
+    back: list[int] = []
+    unknown: list[int] = []
+    for rid, by, at, handed in stale:
+        if by and at and at > now - LEASE and _alive_here(by):
+            continue
+        (unknown if handed else back).append(rid)
+    for chunk in _chunks(back):
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(chunk), Delivery.state == "sending")
+            .values(state="pending", claimed_by=None, claimed_at=None)
+        )
+    for chunk in _chunks(unknown):
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(chunk), Delivery.state == "sending")
+            .values(
+                state="unknown",
+                settled_at=now,
+                last_error=_STOPPED,
+            )
+        )
+    return len(back), len(unknown)
+
+
+def reopen(session: Session, edition_id: int, states: Iterable[str]) -> int:
+    """Put failed/unknown rows back to pending (--retry-failed, --resend-unknown)."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.edition_id == edition_id, Delivery.state.in_(list(states)))
+        .values(state="pending", claimed_by=None, claimed_at=None, handed_at=None)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def claim(session: Session, edition_id: int, worker: str, n: int, now: datetime) -> list[Claimed]:
+    """Take up to n pending rows for this worker (state sending), variant by variant so a
+    batch is mostly one variant (one SendGrid request carries one variant's content).
+
+    PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint rows without
+    waiting. SQLite ignores it; there a single UPDATE ... WHERE state='pending' runs under the
+    database write lock, which still never hands one row to two claimers."""
+    pick = (
+        select(Delivery.id)
+        .where(Delivery.edition_id == edition_id, Delivery.state == "pending")
+        .order_by(Delivery.variant, Delivery.id)
+        .limit(n)
+    )
+    if not _sqlite(session):
+        ids = list(session.scalars(pick.with_for_update(skip_locked=True)))
+        if not ids:
+            return []
+        where = Delivery.id.in_(ids)
+    else:
+        where = Delivery.id.in_(pick.scalar_subquery())
+    rows = session.execute(
+        update(Delivery)
+        .where(where, Delivery.state == "pending")
+        .values(
+            state="sending",
+            claimed_by=worker,
+            claimed_at=now,
+            handed_at=None,
+            attempts=Delivery.attempts + 1,
+        )
+        .returning(
+            Delivery.id,
+            Delivery.subscriber_id,
+            Delivery.email,
+            Delivery.name,
+            Delivery.sections,
+            Delivery.variant,
+        )
+    ).all()
+    out = [Claimed(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5]) for r in rows]
+    out.sort(key=lambda c: c.id)
+    return out
+
+
+def mark_handed(session: Session, ids: Sequence[int], worker: str, now: datetime) -> None:
+    for chunk in _chunks(list(ids)):
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(chunk), Delivery.claimed_by == worker)
+            .values(handed_at=now)
+        )
+
+
+def settle(
+    session: Session, outcomes: Sequence[Outcome], worker: str, provider: str, now: datetime
+) -> None:
+    """Record final outcomes (accepted, failed, unknown) of rows this worker holds."""
+    accepted: dict[str | None, list[int]] = defaultdict(list)
+    others: list[dict[str, object]] = []
+    for o in outcomes:
+        if o.kind is Kind.ACCEPTED:
+            accepted[o.provider_id].append(o.delivery_id)
+        elif o.kind in (Kind.FAILED, Kind.UNKNOWN):
+            others.append(
+                {"b_id": o.delivery_id, "b_state": o.kind.value, "b_error": (o.error or "")[:2000]}
+            )
+    mine = (Delivery.state == "sending", Delivery.claimed_by == worker)
+    if len(accepted) > 8:
+        # SMTP: one id per message; executemany keeps it one round trip per batch.
+        session.execute(
+            update(DELIVERIES)
+            .where(Delivery.id == bindparam("b_id"), *mine)
+            .values(
+                state="sent",
+                provider=provider,
+                provider_message_id=bindparam("b_pid"),
+                settled_at=now,
+                last_error=None,
+            ),
+            [{"b_id": i, "b_pid": pid} for pid, ids in accepted.items() for i in ids],
+        )
+    else:
+        for pid, ids in accepted.items():
+            for chunk in _chunks(ids):
+                session.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(chunk), *mine)
+                    .values(
+                        state="sent",
+                        provider=provider,
+                        provider_message_id=pid,
+                        settled_at=now,
+                        last_error=None,
+                    )
+                )
+    if others:
+        session.execute(
+            update(DELIVERIES)
+            .where(Delivery.id == bindparam("b_id"), *mine)
+            .values(
+                state=bindparam("b_state"),
+                provider=provider,
+                last_error=bindparam("b_error"),
+                settled_at=now,
+            ),
+            others,
+        )
+
+
+def unhand(session: Session, ids: Sequence[int], worker: str) -> None:
+    """The provider answered "not accepted, try again" (429, 5xx, 401): the messages are no
+    longer in its hands, so a crash from here on may resend them safely."""
+    for chunk in _chunks(list(ids)):
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(chunk), Delivery.state == "sending")
+            .where(Delivery.claimed_by == worker)
+            .values(handed_at=None, attempts=Delivery.attempts + 1)
+        )
+
+
+def release(session: Session, ids: Sequence[int], worker: str, now: datetime) -> None:
+    """Let go of rows this worker still holds (stop, error): never handed over → pending;
+    handed over without an answer → unknown."""
+    for chunk in _chunks(list(ids)):
+        mine = (Delivery.id.in_(chunk), Delivery.state == "sending", Delivery.claimed_by == worker)
+        session.execute(
+            update(Delivery)
+            .where(*mine, Delivery.handed_at.is_(None))
+            .values(state="pending", claimed_by=None, claimed_at=None)
+        )
+        session.execute(
+            update(Delivery)
+            .where(*mine, Delivery.handed_at.is_not(None))
+            .values(state="unknown", settled_at=now, last_error=_STOPPED)
+        )
+
+
+def leave_audience(session: Session, ids: Sequence[int], now: datetime) -> int:
+    """Pending rows of people no longer in the audience: `suppressed` when the address is on
+    the suppression list, `skipped` otherwise (unsubscribed, paused, left the segment)."""
+    from subscribers.models import Subscriber, Suppression
+
+    for chunk in _chunks(list(ids)):
+        suppressed = set(
+            session.scalars(
+                select(Delivery.id).where(
+                    Delivery.id.in_(chunk),
+                    exists().where(
+                        Subscriber.id == Delivery.subscriber_id,
+                        Suppression.email_hash == Subscriber.email_hash,
+                    ),
+                )
+            )
+        )
+        for state, rows, why in (
+            ("suppressed", [i for i in chunk if i in suppressed], "address is suppressed"),
+            ("skipped", [i for i in chunk if i not in suppressed], "no longer in the audience"),
+        ):
+            if rows:
+                session.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(rows), Delivery.state == "pending")
+                    .values(state=state, settled_at=now, last_error=why)
+                )
+    return len(ids)
+
+
+def counts(session: Session, edition_id: int) -> dict[str, int]:
+    rows = session.execute(
+        select(Delivery.state, func.count())
+        .where(Delivery.edition_id == edition_id)
+        .group_by(Delivery.state)
+    ).all()
+    out = dict.fromkeys(STATES, 0)
+    out.update({state: int(n) for state, n in rows})
+    return out
+
+
+def unsettled(session: Session, edition_id: int) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                Delivery.edition_id == edition_id, Delivery.state.in_(("pending", "sending"))
+            )
+        )
+        or 0
+    )
+
+
+def fast_commits(session: Session) -> None:
+    """Per-message checkpoints on PostgreSQL need not wait for the WAL flush: they protect
+    against this process dying, not the database server losing power."""
+    if not _sqlite(session):
+        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+
+
+def _sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
+
+
+def _chunks(ids: Sequence[int], size: int = 900) -> Iterable[Sequence[int]]:
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]

@@ -1,0 +1,747 @@
+"""The send pipeline: edition → ledger rows for the audience → batches → provider → ledger.
+
+Exactly-once rests on the ledger (digest.ledger): a row is claimed (committed) before any
+provider call, marked `handed` the moment its message leaves for the provider, and settled after
+the answer. A re-run — after Ctrl-C, kill -9 or a power cut — recovers rows a dead worker held:
+never handed → sent again; handed without an answer → `unknown`, not resent unless asked. The
+residual window is one message per SMTP worker (final dot written, reply not yet recorded) and
+one request per SendGrid worker; those rows say `unknown`, they are never silently resent.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from digest import ledger
+from digest.clock import Clock, utcnow
+from digest.config import Config, NewsletterConfig
+from digest.db import make_engine, session_factory, transaction
+from digest.editions import Edition, build_edition, freeze_edition, get_edition
+from digest.errors import InputError, ProviderError
+from digest.ledger import DELIVERIES, Claimed
+from digest.message import Addressee, Content, VariantMessage, make_message_id
+from digest.providers.base import Batch, Kind, Outcome, Outgoing, Provider, backoff
+from digest.render import (
+    SLOTS,
+    Personal,
+    Personalised,
+    RenderedVariant,
+    Renderer,
+    check_size,
+    personal_links,
+    personalise,
+)
+from subscribers.audience import Recipient, audience
+
+_FINAL = (Kind.ACCEPTED, Kind.FAILED, Kind.UNKNOWN)
+_INSERT_CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """429, 5xx and connection errors: exponential backoff with jitter, at most `attempts`
+    tries per message in one run; Retry-After / X-RateLimit-Reset are honoured."""
+
+    attempts: int = 6
+    base: float = 1.0
+    cap: float = 60.0
+
+
+@dataclass
+class SendOptions:
+    provider: str | None = None
+    dry_run: bool = False
+    segments: tuple[str, ...] = ()
+    limit: int | None = None
+    workers: int = 1
+    retry_failed: bool = False
+    resend_unknown: bool = False
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    batch_size: int | None = None  # default: the provider's own
+    # Local-time delivery (the scheduler's waves): only recipients it accepts get rows now.
+    recipient_filter: Callable[[Recipient], bool] | None = None
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    sent: int
+    failed: int
+    unknown: int
+    total: int  # rows this run may still deliver (after --limit)
+    rate: float  # messages per second
+    eta_seconds: float | None
+
+    @property
+    def done(self) -> int:
+        return self.sent + self.failed + self.unknown
+
+
+@dataclass
+class SendReport:
+    newsletter: str
+    edition_date: date
+    provider: str
+    counts: dict[str, int]
+    sent_now: int = 0
+    failed_now: int = 0
+    unknown_now: int = 0
+    created: int = 0
+    skipped_now: int = 0
+    recovered: int = 0
+    elapsed: float = 0.0
+    dry_run: bool = False
+    edition_status: str = ""
+    stopped: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.dry_run:
+            lines = [
+                f"dry run of {self.newsletter} {self.edition_date}: {self.sent_now} message(s) "
+                f"written to the outbox; the ledger was not touched"
+            ]
+        else:
+            rate = self.sent_now / self.elapsed if self.elapsed > 0 else 0.0
+            state = ", ".join(f"{k} {v}" for k, v in self.counts.items() if v)
+            lines = [
+                f"{self.newsletter} {self.edition_date} via {self.provider}: sent {self.sent_now}, "
+                f"failed {self.failed_now}, unknown {self.unknown_now} in {self.elapsed:.1f}s "
+                f"({rate:.0f}/s)",
+                f"ledger: {state or 'no rows'}; edition {self.edition_status}",
+            ]
+            if self.created:
+                lines.append(f"{self.created} new recipient(s) added to the ledger")
+            if self.recovered:
+                lines.append(f"{self.recovered} row(s) recovered from an interrupted send")
+            if self.stopped:
+                lines.append("stopped before the end: run the same command again to continue")
+        return "\n".join(lines + self.notes)
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+def make_provider(config: Config, name: str, newsletter: NewsletterConfig) -> Provider:
+    if name == "outbox":
+        from digest.providers.outbox import OutboxProvider
+
+        return OutboxProvider(config.outbox.dir, config.outbox.rate)
+    if name == "smtp":
+        from digest.providers.smtp import SmtpProvider
+
+        return SmtpProvider(config.smtp, newsletter.from_email)
+    if name == "sendgrid":
+        from digest.providers.sendgrid import SendGridProvider
+
+        return SendGridProvider(config.sendgrid)
+    raise InputError(f"unknown provider {name!r} (choose outbox, smtp or sendgrid)")
+
+
+def send_edition(
+    config: Config,
+    sessions: sessionmaker[Session],
+    newsletter_id: str,
+    edition_date: date,
+    options: SendOptions,
+    *,
+    clock: Clock,
+    provider: Provider | None = None,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> SendReport:
+    """Build (if missing) and freeze the edition, add ledger rows for the audience, deliver
+    every pending row, settle each, and mark the edition sent once nothing is left.
+
+    Safe to run concurrently (PostgreSQL) and to re-run after a crash. Content gates are the
+    caller's business. `options.recipient_filter` limits the new rows to recipients it accepts
+    (local-time waves); the edition is marked sent only once a run leaves nobody out."""
+    nl = config.newsletter(newsletter_id)
+    name = options.provider or nl.provider
+    stop = stop or threading.Event()
+    started = time.monotonic()
+    if options.dry_run:
+        return _dry_run(config, sessions, nl, edition_date, options, clock, provider)
+    if provider is None:
+        provider = make_provider(config, name, nl)
+    report = SendReport(nl.id, edition_date, provider.name, {})
+
+    with transaction(sessions) as session:
+        edition = _frozen_edition(session, config, nl, edition_date, clock)
+    renderer = Renderer(config, nl, edition)
+    with transaction(sessions) as session:
+        back, unknown = ledger.recover(session, edition.id, clock())
+        report.recovered = back + unknown
+        if options.retry_failed:
+            ledger.reopen(session, edition.id, ["failed"])
+        if options.resend_unknown:
+            ledger.reopen(session, edition.id, ["unknown"])
+        report.created, report.skipped_now, left_out = _create_rows(
+            session, config, nl, edition.id, renderer, options, clock
+        )
+
+    workers = max(1, options.workers)
+    bind = sessions.kw.get("bind")
+    if workers > 1 and (bind is None or bind.dialect.name == "sqlite"):
+        report.notes.append(
+            f"note: SQLite runs one worker (asked for {workers}); "
+            "several workers need PostgreSQL (FOR UPDATE SKIP LOCKED)"
+        )
+        workers = 1
+    try:
+        if workers == 1:
+            w = _Worker(config, sessions, nl, edition, renderer, provider, options, clock, stop)
+            w.progress = progress
+            w.run(options.limit)
+            report.sent_now, report.failed_now, report.unknown_now = w.sent, w.failed, w.unknown
+        else:
+            assert isinstance(bind, Engine)
+            totals = _run_processes(config, bind, nl, edition.id, name, options, stop, progress)
+            report.sent_now, report.failed_now, report.unknown_now = totals
+    finally:
+        provider.close()
+
+    report.stopped = stop.is_set()
+    with transaction(sessions) as session:
+        if not left_out and not report.stopped and ledger.unsettled(session, edition.id) == 0:
+            session.execute(
+                update(Edition)
+                .where(Edition.id == edition.id, Edition.status == "frozen")
+                .values(status="sent")
+            )
+        report.counts = ledger.counts(session, edition.id)
+        report.edition_status = (
+            session.scalar(select(Edition.status).where(Edition.id == edition.id)) or ""
+        )
+    report.elapsed = time.monotonic() - started
+    return report
+
+
+def _frozen_edition(
+    session: Session, config: Config, nl: NewsletterConfig, edition_date: date, clock: Clock
+) -> Edition:
+    edition = get_edition(session, nl.id, edition_date)
+    if edition is None:
+        edition = build_edition(session, config, nl, edition_date, clock=clock).edition
+    freeze_edition(session, edition, clock=clock)
+    return _load(session, edition.id)
+
+
+def _load(session: Session, edition_id: int) -> Edition:
+    edition = session.scalars(
+        select(Edition).options(selectinload(Edition.items)).where(Edition.id == edition_id)
+    ).one()
+    return edition
+
+
+def _insert(session: Session) -> Any:
+    """INSERT that skips rows another process added a moment ago (unique edition+subscriber)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return sqlite.insert(DELIVERIES).on_conflict_do_nothing()
+    return postgresql.insert(DELIVERIES).on_conflict_do_nothing()
+
+
+def _create_rows(
+    session: Session,
+    config: Config,
+    nl: NewsletterConfig,
+    edition_id: int,
+    renderer: Renderer,
+    options: SendOptions,
+    clock: Clock,
+) -> tuple[int, int, int]:
+    """One pending row per audience member not yet in the ledger; pending rows of people who
+    left the audience since become skipped/suppressed. Returns (created, skipped, left out by
+    the recipient filter)."""
+    existing = ledger.existing_subscribers(session, edition_id)
+    segments, wave = options.segments, options.recipient_filter
+    segment = ",".join(segments)
+    left_out = 0
+    now = clock()
+    variants: dict[tuple[str, ...], tuple[str, str]] = {}
+    batch: list[dict[str, object]] = []
+    present: set[int] = set()
+    created = 0
+    insert = _insert(session)
+    for r in audience(session, config, nl, segments):
+        present.add(r.subscriber_id)
+        if r.subscriber_id in existing:
+            continue
+        if wave is not None and not wave(r):
+            left_out += 1
+            continue
+        v = variants.get(r.sections)
+        if v is None:
+            rendered = renderer.variant(r.sections)
+            check_size(rendered)  # refuses a variant Gmail would clip
+            v = variants[r.sections] = (rendered.key, json.dumps(list(rendered.sections)))
+        batch.append(
+            {
+                "edition_id": edition_id,
+                "subscriber_id": r.subscriber_id,
+                "email": r.email,
+                "name": r.name,
+                "sections": v[1],
+                "variant": v[0],
+                "segment": segment,
+                "state": "pending",
+                "attempts": 0,
+                "created_at": now,
+            }
+        )
+        if len(batch) >= _INSERT_CHUNK:
+            session.execute(insert, batch)
+            created += len(batch)
+            batch = []
+    if batch:
+        session.execute(insert, batch)
+        created += len(batch)
+    gone = [
+        rid
+        for rid, sid in session.execute(
+            select(ledger.Delivery.id, ledger.Delivery.subscriber_id).where(
+                ledger.Delivery.edition_id == edition_id,
+                ledger.Delivery.state == "pending",
+                ledger.Delivery.segment == segment,
+            )
+        )
+        if sid not in present
+    ]
+    skipped = ledger.leave_audience(session, gone, now)
+    return created, skipped, left_out
+
+
+# --- one worker ------------------------------------------------------------------------------
+
+
+class _Worker:
+    """Claims batches of rows and delivers them until nothing is pending, the limit is reached
+    or `stop` is set (the batch in hand is finished first)."""
+
+    def __init__(
+        self,
+        config: Config,
+        sessions: sessionmaker[Session],
+        nl: NewsletterConfig,
+        edition: Edition,
+        renderer: Renderer,
+        provider: Provider,
+        options: SendOptions,
+        clock: Clock,
+        stop: threading.Event,
+    ) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.nl = nl
+        self.edition = edition
+        self.renderer = renderer
+        self.provider = provider
+        self.options = options
+        self.clock = clock
+        self.stop = stop
+        self.worker = ledger.worker_id() + f":{threading.get_ident() % 100000}"
+        self.batch_size = options.batch_size or provider.batch_size
+        self.substitutes = provider.name == "sendgrid"
+        self.progress: Progress | None = None
+        self.sent = self.failed = self.unknown = 0
+        self._variants: dict[tuple[str, ...], _Variant] = {}
+        self._started = time.monotonic()
+        self._remaining = 0
+
+    def run(self, limit: int | None) -> None:
+        with self.sessions() as session:
+            self._remaining = ledger.counts(session, self.edition.id)["pending"]
+        if limit is not None:
+            self._remaining = min(self._remaining, limit)
+        taken = 0
+        while not self.stop.is_set() and (limit is None or taken < limit):
+            n = self.batch_size if limit is None else min(self.batch_size, limit - taken)
+            with transaction(self.sessions) as session:
+                claimed = ledger.claim(session, self.edition.id, self.worker, n, self.clock())
+            if not claimed:
+                break
+            taken += len(claimed)
+            self._deliver(claimed)
+            self._report()
+
+    def _report(self) -> None:
+        if self.progress is None:
+            return
+        elapsed = time.monotonic() - self._started
+        done = self.sent + self.failed + self.unknown
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = max(self._remaining - done, 0)
+        eta = left / rate if rate > 0 else None
+        self.progress(
+            ProgressEvent(self.sent, self.failed, self.unknown, self._remaining, rate, eta)
+        )
+
+    def _variant(self, sections: tuple[str, ...]) -> _Variant:
+        v = self._variants.get(sections)
+        if v is None:
+            rendered = self.renderer.variant(sections)
+            message = VariantMessage(self.config, self.nl, self.edition.edition_date, rendered.key)
+            v = self._variants[sections] = _Variant(rendered, message, self.substitutes)
+        return v
+
+    def _deliver(self, claimed: list[Claimed]) -> None:
+        groups: dict[tuple[str, ...], list[Claimed]] = {}
+        for c in claimed:
+            groups.setdefault(c.sections, []).append(c)
+        held = [c.id for c in claimed]
+        try:
+            for sections, rows in groups.items():
+                self._deliver_group(self._variant(sections), rows)
+        finally:
+            # Anything still held (stop, auth failure, an error) is let go: back to pending
+            # when it never reached the provider, `unknown` when it did.
+            with transaction(self.sessions) as session:
+                ledger.release(session, held, self.worker, self.clock())
+
+    def _deliver_group(self, v: _Variant, rows: list[Claimed]) -> None:
+        when = self.clock()
+        personals = [
+            personal_links(
+                self.config,
+                self.nl,
+                self.edition,
+                Recipient(c.subscriber_id, c.email, c.name, c.sections, None),
+            )
+            for c in rows
+        ]
+        if v.template is not None and not v.verified:
+            v.verify(personalise(v.rendered, personals[0]), v.substitutions(personals[0]))
+        template = v.template
+        messages: list[Outgoing] = []
+        subs: list[dict[str, str]] = []
+        for c, personal in zip(rows, personals, strict=True):
+            to = Addressee(
+                email=c.email,
+                name=c.name,
+                unsubscribe_url=personal.unsubscribe_url,
+                message_id=make_message_id(self.nl, self.edition.edition_date, c.subscriber_id),
+                delivery_id=c.id,
+            )
+            if template is not None:
+                subs.append(v.substitutions(personal))
+                messages.append(Outgoing(to, template))
+            else:
+                messages.append(Outgoing(to, personalise(v.rendered, personal)))
+        batch = Batch(v.message, messages, when, template=template, substitutions=subs)
+        self._send_with_retries(batch)
+
+    def _checkpoint(self, handed: Sequence[int], settled: Sequence[Outcome]) -> None:
+        final = [o for o in settled if o.kind in _FINAL]
+        with transaction(self.sessions) as session:
+            ledger.fast_commits(session)
+            if handed:
+                ledger.mark_handed(session, handed, self.worker, self.clock())
+            if final:
+                ledger.settle(session, final, self.worker, self.provider.name, self.clock())
+        self._count(final)
+        self._settled.update(o.delivery_id for o in final)
+
+    def _count(self, outcomes: Iterable[Outcome]) -> None:
+        for o in outcomes:
+            if o.kind is Kind.ACCEPTED:
+                self.sent += 1
+            elif o.kind is Kind.FAILED:
+                self.failed += 1
+            elif o.kind is Kind.UNKNOWN:
+                self.unknown += 1
+
+    def _send_with_retries(self, batch: Batch) -> None:
+        policy = self.options.retry
+        attempt = 1
+        while True:
+            self._settled: set[int] = set()
+            outcomes = self.provider.send(batch, self._checkpoint)
+            final = [o for o in outcomes if o.kind in _FINAL and o.delivery_id not in self._settled]
+            if final:
+                with transaction(self.sessions) as session:
+                    ledger.settle(session, final, self.worker, self.provider.name, self.clock())
+                self._count(final)
+            unanswered = [o.delivery_id for o in outcomes if o.kind in (Kind.AUTH, Kind.RETRY)]
+            if unanswered:
+                with transaction(self.sessions) as session:
+                    ledger.unhand(session, unanswered, self.worker)
+            auth = [o for o in outcomes if o.kind is Kind.AUTH]
+            if auth:
+                raise ProviderError(
+                    f"{self.provider.name} refused the credentials ({auth[0].error}); check "
+                    f"{self._credentials_hint()}. Nothing more was sent; unsent rows stay pending"
+                )
+            retry = [o for o in outcomes if o.kind is Kind.RETRY]
+            if not retry:
+                return
+            if attempt >= policy.attempts:
+                self._give_up(batch, retry, outcomes)
+                return
+            delay = backoff(
+                attempt,
+                policy.base,
+                policy.cap,
+                max((o.retry_after for o in retry if o.retry_after is not None), default=None),
+            )
+            if self.stop.wait(delay):
+                return  # stopping: the rows still held go back to pending
+            attempt += 1
+            batch = _subset(batch, {o.delivery_id for o in retry})
+
+    def _give_up(self, batch: Batch, retry: list[Outcome], outcomes: list[Outcome]) -> None:
+        if len(retry) == len(outcomes):
+            # The provider is down or throttling hard: stop rather than fail everyone.
+            raise ProviderError(
+                f"{self.provider.name} kept answering {retry[0].error} after "
+                f"{self.options.retry.attempts} attempts; unsent rows stay pending: run the "
+                "same command again later"
+            )
+        gave_up = [
+            Outcome(
+                o.delivery_id,
+                Kind.FAILED,
+                error=f"gave up after {self.options.retry.attempts} attempts: {o.error}",
+            )
+            for o in retry
+        ]
+        with transaction(self.sessions) as session:
+            ledger.settle(session, gave_up, self.worker, self.provider.name, self.clock())
+        self._count(gave_up)
+
+    def _credentials_hint(self) -> str:
+        if self.provider.name == "sendgrid":
+            return f"the API key in ${self.config.sendgrid.api_key_env}"
+        if self.provider.name == "smtp":
+            return (
+                f"providers.smtp.username and ${self.config.smtp.password_env} "
+                f"for {self.config.smtp.host}:{self.config.smtp.port}"
+            )
+        return "the provider's credentials"
+
+
+def _subset(batch: Batch, ids: set[int]) -> Batch:
+    keep = [i for i, m in enumerate(batch.messages) if m.delivery_id in ids]
+    return Batch(
+        batch.variant,
+        [batch.messages[i] for i in keep],
+        batch.when,
+        template=batch.template,
+        substitutions=[batch.substitutions[i] for i in keep] if batch.substitutions else [],
+    )
+
+
+class _Variant:
+    """A rendered variant and, for providers that substitute server-side (SendGrid), the
+    variant with provider tags in place of the personal values."""
+
+    def __init__(self, rendered: RenderedVariant, message: VariantMessage, tags: bool) -> None:
+        self.rendered = rendered
+        self.message = message
+        self.template: Content | None = None
+        self.verified = False
+        if not tags:
+            return
+        nonce = rendered.nonce
+        self._html_tags = {s: f"%%{nonce}h{i}%%" for i, s in enumerate(SLOTS)}
+        self._text_tags = {s: f"%%{nonce}t{i}%%" for i, s in enumerate(SLOTS)}
+        html = personalise(rendered, _tag_personal(self._html_tags)).html
+        text_ = personalise(rendered, _tag_personal(self._text_tags)).text
+        self.template = Personalised(rendered.subject, html, text_)
+        self._used = [
+            (i, s)
+            for i, s in enumerate(SLOTS)
+            if self._html_tags[s] in html or self._text_tags[s] in text_
+        ]
+        # personalise() itself decides how each value is shown and escaped: running it over a
+        # tiny document of bare placeholders gives exactly the values to substitute.
+        probe = "\x1f".join(rendered.placeholder(s) for s in SLOTS)
+        self._probe = RenderedVariant("probe", (), "", "", probe, probe, nonce)
+
+    def substitutions(self, personal: Personal) -> dict[str, str]:
+        filled = personalise(self._probe, personal)
+        html = filled.html.split("\x1f")
+        text_ = filled.text.split("\x1f")
+        out: dict[str, str] = {}
+        for i, s in self._used:
+            out[self._html_tags[s]] = html[i]
+            out[self._text_tags[s]] = text_[i]
+        return out
+
+    def verify(self, expected: Personalised, subs: dict[str, str]) -> None:
+        """Check once that substitution reproduces personalise() exactly; otherwise send this
+        variant one message per recipient."""
+        assert self.template is not None
+        got = [self.template.subject, self.template.html, self.template.text]
+        for tag, value in subs.items():
+            got = [g.replace(tag, value) for g in got]
+        self.verified = True
+        if got != [expected.subject, expected.html, expected.text]:
+            self.template = None
+
+
+def _tag_personal(tags: dict[str, str]) -> Personal:
+    return Personal(
+        email=tags["email"],
+        name=tags["first_name"],
+        unsubscribe_url=tags["unsubscribe_url"],
+        preferences_url=tags["preferences_url"],
+        view_url=tags["view_url"],
+    )
+
+
+# --- several worker processes (PostgreSQL) ---------------------------------------------------
+
+
+def _run_processes(
+    config: Config,
+    engine: Engine,
+    nl: NewsletterConfig,
+    edition_id: int,
+    provider_name: str,
+    options: SendOptions,
+    stop: threading.Event,
+    progress: Progress | None,
+) -> tuple[int, int, int]:
+    ctx = multiprocessing.get_context("spawn")
+    url = engine.url.render_as_string(hide_password=False)
+    child_stop = ctx.Event()
+    errors = ctx.Queue()
+    results = ctx.Queue()
+    share = None if options.limit is None else -(-options.limit // options.workers)
+    procs = [
+        ctx.Process(
+            target=_worker_process,
+            args=(config, url, nl.id, edition_id, provider_name, options, share, child_stop),
+            kwargs={"errors": errors, "results": results},
+            daemon=True,
+        )
+        for _ in range(options.workers)
+    ]
+    for p in procs:
+        p.start()
+    factory = session_factory(engine)
+    started = time.monotonic()
+    with factory() as session:
+        base = ledger.counts(session, edition_id)
+    total = base["pending"] if share is None else min(base["pending"], options.limit or 0)
+    while any(p.is_alive() for p in procs):
+        if stop.wait(0.5):
+            child_stop.set()
+        if progress is not None:
+            with factory() as session:
+                now = ledger.counts(session, edition_id)
+            sent, failed, unknown = (now[s] - base[s] for s in ("sent", "failed", "unknown"))
+            elapsed = time.monotonic() - started
+            rate = (sent + failed + unknown) / elapsed if elapsed else 0.0
+            left = max(total - sent - failed - unknown, 0)
+            progress(
+                ProgressEvent(sent, failed, unknown, total, rate, left / rate if rate else None)
+            )
+    for p in procs:
+        p.join()
+    totals = [0, 0, 0]
+    while not results.empty():
+        for i, n in enumerate(results.get()):
+            totals[i] += n
+    if not errors.empty():
+        raise ProviderError(errors.get())
+    return totals[0], totals[1], totals[2]
+
+
+def _worker_process(
+    config: Config,
+    url: str,
+    newsletter_id: str,
+    edition_id: int,
+    provider_name: str,
+    options: SendOptions,
+    limit: int | None,
+    stop: Any,
+    *,
+    errors: Any,
+    results: Any,
+) -> None:
+    from digest.errors import DigestError
+
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    nl = config.newsletter(newsletter_id)
+    try:
+        provider = make_provider(config, provider_name, nl)
+        with sessions() as session:
+            edition = _load(session, edition_id)
+        renderer = Renderer(config, nl, edition)
+        w = _Worker(config, sessions, nl, edition, renderer, provider, options, utcnow, stop)
+        try:
+            w.run(limit)
+        finally:
+            provider.close()
+        results.put((w.sent, w.failed, w.unknown))
+    except DigestError as e:
+        errors.put(str(e))
+    finally:
+        engine.dispose()
+
+
+# --- dry run ---------------------------------------------------------------------------------
+
+
+def _dry_run(
+    config: Config,
+    sessions: sessionmaker[Session],
+    nl: NewsletterConfig,
+    edition_date: date,
+    options: SendOptions,
+    clock: Clock,
+    provider: Provider | None,
+) -> SendReport:
+    """Everything a send does except freezing and the ledger: each message goes to the outbox
+    folder (or the given provider) with a made-up delivery number."""
+    from digest.providers.outbox import OutboxProvider
+
+    out = provider or OutboxProvider(config.outbox.dir / "dry-run")
+    report = SendReport(nl.id, edition_date, out.name, {}, dry_run=True)
+    with transaction(sessions) as session:
+        edition = get_edition(session, nl.id, edition_date)
+        if edition is None:
+            edition = build_edition(session, config, nl, edition_date, clock=clock).edition
+            session.flush()
+        edition = _load(session, edition.id)
+        renderer = Renderer(config, nl, edition)
+        when = clock()
+        by_variant: dict[str, tuple[VariantMessage, list[Outgoing]]] = {}
+        for n, r in enumerate(audience(session, config, nl, options.segments), start=1):
+            if options.limit is not None and n > options.limit:
+                break
+            rendered = renderer.variant(r.sections)
+            check_size(rendered)
+            personal = personal_links(config, nl, edition, r)
+            to = Addressee(
+                r.email,
+                r.name,
+                personal.unsubscribe_url,
+                make_message_id(nl, edition_date, r.subscriber_id),
+                delivery_id=n,
+            )
+            slot = by_variant.get(rendered.key)
+            if slot is None:
+                vm = VariantMessage(config, nl, edition_date, rendered.key)
+                slot = by_variant[rendered.key] = (vm, [])
+            slot[1].append(Outgoing(to, personalise(rendered, personal)))
+        for vm, messages in by_variant.values():
+            outcomes = out.send(Batch(vm, messages, when), lambda handed, settled: None)
+            report.sent_now += sum(o.kind is Kind.ACCEPTED for o in outcomes)
+            report.failed_now += sum(o.kind is not Kind.ACCEPTED for o in outcomes)
+    report.counts = {"written": report.sent_now}
+    report.edition_status = edition.status
+    return report

@@ -1,0 +1,385 @@
+"""send_edition end to end with the ledger, on SQLite and PostgreSQL, through the outbox, a
+real SMTP server and the SendGrid stand-in."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections import Counter
+from datetime import datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from digest.clock import fixed
+from digest.config import Config, SendGridConfig, SmtpConfig
+from digest.editions import Edition
+from digest.errors import ProviderError
+from digest.ledger import Delivery, claim, mark_handed
+from digest.render import Renderer, personal_links, personalise
+from digest.sending import ProgressEvent, RetryPolicy, SendOptions, SendReport, send_edition
+from subscribers.audience import recipient
+from subscribers.service import suppress, unsubscribe
+from tests.fakes.fixtures import sendgrid_server, smtp_server, tls_cert  # noqa: F401
+from tests.fakes.population import add_population, email_for
+from tests.fakes.sendgrid import SendGridStandIn
+from tests.fakes.smtp import USERNAME, SmtpServer
+from tests.render_support import EDITION_DATE, store_edition
+
+FAST = RetryPolicy(attempts=4, base=0.01, cap=0.05)
+
+
+@pytest.fixture
+def edition(sessions: sessionmaker[Session], now: datetime) -> Edition:
+    with sessions.begin() as session:
+        e = store_edition(session)
+    return e
+
+
+def populate(sessions: sessionmaker[Session], n: int, now: datetime) -> list[int]:
+    with sessions.begin() as session:
+        return add_population(session, n, now)
+
+
+def rows(sessions: sessionmaker[Session]) -> list[Delivery]:
+    with sessions() as session:
+        return list(session.scalars(select(Delivery).order_by(Delivery.id)))
+
+
+def send(
+    config: Config,
+    sessions: sessionmaker[Session],
+    now: datetime,
+    **kw: object,
+) -> SendReport:
+    options = SendOptions(retry=FAST, **kw)  # type: ignore[arg-type]
+    return send_edition(config, sessions, "daily", EDITION_DATE, options, clock=fixed(now))
+
+
+def with_smtp(config: Config, server: SmtpServer) -> Config:
+    smtp = SmtpConfig(port=server.port, security="starttls", username=USERNAME, timeout=5)
+    return dataclasses.replace(config, smtp=smtp)
+
+
+def with_sendgrid(config: Config, server: SendGridStandIn, **kw: object) -> Config:
+    kw.setdefault("timeout", 1.0)
+    sg = SendGridConfig(host=server.url, **kw)  # type: ignore[arg-type]
+    return dataclasses.replace(config, sendgrid=sg)
+
+
+def test_outbox_send_writes_each_recipient_once_and_rerun_sends_nothing(
+    config: Config, sessions: sessionmaker[Session], edition: Edition, now: datetime, tmp_path: Path
+) -> None:
+    config = dataclasses.replace(
+        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
+    )
+    populate(sessions, 12, now)
+
+    first = send(config, sessions, now)
+    again = send(config, sessions, now)
+
+    assert first.sent_now == 12 and first.counts["sent"] == 12
+    assert first.edition_status == "sent"
+    assert again.sent_now == 0 and again.created == 0
+    assert len(list((tmp_path / "out").glob("*.eml"))) == 12
+    ledger = rows(sessions)
+    assert {r.state for r in ledger} == {"sent"}
+    assert len({r.variant for r in ledger}) == 10
+    assert all(r.provider == "outbox" and r.attempts == 1 for r in ledger)
+
+
+def test_smtp_send_delivers_personalised_messages_over_starttls_and_auth(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    smtp_server: SmtpServer,  # noqa: F811
+) -> None:
+    config = with_smtp(config, smtp_server)
+    populate(sessions, 25, now)
+    report = send_edition(
+        config, sessions, "daily", EDITION_DATE, SendOptions(provider="smtp"), clock=fixed(now)
+    )
+
+    assert report.sent_now == 25
+    assert smtp_server.counts() == Counter({email_for(i): 1 for i in range(1, 26)})
+    assert len(smtp_server.logins) == 1  # one connection for the whole send
+    nl = config.newsletter("daily")
+    with sessions() as session:
+        stored = session.get(Edition, edition.id)
+        assert stored is not None
+        renderer = Renderer(config, nl, stored)
+        by_to = {m["To"].addresses[0].addr_spec: m for m in smtp_server.messages()}
+        for r in rows(sessions):
+            msg: EmailMessage = by_to[r.email]
+            rec = recipient(session, config, nl, r.subscriber_id)
+            personal = personal_links(config, nl, stored, rec)
+            expected = personalise(renderer.variant(rec.sections), personal)
+            text, html = msg.iter_parts()
+            assert html.get_content().replace("\r\n", "\n") == expected.html
+            assert text.get_content().replace("\r\n", "\n") == expected.text
+            assert msg["Subject"] == expected.subject
+            assert msg["List-Unsubscribe"].startswith(f"<{personal.unsubscribe_url}>")
+            assert msg["Message-ID"] == f"<daily.20260310.{r.subscriber_id}@news.example>"
+            assert r.provider_message_id and r.provider_message_id.startswith("Q")
+    for _, raw in smtp_server.received:
+        assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+
+
+def test_sendgrid_send_batches_with_substitutions_that_match_personalise(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    sendgrid_server: SendGridStandIn,  # noqa: F811
+) -> None:
+    config = with_sendgrid(config, sendgrid_server)
+    populate(sessions, 30, now)
+    report = send(config, sessions, now, provider="sendgrid")
+
+    assert report.sent_now == 30
+    assert sendgrid_server.rejected == []
+    # 10 variants of 3 readers each: one request per variant
+    assert sendgrid_server.requests == 10
+    nl = config.newsletter("daily")
+    by_email = {d.email: d for d in sendgrid_server.delivered()}
+    with sessions() as session:
+        stored = session.get(Edition, edition.id)
+        assert stored is not None
+        renderer = Renderer(config, nl, stored)
+        for r in rows(sessions):
+            d = by_email[r.email]
+            rec = recipient(session, config, nl, r.subscriber_id)
+            expected = personalise(
+                renderer.variant(rec.sections), personal_links(config, nl, stored, rec)
+            )
+            assert (d.subject, d.html, d.text) == (expected.subject, expected.html, expected.text)
+            assert d.custom_args["delivery_id"] == str(r.id)
+            assert r.provider_message_id == d.message_id
+
+
+def test_wrong_sendgrid_key_stops_the_send_with_one_clear_error_and_marks_nothing_sent(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    sendgrid_server: SendGridStandIn,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.revoked")
+    populate(sessions, 5, now)
+    with pytest.raises(ProviderError) as err:
+        send(with_sendgrid(config, sendgrid_server), sessions, now, provider="sendgrid")
+    assert "sendgrid refused the credentials (SendGrid 401" in str(err.value)
+    assert "$SENDGRID_API_KEY" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert {r.state for r in rows(sessions)} == {"pending"}
+    assert all(r.handed_at is None for r in rows(sessions))
+
+
+def test_timeout_leaves_rows_unknown_and_only_resend_unknown_sends_them_again(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    sendgrid_server: SendGridStandIn,  # noqa: F811
+) -> None:
+    config = with_sendgrid(config, sendgrid_server, timeout=0.5)
+    populate(sessions, 3, now)
+    sendgrid_server.answer(202, hang=1.5)
+    sendgrid_server.answer(202, hang=1.5)
+    sendgrid_server.answer(202, hang=1.5)
+    first = send(config, sessions, now, provider="sendgrid")
+    assert first.counts["unknown"] == 3 and first.edition_status == "sent"
+    assert "no answer from" in (rows(sessions)[0].last_error or "")
+
+    assert send(config, sessions, now, provider="sendgrid").sent_now == 0
+    again = send(config, sessions, now, provider="sendgrid", resend_unknown=True)
+    assert again.sent_now == 3
+    assert {r.state for r in rows(sessions)} == {"sent"}
+
+
+def test_a_refused_recipient_fails_with_the_reason_and_retry_failed_tries_again(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    smtp_server: SmtpServer,  # noqa: F811
+) -> None:
+    config = with_smtp(config, smtp_server)
+    populate(sessions, 4, now)
+    smtp_server.refuse[email_for(2)] = "550 5.1.1 mailbox unavailable"
+    report = send(config, sessions, now, provider="smtp")
+    assert report.counts == {**report.counts, "sent": 3, "failed": 1}
+    failed = [r for r in rows(sessions) if r.state == "failed"]
+    assert failed[0].email == email_for(2)
+    assert failed[0].last_error == "SMTP 550 5.1.1 mailbox unavailable"
+
+    del smtp_server.refuse[email_for(2)]
+    assert send(config, sessions, now, provider="smtp").sent_now == 0
+    assert send(config, sessions, now, provider="smtp", retry_failed=True).sent_now == 1
+    assert smtp_server.counts()[email_for(2)] == 1
+
+
+def test_429_and_503_are_retried_with_backoff_until_accepted(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    sendgrid_server: SendGridStandIn,  # noqa: F811
+) -> None:
+    populate(sessions, 10, now)
+    sendgrid_server.answer(429, reset_in=0)
+    sendgrid_server.answer(503)
+    report = send(with_sendgrid(config, sendgrid_server), sessions, now, provider="sendgrid")
+    assert report.sent_now == 10
+    assert sum(sendgrid_server.counts().values()) == 10
+    assert max(r.attempts for r in rows(sessions)) == 3
+
+
+def test_provider_down_stops_the_send_and_keeps_rows_pending(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    sendgrid_server: SendGridStandIn,  # noqa: F811
+) -> None:
+    populate(sessions, 3, now)
+    for _ in range(FAST.attempts):
+        sendgrid_server.answer(500)
+    with pytest.raises(ProviderError, match="kept answering SendGrid 500"):
+        send(with_sendgrid(config, sendgrid_server), sessions, now, provider="sendgrid")
+    assert {r.state for r in rows(sessions)} == {"pending"}
+
+
+def test_stop_finishes_the_batch_in_hand_and_a_rerun_completes(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    tmp_path: Path,
+) -> None:
+    config = dataclasses.replace(
+        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
+    )
+    populate(sessions, 30, now)
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def progress(event: ProgressEvent) -> None:
+        seen.append(event.sent)
+        stop.set()
+
+    first = send_edition(
+        config,
+        sessions,
+        "daily",
+        EDITION_DATE,
+        SendOptions(batch_size=10),
+        clock=fixed(now),
+        progress=progress,
+        stop=stop,
+    )
+    assert first.sent_now == 10 and first.stopped and first.edition_status == "frozen"
+    assert seen == [10]
+    second = send(config, sessions, now, batch_size=10)
+    assert second.sent_now == 20 and second.edition_status == "sent"
+
+
+def test_limit_sends_at_most_n(
+    config: Config, sessions: sessionmaker[Session], edition: Edition, now: datetime, tmp_path: Path
+) -> None:
+    config = dataclasses.replace(
+        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
+    )
+    populate(sessions, 8, now)
+    report = send(config, sessions, now, limit=3)
+    assert report.sent_now == 3 and report.counts["pending"] == 5
+
+
+def test_rows_a_dead_worker_held_are_resent_unless_handed_over(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    tmp_path: Path,
+) -> None:
+    config = dataclasses.replace(
+        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
+    )
+    populate(sessions, 4, now)
+    send(config, sessions, now, limit=0)  # creates the rows, sends nothing
+    dead = f"{os.uname().nodename[:80]}:999999"  # no such pid on this machine
+    with sessions.begin() as session:
+        held = claim(session, edition.id, dead, 2, now)
+        mark_handed(session, [held[0].id], dead, now)
+
+    report = send(config, sessions, now)
+    states = {r.id: r.state for r in rows(sessions)}
+    assert report.recovered == 2
+    assert states[held[0].id] == "unknown"  # may have been delivered: not resent
+    assert states[held[1].id] == "sent"
+    assert report.sent_now == 3
+
+
+def test_people_who_leave_before_their_turn_are_skipped_or_suppressed(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    tmp_path: Path,
+) -> None:
+    config = dataclasses.replace(
+        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
+    )
+    ids = populate(sessions, 4, now)
+    send(config, sessions, now, limit=0)
+    with sessions.begin() as session:
+        unsubscribe(session, ids[0], "daily", reason="test", at=now)
+        suppress(session, email_for(2), "bounced", now)
+    report = send(config, sessions, now)
+    by_sub = {r.subscriber_id: r for r in rows(sessions)}
+    assert by_sub[ids[0]].state == "skipped"
+    assert by_sub[ids[1]].state == "suppressed"
+    assert report.sent_now == 2
+
+
+def test_sqlite_runs_one_worker_and_says_so(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    tmp_path: Path,
+) -> None:
+    if sessions.kw["bind"].dialect.name != "sqlite":
+        pytest.skip("SQLite behaviour")
+    config = dataclasses.replace(
+        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
+    )
+    populate(sessions, 3, now)
+    report = send(config, sessions, now, workers=4)
+    assert report.sent_now == 3
+    assert "SQLite runs one worker (asked for 4)" in report.summary()
+
+
+def test_dry_run_writes_messages_without_touching_the_ledger(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    tmp_path: Path,
+) -> None:
+    config = dataclasses.replace(
+        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
+    )
+    populate(sessions, 3, now)
+    report = send(config, sessions, now, dry_run=True)
+    assert report.sent_now == 3
+    assert rows(sessions) == []
+    assert len(list((tmp_path / "out" / "dry-run").glob("*.eml"))) == 3
+    with sessions() as session:
+        assert session.scalar(select(Edition.status)) == "draft"
