@@ -617,6 +617,39 @@ def unsubscribe_mail(app: App, mbox: str):
     click.echo(process_mailbox(app.config, app.sessions, Path(mbox), clock=utcnow).summary())
 
 
+# --- scheduling ------------------------------------------------------------------------------
+
+
+@cli.group("schedule", invoke_without_command=True)
+@click.option("--log-json", is_flag=True, help="Log one JSON object per line (for machines).")
+@click.pass_context
+def schedule_group(ctx: click.Context, log_json: bool):
+    """Send each newsletter at its send time in its time zone, until SIGTERM/SIGINT.
+
+    Exit codes: 0 stopped cleanly by a signal; 1 cannot start (database); 2 config error;
+    130 a second signal cut the current batch short (a restart continues it).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from digest.scheduler import Runner, configure_logging, serve
+
+    app = ctx.find_object(App)
+    assert app is not None
+    configure_logging(log_json)
+    ctx.exit(serve(Runner(app.config, app.sessions, utcnow)))
+
+
+@schedule_group.command("status")
+@pass_app
+def schedule_status_cmd(app: App):
+    """Next run of each newsletter (in its time zone) and how its last run ended."""
+    from digest.scheduler import schedule_status
+
+    for status in schedule_status(app.config, app.sessions, clock=utcnow):
+        for line in status.lines():
+            click.echo(line)
+
+
 def main() -> None:
     cli(prog_name="digest")
 

@@ -37,3 +37,5 @@ class ProviderError(DigestError):
 
 class GateClosed(DigestError):
     """A content gate blocked an unattended send (stale store, thin section, repeat)."""
+
+    exit_code = 3  # distinct, so cron/systemd can tell "held back on purpose" from a failure

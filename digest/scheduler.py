@@ -16,6 +16,7 @@ import signal
 import threading
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -447,25 +448,55 @@ def _job(runner: Runner, newsletter_id: str) -> Callable[[], None]:
 
 
 def serve(runner: Runner, *, poll_seconds: float = 30.0) -> int:
-    """Run until SIGTERM/SIGINT: catch up at start, then the jobs. Returns the exit code (0)."""
+    """Run until SIGTERM/SIGINT: catch up at start, then the jobs. Returns the exit code: 0
+    after a clean stop, 130 when a second signal cut the current batch short."""
     sched = build_schedule(runner)
-    previous = {
-        sig: signal.signal(sig, _on_signal(runner.stop)) for sig in (signal.SIGTERM, signal.SIGINT)
-    }
+    names = ", ".join(runner.config.newsletters)
     try:
-        names = ", ".join(runner.config.newsletters)
-        _event(logging.INFO, "started", "*", None, f"scheduler {runner.owner} for {names}")
-        for nid in runner.config.newsletters:
-            _job(runner, nid)()
-        while not runner.stop.is_set():
-            sched.run_pending()
-            idle = sched.idle_seconds
-            runner.stop.wait(poll_seconds if idle is None else max(0.0, min(idle, poll_seconds)))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        with handle_signals(runner.stop):
+            _event(logging.INFO, "started", "*", None, f"scheduler {runner.owner} for {names}")
+            for nid in runner.config.newsletters:
+                _job(runner, nid)()
+            while not runner.stop.is_set():
+                sched.run_pending()
+                idle = sched.idle_seconds
+                wait = poll_seconds if idle is None else max(0.0, min(idle, poll_seconds))
+                runner.stop.wait(wait)
+    except KeyboardInterrupt:
+        _event(logging.WARNING, "stopped", "*", None, "stopped at once on a second signal")
+        return EXIT_INTERRUPTED
     _event(logging.INFO, "stopped", "*", None, "stopped on signal")
     return 0
+
+
+def run_once(runner: Runner, newsletter_id: str) -> list[RunResult]:
+    """run_due for `digest send --if-due` (cron, systemd timers): SIGTERM/SIGINT finish the
+    current batch, as in the scheduler."""
+    with handle_signals(runner.stop):
+        return run_due(runner, newsletter_id)
+
+
+def exit_code(results: list[RunResult]) -> int:
+    """3 when a gate held the edition back, 1 when a run failed or was interrupted, else 0
+    (sent, nothing due, already done, or another process is on it)."""
+    if any(r.outcome == "blocked" for r in results):
+        return GateClosed.exit_code
+    return 0 if all(r.ok for r in results) else 1
+
+
+EXIT_INTERRUPTED = 130
+
+
+@contextmanager
+def handle_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set `stop` (sending finishes its batch); a second one interrupts."""
+    handler = _on_signal(stop)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _on_signal(stop: threading.Event) -> Callable[[int, FrameType | None], None]:
