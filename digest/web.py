@@ -4,7 +4,8 @@ SendGrid Event Webhook (`digest serve`, or any WSGI server through `wsgi_app()`)
 Security choices, each for a reason a subscriber or a deliverability engineer would give:
 - Token links (/u/, /p/) answer an invalid, tampered, foreign or orphaned token with the same
   404 page, so nobody can learn who is subscribed by probing. They never set a cookie, are
-  never cached (Cache-Control: no-store) and send no Referer onwards (Referrer-Policy).
+  never cached (Cache-Control: no-store) and send no Referer to other sites (Referrer-Policy
+  same-origin: "no-referrer" would make browsers send `Origin: null` on our own form posts).
 - A GET never changes anything (mail scanners follow links). The unsubscribe page's button posts
   the RFC 8058 body `List-Unsubscribe=One-Click`, exactly what mail clients send: the signed
   token in the URL is the whole authority, so a CSRF token would add nothing there.
@@ -40,7 +41,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.datastructures import Headers, MultiDict
 from werkzeug.middleware.proxy_fix import ProxyFix
-from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from digest.clock import Clock, utcnow
 from digest.config import Config, NewsletterConfig, load_config
@@ -298,7 +299,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         h = response.headers
         h.setdefault("Content-Security-Policy", _CSP_PAGES)
         h["X-Content-Type-Options"] = "nosniff"
-        h["Referrer-Policy"] = "no-referrer"
+        h["Referrer-Policy"] = "same-origin"
         h["X-Frame-Options"] = "DENY"
         if request.path.startswith(("/u/", "/p/", "/webhooks/")):
             h["Cache-Control"] = "no-store"
@@ -717,9 +718,13 @@ def _unsubscribe_from_event(
 
 
 class _RedactingHandler(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        self.requestline = redact(self.requestline)
-        super().log_request(code, size)
+    def log(self, type: str, message: str, *args: Any) -> None:
+        super().log(type, "%s", redact(message % args if args else message))
+
+
+def make_web_server(app: Flask, host: str, port: int) -> BaseWSGIServer:
+    """werkzeug's threaded server, with token paths redacted from its access log."""
+    return make_server(host, port, app, threaded=True, request_handler=_RedactingHandler)
 
 
 def serve(
@@ -733,8 +738,7 @@ def serve(
 ) -> None:
     """Run the app on werkzeug's threaded server until interrupted; `on_ready` gets the URL
     once the socket is bound (for production use gunicorn behind a reverse proxy, see README)."""
-    app = create_app(config, sessions, clock=clock)
-    server = make_server(host, port, app, threaded=True, request_handler=_RedactingHandler)
+    server = make_web_server(create_app(config, sessions, clock=clock), host, port)
     if on_ready is not None:
         on_ready(f"http://{host}:{server.server_port}")
     try:

@@ -11,10 +11,10 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy.orm import Session, sessionmaker
-from werkzeug.serving import make_server
 
 from digest.config import Config
 from digest.editions import Edition, EditionItem
+from digest.web import make_web_server
 from subscribers.models import Subscriber
 from subscribers.service import add_subscriber
 from subscribers.tokens import make_token
@@ -92,7 +92,7 @@ def add_edition(
 @contextmanager
 def live_server(app: Flask) -> Iterator[str]:
     """The app on a real threaded HTTP server on 127.0.0.1 (a free port); yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_web_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
