@@ -537,7 +537,9 @@ def segments_show(app: App, name, newsletter_id):
 @click.option("--date", "date_", help="Edition date (default today in the newsletter's zone).")
 @click.option("--segment", help="Preview as the first member of this segment.")
 @click.option("--subscriber", help="Preview exactly what this subscriber (email or id) gets.")
-@click.option("--format", "fmt", default="html", show_default=True, help="html or text.")
+@click.option(
+    "--format", "fmt", default="html", show_default=True, help="html, text or eml (as sent)."
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE, not stdout.")
 @click.option("--open", "open_", is_flag=True, help="Open the preview in the default browser.")
 @click.option("--serve", is_flag=True, help="Serve all variants on 127.0.0.1, fresh on reload.")
@@ -551,6 +553,7 @@ def preview(app: App, newsletter, date_, segment, subscriber, fmt, output, open_
     import tempfile
     import webbrowser
 
+    import digest.sending  # noqa: F401  (registers --format eml)
     from digest.preview import PreviewServer, preview_mail, render_preview
 
     nl = app.config.newsletter(newsletter)
@@ -578,6 +581,135 @@ def preview(app: App, newsletter, date_, segment, subscriber, fmt, output, open_
             webbrowser.open(Path(output).resolve().as_uri())
     else:
         click.echo(document, nl=False)
+
+
+# --- sending ---------------------------------------------------------------------------------
+
+
+def _send_progress_bar() -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]sending"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+
+
+def run_send(app: App, newsletter_id: str, day: date, options: Any) -> Any:
+    """send_edition with a progress bar; the first Ctrl-C finishes the batch in hand and stops
+    cleanly, a second one aborts (the ledger still knows what was handed over)."""
+    import signal
+    import threading
+
+    from digest.sending import send_edition
+
+    stop = threading.Event()
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("\nstopping after the current batch (Ctrl-C again to abort)", err=True)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        with _send_progress_bar() as bar:
+            task = bar.add_task("send", total=None, detail="")
+
+            def progress(e: Any) -> None:
+                bar.update(
+                    task,
+                    completed=e.done,
+                    total=e.total,
+                    detail=f"sent {e.sent} · failed {e.failed} · unknown {e.unknown} · "
+                    f"{e.rate:.0f}/s",
+                )
+
+            return send_edition(
+                app.config,
+                app.sessions,
+                newsletter_id,
+                day,
+                options,
+                clock=utcnow,
+                progress=progress,
+                stop=stop,
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@cli.command("send")
+@click.argument("newsletter")
+@click.option("--date", "date_", help="Edition date (default today in the newsletter's zone).")
+@click.option("--dry-run", is_flag=True, help="Write every message to the outbox; no ledger.")
+@click.option("--provider", type=click.Choice(["outbox", "smtp", "sendgrid"]), help="Override.")
+@click.option("--segment", "segments", multiple=True, help="Only this segment (repeatable).")
+@click.option("--limit", type=click.IntRange(0, None), help="Send at most N messages this run.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--retry-failed", is_flag=True, help="Send again to rows that failed.")
+@click.option("--resend-unknown", is_flag=True, help="Send again to rows whose fate is unknown.")
+@pass_app
+def send_cmd(
+    app: App,
+    newsletter,
+    date_,
+    dry_run,
+    provider,
+    segments,
+    limit,
+    workers,
+    retry_failed,
+    resend_unknown,
+):
+    """Deliver the edition to its audience, exactly once per subscriber (safe to re-run)."""
+    from digest.sending import SendOptions
+
+    nl = app.config.newsletter(newsletter)
+    options = SendOptions(
+        provider=provider,
+        dry_run=dry_run,
+        segments=tuple(segments),
+        limit=limit,
+        workers=workers,
+        retry_failed=retry_failed,
+        resend_unknown=resend_unknown,
+    )
+    report = run_send(app, nl.id, parse_date(date_, nl.tz), options)
+    click.echo(report.summary())
+
+
+@cli.group("sends")
+def sends_group() -> None:
+    """The delivery ledger: who got an edition, who did not, and why."""
+
+
+@sends_group.command("report")
+@click.argument("newsletter")
+@click.option("--date", "date_", help="Edition date (default today in the newsletter's zone).")
+@click.option("--csv", "as_csv", is_flag=True, help="Every recipient's row as CSV.")
+@pass_app
+def sends_report(app: App, newsletter, date_, as_csv):
+    """Counts by state, segment and variant; the failures with their reasons."""
+    from digest.sending import format_report, ledger_csv, ledger_report
+
+    nl = app.config.newsletter(newsletter)
+    day = parse_date(date_, nl.tz)
+    with app.sessions() as session:
+        if as_csv:
+            click.echo(ledger_csv(session, app.config, nl.id, day), nl=False)
+        else:
+            click.echo(format_report(ledger_report(session, app.config, nl.id, day)))
 
 
 # --- web -------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import socket
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import cast
 
 from sqlalchemy import (
@@ -384,3 +384,108 @@ def _sqlite(session: Session) -> bool:
 def _chunks(ids: Sequence[int], size: int = 900) -> Iterable[Sequence[int]]:
     for i in range(0, len(ids), size):
         yield ids[i : i + size]
+
+
+@dataclass(frozen=True)
+class Failure:
+    email: str
+    state: str
+    attempts: int
+    error: str
+
+
+@dataclass(frozen=True)
+class LedgerReport:
+    """Who got an edition, who did not, and why."""
+
+    newsletter: str
+    edition_date: date
+    edition_status: str
+    counts: dict[str, int]
+    by_segment: dict[str, dict[str, int]]
+    by_variant: dict[str, dict[str, int]]
+    variant_sections: dict[str, tuple[str, ...]]
+    failures: list[Failure]
+
+
+def report(session: Session, edition_id: int, max_failures: int = 200) -> LedgerReport:
+    from digest.editions import Edition
+
+    edition = session.get(Edition, edition_id)
+    assert edition is not None
+    by_segment: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
+    by_variant: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
+    sections: dict[str, tuple[str, ...]] = {}
+    rows = session.execute(
+        select(Delivery.segment, Delivery.variant, Delivery.sections, Delivery.state, func.count())
+        .where(Delivery.edition_id == edition_id)
+        .group_by(Delivery.segment, Delivery.variant, Delivery.sections, Delivery.state)
+    ).all()
+    for segment, variant, secs, state, n in rows:
+        by_segment[segment or "(all)"][state] += n
+        by_variant[variant][state] += n
+        sections[variant] = tuple(json.loads(secs))
+    failures = [
+        Failure(email, state, attempts, error or "")
+        for email, state, attempts, error in session.execute(
+            select(Delivery.email, Delivery.state, Delivery.attempts, Delivery.last_error)
+            .where(
+                Delivery.edition_id == edition_id,
+                Delivery.state.in_(("failed", "unknown", "suppressed", "skipped")),
+            )
+            .order_by(Delivery.state, Delivery.id)
+            .limit(max_failures)
+        )
+    ]
+    return LedgerReport(
+        edition.newsletter,
+        edition.edition_date,
+        edition.status,
+        counts(session, edition_id),
+        dict(by_segment),
+        dict(by_variant),
+        sections,
+        failures,
+    )
+
+
+CSV_COLUMNS = (
+    "delivery_id",
+    "subscriber_id",
+    "email",
+    "state",
+    "variant",
+    "segment",
+    "attempts",
+    "provider",
+    "provider_message_id",
+    "settled_at",
+    "last_error",
+)
+
+
+def csv_rows(session: Session, edition_id: int) -> Iterable[tuple[object, ...]]:
+    """Every row of the edition's ledger, for `sends report --csv` (streamed)."""
+    yield CSV_COLUMNS
+    result = session.execute(
+        select(
+            Delivery.id,
+            Delivery.subscriber_id,
+            Delivery.email,
+            Delivery.state,
+            Delivery.variant,
+            Delivery.segment,
+            Delivery.attempts,
+            Delivery.provider,
+            Delivery.provider_message_id,
+            Delivery.settled_at,
+            Delivery.last_error,
+        )
+        .where(Delivery.edition_id == edition_id)
+        .order_by(Delivery.id)
+        .execution_options(yield_per=2000)
+    )
+    for row in result:
+        yield tuple(
+            "" if v is None else v.isoformat() if isinstance(v, datetime) else v for v in row
+        )

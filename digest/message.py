@@ -26,7 +26,6 @@ from digest.config import Config, NewsletterConfig
 
 EDITION_HEADER = "X-Digest-Edition"
 VARIANT_HEADER = "X-Digest-Variant"
-DELIVERY_HEADER = "X-Digest-Delivery"
 _MAX_NAME = 200
 
 
@@ -187,8 +186,6 @@ class VariantMessage:
                 list_unsubscribe(to.unsubscribe_url, self.config.site.unsubscribe_mailto)
             ),
         ]
-        if to.delivery_id is not None:
-            lines.append(b"%s: %d\r\n" % (DELIVERY_HEADER.encode(), to.delivery_id))
         lines += [
             self._frame,
             # The CRLF before each boundary belongs to the boundary (RFC 2046), so a body's own

@@ -10,6 +10,8 @@ one request per SendGrid worker; those rows say `unknown`, they are never silent
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import multiprocessing
 import threading
@@ -28,9 +30,10 @@ from digest.clock import Clock, utcnow
 from digest.config import Config, NewsletterConfig
 from digest.db import make_engine, session_factory, transaction
 from digest.editions import Edition, build_edition, freeze_edition, get_edition
-from digest.errors import InputError, ProviderError
+from digest.errors import InputError, NotFound, ProviderError
 from digest.ledger import DELIVERIES, Claimed
 from digest.message import Addressee, Content, VariantMessage, make_message_id
+from digest.preview import PreviewMail, register_format, sample_personal
 from digest.providers.base import Batch, Kind, Outcome, Outgoing, Provider, backoff
 from digest.render import (
     SLOTS,
@@ -745,3 +748,74 @@ def _dry_run(
     report.counts = {"written": report.sent_now}
     report.edition_status = edition.status
     return report
+
+
+# --- reports and previews --------------------------------------------------------------------
+
+
+def ledger_report(
+    session: Session, config: Config, newsletter_id: str, edition_date: date
+) -> ledger.LedgerReport:
+    """`digest sends report`: the edition's ledger by state, segment and variant."""
+    nl = config.newsletter(newsletter_id)
+    edition = get_edition(session, nl.id, edition_date)
+    if edition is None:
+        raise NotFound(f"no edition of {nl.id} for {edition_date}: nothing was sent")
+    return ledger.report(session, edition.id)
+
+
+def ledger_csv(session: Session, config: Config, newsletter_id: str, edition_date: date) -> str:
+    nl = config.newsletter(newsletter_id)
+    edition = get_edition(session, nl.id, edition_date)
+    if edition is None:
+        raise NotFound(f"no edition of {nl.id} for {edition_date}: nothing was sent")
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(ledger.csv_rows(session, edition.id))
+    return out.getvalue()
+
+
+def format_report(r: ledger.LedgerReport) -> str:
+    def states(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "no rows"
+
+    total = sum(r.counts.values())
+    lines = [
+        f"{r.newsletter} {r.edition_date} (edition {r.edition_status}): {total} recipient(s)",
+        f"  {states(r.counts)}",
+        "by segment:",
+        *(f"  {seg}: {states(c)}" for seg, c in sorted(r.by_segment.items())),
+        "by variant:",
+        *(
+            f"  {v} ({', '.join(r.variant_sections.get(v, ()))}): {states(c)}"
+            for v, c in sorted(r.by_variant.items())
+        ),
+    ]
+    if r.failures:
+        lines.append("not delivered:")
+        lines += [
+            f"  {f.email}  {f.state}  after {f.attempts} attempt(s): {f.error}" for f in r.failures
+        ]
+    return "\n".join(lines)
+
+
+def preview_eml(mail: PreviewMail) -> str:
+    """`digest preview --format eml`: the message exactly as the send builds it for that
+    reader (only Date differs: it is the preview's time)."""
+    nl, edition = mail.newsletter, mail.edition
+    if mail.recipient is not None:
+        personal = personal_links(mail.config, nl, edition, mail.recipient)
+        subscriber_id = mail.recipient.subscriber_id
+    else:
+        personal = sample_personal(mail.config, nl, edition)
+        subscriber_id = 0
+    to = Addressee(
+        personal.email,
+        personal.name,
+        personal.unsubscribe_url,
+        make_message_id(nl, edition.edition_date, subscriber_id),
+    )
+    message = VariantMessage(mail.config, nl, edition.edition_date, mail.variant.key)
+    return message.mime(mail.mail, to, utcnow()).decode("ascii")
+
+
+register_format("eml", preview_eml)
