@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
@@ -42,7 +43,9 @@ def site_secret(config: Config) -> str:
     return secret
 
 
+@lru_cache(maxsize=16)
 def _serializer(secret: str, purpose: str) -> URLSafeSerializer:
+    # Cached: a send signs two tokens per recipient and building the signer dominates that.
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}")
     return URLSafeSerializer(secret, salt=f"digest.{purpose}")

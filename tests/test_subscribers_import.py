@@ -77,9 +77,10 @@ def test_bad_rows_are_reported_and_good_rows_imported(
         "dee@example.com,Dee,,Mars/Base\n"
         "eve@example.com,Eve,,,extra\n"
         "fay@example.com,Fay,,\n"
+        f"gus@example.com,{'G' * 301},,\n"
     )
     report = _import(session, config, text, now)
-    assert _counts(report) == (2, 0, 0, 6, 0)
+    assert _counts(report) == (2, 0, 0, 7, 0)
     assert report.error_lines() == [
         "list.csv: row 3: 'not-an-address' is not a valid email address: An email address must "
         "have an @-sign.",
@@ -89,6 +90,7 @@ def test_bad_rows_are_reported_and_good_rows_imported(
         "Entertainment)",
         "list.csv: row 7: timezone 'Mars/Base' is not an IANA time zone",
         "list.csv: row 8: 5 cells but the header names 4 columns",
+        "list.csv: row 10: name is too long",
     ]
     assert find_subscriber(session, "ann@example.com").name == "Ann"
 
