@@ -287,7 +287,14 @@ def _run_edition(
     try:
         with keep_alive(runner.sessions, claim, clock=runner.clock):
             # Later waves of a local-time run go on without judging the edition again.
-            _prepare(runner, nl, d, gates=existing is None or existing.status != "waiting")
+            prepare_edition(
+                runner.config,
+                runner.sessions,
+                nl,
+                d,
+                clock=runner.clock,
+                gates=not runner.force and (existing is None or existing.status != "waiting"),
+            )
             report = (runner.send or _send)(
                 runner.config,
                 runner.sessions,
@@ -323,16 +330,23 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}{where}".replace("\n", " ")
 
 
-def _prepare(runner: Runner, nl: NewsletterConfig, d: date, *, gates: bool) -> None:
-    """Build the edition if nobody did (kept even when a gate then closes, for the editor to
-    look at), and check the gates unless forced."""
-    with transaction(runner.sessions) as session:
+def prepare_edition(
+    config: Config,
+    sessions: sessionmaker[Session],
+    nl: NewsletterConfig,
+    d: date,
+    *,
+    clock: Clock,
+    gates: bool = True,
+) -> None:
+    """Before an unattended send: build the edition if nobody did (kept even when a gate then
+    closes, for the editor to look at) and check its gates (GateClosed)."""
+    with transaction(sessions) as session:
         if get_edition(session, nl.id, d) is None:
-            build_edition(session, runner.config, nl, d, clock=runner.clock)
-    if gates and not runner.force:
-        with runner.sessions() as session:
-            edition = load_edition(session, nl.id, d)
-            check_gates(session, runner.config, nl, edition, clock=runner.clock)
+            build_edition(session, config, nl, d, clock=clock)
+    if gates:
+        with sessions() as session:
+            check_gates(session, config, nl, load_edition(session, nl.id, d), clock=clock)
 
 
 def _missed(
