@@ -11,7 +11,8 @@ Security choices, each for a reason a subscriber or a deliverability engineer wo
   token in the URL is the whole authority, so a CSRF token would add nothing there.
 - The preferences form carries a signed form token bound to the page's token and its issue
   time (no cookie, no server state), and a cross-site Origin is refused.
-- Token endpoints are rate limited per client address (a token bucket in this process).
+- Token endpoints are rate limited per client address (a token bucket in this process), except
+  a POST with a genuine unsubscribe token, which must never be lost.
 - Paths of token links are redacted from the access log and error log.
 """
 
@@ -307,10 +308,12 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
 
     @app.route("/u/<token>", methods=["GET", "POST"])
     def unsubscribe_link(token: str) -> Response:
-        refused = web.limited()
+        found = web.read(token, "unsubscribe")
+        # A genuine one-click POST is never refused: mailbox providers send them from a few
+        # addresses of their own and may not retry, and each is one idempotent update.
+        refused = None if found is not None and request.method == "POST" else web.limited()
         if refused is not None:
             return refused
-        found = web.read(token, "unsubscribe")
         if found is None:
             return web.invalid_link()
         data, nl = found

@@ -268,6 +268,20 @@ def test_token_endpoints_are_rate_limited_per_client(config, sessions, now, ann)
     assert client.get(url).status_code == 200
 
 
+def test_genuine_one_click_posts_are_never_rate_limited(config, sessions, now, ann):
+    """Gmail and Yahoo send one-click POSTs from a few servers of their own; losing one to a
+    rate limit would leave a reader subscribed against their will."""
+    app = create_app(unlimited(config, token_requests_per_minute=1.0), sessions, clock=fixed(now))
+    client = app.test_client()
+    forged = token(ann, "unsubscribe", secret="guess")
+    codes = [client.post(f"/u/{forged}", data=ONE_CLICK).status_code for _ in range(12)]
+    assert codes[0] == 404 and codes[-1] == 429
+    assert client.get(f"/u/{token(ann, 'unsubscribe')}").status_code == 429
+    r = client.post(f"/u/{token(ann, 'unsubscribe')}", data=ONE_CLICK)
+    assert r.status_code == 200
+    assert membership(sessions, ann).status == "unsubscribed"
+
+
 # --- archive --------------------------------------------------------------------------------
 
 
