@@ -41,6 +41,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.datastructures import Headers, MultiDict
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
@@ -293,6 +294,16 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
     if config.web.proxy_hops:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=config.web.proxy_hops, x_proto=config.web.proxy_hops
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Response:
+        code = e.code or 500
+        return web.page(
+            "web/message.html",
+            code,
+            heading=e.name,
+            text="Please check the address, or use the link from your latest email.",
         )
 
     @app.after_request

@@ -356,3 +356,10 @@ def test_redacting_handler_removes_tokens_from_the_access_log():
 
     line = "POST /u/WzEsImRhaWx5Il0.abc HTTP/1.1 and GET /p/xyz?x=1"
     assert redact(line) == "POST /u/… HTTP/1.1 and GET /p/…?x=1"
+
+
+def test_unknown_paths_and_methods_get_a_plain_page(client):
+    missing = client.get("/u/")
+    assert missing.status_code == 404
+    assert "<title>Not Found" in missing.get_data(as_text=True)
+    assert client.put("/webhooks/sendgrid").status_code == 405
