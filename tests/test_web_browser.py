@@ -6,6 +6,7 @@ Screenshots go to test-artifacts/ (web-*.png) for people to look at.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from digest.clock import fixed
 from digest.web import create_app
 from subscribers.audience import sections_for
-from tests.web_support import add_reader, live_server, membership, token, unlimited
+from tests.web_support import add_edition, add_reader, live_server, membership, token, unlimited
 
 pytestmark = pytest.mark.browser
 
@@ -86,3 +87,22 @@ def test_preferences_page_on_a_phone(page, config, sessions, now, artifacts_dir)
     with sessions() as s:
         assert sections_for(s, nl, [sid])[sid] == ("Business", "News", "Entertainment")
     assert membership(sessions, sid).paused is True
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_archive_and_invalid_link_pages_on_a_phone(page, config, sessions, now, artifacts_dir):
+    with sessions() as s, s.begin():
+        add_edition(s, "daily", date(2026, 3, 9), "sent", now, title="Bridge reopens downtown")
+        add_edition(s, "daily", date(2026, 3, 10), "sent", now, title="Council votes today")
+    app = create_app(unlimited(config), sessions, clock=fixed(now))
+    with live_server(app) as base:
+        page.goto(f"{base}/archive/daily/")
+        fits_the_phone(page)
+        page.screenshot(path=artifacts_dir / "web-archive-index.png", full_page=True)
+        page.get_by_role("link", name="Monday, March 9, 2026").click()
+        page.get_by_role("link", name="Bridge reopens downtown").wait_for()
+        page.screenshot(path=artifacts_dir / "web-archive-edition.png", full_page=True)
+        response = page.goto(f"{base}/u/not-a-real-token")
+        assert response is not None and response.status == 404
+        fits_the_phone(page)
+        page.screenshot(path=artifacts_dir / "web-invalid-link.png", full_page=True)
