@@ -602,7 +602,10 @@ def _preferences_page(
 
 # Precedence keeps the outcome independent of arrival order: a bounce or drop marks the row
 # failed whatever came before, and a later processed/delivered never undoes it; those only
-# settle rows whose fate was open (`unknown`).
+# settle rows whose fate is still open. `unknown` (no answer came back), `sending` (the answer
+# is on its way; the sender's settle then leaves the row alone) and `pending` (reopened by
+# --resend-unknown): SendGrid has the message, so sending it again would be a duplicate.
+OPEN_STATES = ("unknown", "sending", "pending")
 CONFIRMING = ("processed", "delivered")
 FAILING = ("bounce", "dropped")
 UNSUBSCRIBING = ("unsubscribe", "group_unsubscribe")
@@ -654,8 +657,9 @@ def _apply_event(session: Session, kind: str, event: dict[str, Any], at: datetim
     if kind in CONFIRMING:
         if row is None:
             return "unmatched"
-        if row.state == "unknown":
+        if row.state in OPEN_STATES:
             row.state, row.settled_at, row.last_error = "sent", at, None
+            row.claimed_by = row.claimed_at = None
         if row.state == "sent" and not row.provider_message_id:
             row.provider_message_id = _message_id(event)
         return kind

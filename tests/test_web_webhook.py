@@ -301,6 +301,25 @@ def test_late_processed_settles_an_unknown_row_only(post, sessions, row):
     assert delivery(sessions, row).state == "failed"
 
 
+@pytest.mark.parametrize("state", ["pending", "sending"])
+def test_processed_settles_a_row_reopened_or_in_flight_so_it_is_not_sent_twice(
+    post, sessions, row, state
+):
+    with sessions() as s, s.begin():
+        s.get(Delivery, row).state = state
+    post([event("processed", row, 1, sg_message_id="m9.x")])
+    d = delivery(sessions, row)
+    assert (d.state, d.provider_message_id) == ("sent", "m9")
+
+
+@pytest.mark.parametrize("state", ["failed", "suppressed", "skipped"])
+def test_processed_never_changes_a_closed_row(post, sessions, row, state):
+    with sessions() as s, s.begin():
+        s.get(Delivery, row).state = state
+    post([event("delivered", row, 1)])
+    assert delivery(sessions, row).state == state
+
+
 def test_old_event_ids_are_pruned_after_a_week(app, post, private_key, sessions, row, now):
     post([event("open", row, 1)])
     later = create_app(
