@@ -178,10 +178,6 @@ class WebhookVerifier:
                     f"(copy it from Mail Settings > Event Webhook): {e}"
                 ) from None
 
-    @property
-    def enabled(self) -> bool:
-        return self._helper is not None
-
     def check(self, body: bytes, headers: Headers, now: float) -> SignatureCheck:
         if self._helper is None:
             if self.allow_unsigned:
