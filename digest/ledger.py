@@ -108,12 +108,14 @@ class Claimed:
 
 
 def worker_id() -> str:
+    """host:pid — a re-run on the same machine can tell a dead worker from a live one."""
     return f"{socket.gethostname()[:80]}:{os.getpid()}"
 
 
 def _alive_here(claimed_by: str) -> bool:
     """Whether a claim belongs to a live process on this machine (others cannot be asked)."""
-    host, _, pid = claimed_by.rpartition(":")
+    host, _, rest = claimed_by.partition(":")
+    pid = rest.partition(":")[0]
     if host != socket.gethostname()[:80] or not pid.isdigit():
         return True
     try:
@@ -224,11 +226,49 @@ def claim(session: Session, edition_id: int, worker: str, n: int, now: datetime)
     return out
 
 
+# Per-message statements (SMTP checkpoints) run on the Core table with bound parameters:
+# compiled once, about ten times cheaper than ORM-enabled UPDATEs.
+_T = DELIVERIES.c
+_HANDED = (
+    update(DELIVERIES)
+    .where(_T.id == bindparam("b_id"), _T.claimed_by == bindparam("b_worker"))
+    .values(handed_at=bindparam("b_now"))
+)
+_SENT = (
+    update(DELIVERIES)
+    .where(
+        _T.id == bindparam("b_id"), _T.state == "sending", _T.claimed_by == bindparam("b_worker")
+    )
+    .values(
+        state="sent",
+        provider=bindparam("b_provider"),
+        provider_message_id=bindparam("b_pid"),
+        settled_at=bindparam("b_now"),
+        last_error=None,
+    )
+)
+_SETTLED = (
+    update(DELIVERIES)
+    .where(
+        _T.id == bindparam("b_id"), _T.state == "sending", _T.claimed_by == bindparam("b_worker")
+    )
+    .values(
+        state=bindparam("b_state"),
+        provider=bindparam("b_provider"),
+        last_error=bindparam("b_error"),
+        settled_at=bindparam("b_now"),
+    )
+)
+
+
 def mark_handed(session: Session, ids: Sequence[int], worker: str, now: datetime) -> None:
+    if len(ids) == 1:
+        session.execute(_HANDED, {"b_id": ids[0], "b_worker": worker, "b_now": now})
+        return
     for chunk in _chunks(list(ids)):
         session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(chunk), Delivery.claimed_by == worker)
+            update(DELIVERIES)
+            .where(_T.id.in_(chunk), _T.claimed_by == worker)
             .values(handed_at=now)
         )
 
@@ -239,54 +279,40 @@ def settle(
     """Record final outcomes (accepted, failed, unknown) of rows this worker holds."""
     accepted: dict[str | None, list[int]] = defaultdict(list)
     others: list[dict[str, object]] = []
+    common = {"b_worker": worker, "b_provider": provider, "b_now": now}
     for o in outcomes:
         if o.kind is Kind.ACCEPTED:
             accepted[o.provider_id].append(o.delivery_id)
         elif o.kind in (Kind.FAILED, Kind.UNKNOWN):
             others.append(
-                {"b_id": o.delivery_id, "b_state": o.kind.value, "b_error": (o.error or "")[:2000]}
+                {
+                    "b_id": o.delivery_id,
+                    "b_state": o.kind.value,
+                    "b_error": (o.error or "")[:2000],
+                    **common,
+                }
             )
-    mine = (Delivery.state == "sending", Delivery.claimed_by == worker)
-    if len(accepted) > 8:
-        # SMTP: one id per message; executemany keeps it one round trip per batch.
-        session.execute(
-            update(DELIVERIES)
-            .where(Delivery.id == bindparam("b_id"), *mine)
-            .values(
-                state="sent",
-                provider=provider,
-                provider_message_id=bindparam("b_pid"),
-                settled_at=now,
-                last_error=None,
-            ),
-            [{"b_id": i, "b_pid": pid} for pid, ids in accepted.items() for i in ids],
-        )
-    else:
-        for pid, ids in accepted.items():
-            for chunk in _chunks(ids):
-                session.execute(
-                    update(Delivery)
-                    .where(Delivery.id.in_(chunk), *mine)
-                    .values(
-                        state="sent",
-                        provider=provider,
-                        provider_message_id=pid,
-                        settled_at=now,
-                        last_error=None,
-                    )
+    single = [(pid, ids[0]) for pid, ids in accepted.items() if len(ids) == 1]
+    if single:
+        # SMTP: one provider id per message; executemany keeps it one round trip.
+        session.execute(_SENT, [{"b_id": i, "b_pid": pid, **common} for pid, i in single])
+    for pid, ids in accepted.items():
+        if len(ids) == 1:
+            continue
+        for chunk in _chunks(ids):
+            session.execute(
+                update(DELIVERIES)
+                .where(_T.id.in_(chunk), _T.state == "sending", _T.claimed_by == worker)
+                .values(
+                    state="sent",
+                    provider=provider,
+                    provider_message_id=pid,
+                    settled_at=now,
+                    last_error=None,
                 )
+            )
     if others:
-        session.execute(
-            update(DELIVERIES)
-            .where(Delivery.id == bindparam("b_id"), *mine)
-            .values(
-                state=bindparam("b_state"),
-                provider=provider,
-                last_error=bindparam("b_error"),
-                settled_at=now,
-            ),
-            others,
-        )
+        session.execute(_SETTLED, others)
 
 
 def unhand(session: Session, ids: Sequence[int], worker: str) -> None:

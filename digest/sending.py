@@ -360,6 +360,7 @@ class _Worker:
         self._variants: dict[tuple[str, ...], _Variant] = {}
         self._started = time.monotonic()
         self._remaining = 0
+        self._journal: Session | None = None
 
     def run(self, limit: int | None) -> None:
         with self.sessions() as session:
@@ -367,15 +368,19 @@ class _Worker:
         if limit is not None:
             self._remaining = min(self._remaining, limit)
         taken = 0
-        while not self.stop.is_set() and (limit is None or taken < limit):
-            n = self.batch_size if limit is None else min(self.batch_size, limit - taken)
-            with transaction(self.sessions) as session:
-                claimed = ledger.claim(session, self.edition.id, self.worker, n, self.clock())
-            if not claimed:
-                break
-            taken += len(claimed)
-            self._deliver(claimed)
-            self._report()
+        try:
+            while not self.stop.is_set() and (limit is None or taken < limit):
+                n = self.batch_size if limit is None else min(self.batch_size, limit - taken)
+                with transaction(self.sessions) as session:
+                    claimed = ledger.claim(session, self.edition.id, self.worker, n, self.clock())
+                if not claimed:
+                    break
+                taken += len(claimed)
+                self._deliver(claimed)
+                self._report()
+        finally:
+            if self._journal is not None:
+                self._journal.close()
 
     def _report(self) -> None:
         if self.progress is None:
@@ -445,7 +450,11 @@ class _Worker:
 
     def _checkpoint(self, handed: Sequence[int], settled: Sequence[Outcome]) -> None:
         final = [o for o in settled if o.kind in _FINAL]
-        with transaction(self.sessions) as session:
+        # One long-lived session: SMTP calls this once per message.
+        if self._journal is None:
+            self._journal = self.sessions()
+        session = self._journal
+        with session.begin():
             ledger.fast_commits(session)
             if handed:
                 ledger.mark_handed(session, handed, self.worker, self.clock())

@@ -1,7 +1,7 @@
 """The provider interface: send a batch of messages of one variant, answer per message.
 
 A provider never touches the ledger. It returns, per message, one `Outcome`; and it calls
-`checkpoint(handed, settled)` at the moment messages leave its hands (after the SMTP final dot,
+`checkpoint(handed, settled)` just before messages leave its hands (before the SMTP final dot,
 before the HTTP request) — the point after which a crash leaves "maybe delivered" — passing the
 outcomes it already knows. The sender records both durably before the provider goes on, so a
 re-run after a crash resends only what was never handed over.

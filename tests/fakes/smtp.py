@@ -90,7 +90,7 @@ class Handler:
         with s.lock:
             if s.fail_rate and s.random.random() < s.fail_rate:
                 return "451 4.3.0 stand-in temporary failure"
-            s.received.append((list(envelope.rcpt_tos), bytes(envelope.content)))
+            s.received.append((list(envelope.rcpt_tos), bytes(envelope.content) if s.keep else b""))
             n = len(s.received)
         if s.on_message is not None:
             s.on_message(n)
@@ -106,8 +106,10 @@ class SmtpServer:
         key: Path | None = None,
         *,
         auth: bool = True,
+        keep: bool = True,
     ) -> None:
         self.port = free_port()
+        self.keep = keep  # False: remember recipients only (big sends)
         self.received: list[tuple[list[str], bytes]] = []
         self.refuse: dict[str, str] = {}  # address -> SMTP reply to RCPT
         self.fail_rate = 0.0
