@@ -659,6 +659,12 @@ def run_send(app: App, newsletter_id: str, day: date, options: Any) -> Any:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--retry-failed", is_flag=True, help="Send again to rows that failed.")
 @click.option("--resend-unknown", is_flag=True, help="Send again to rows whose fate is unknown.")
+@click.option("--force", is_flag=True, help="Send even if a content gate says no.")
+@click.option(
+    "--if-due",
+    is_flag=True,
+    help="Only if the edition is due now and not yet sent (cron, systemd timers).",
+)
 @pass_app
 def send_cmd(
     app: App,
@@ -671,6 +677,8 @@ def send_cmd(
     workers,
     retry_failed,
     resend_unknown,
+    force,
+    if_due,
 ):
     """Deliver the edition to its audience, exactly once per subscriber (safe to re-run)."""
     from digest.sending import SendOptions
@@ -685,8 +693,31 @@ def send_cmd(
         retry_failed=retry_failed,
         resend_unknown=resend_unknown,
     )
-    report = run_send(app, nl.id, parse_date(date_, nl.tz), options)
+    if if_due:
+        click.get_current_context().exit(_send_if_due(app, nl.id, options, force, date_, dry_run))
+    day = parse_date(date_, nl.tz)
+    if not dry_run:
+        from digest.scheduler import prepare_edition
+
+        prepare_edition(app.config, app.sessions, nl, day, clock=utcnow, gates=not force)
+    report = run_send(app, nl.id, day, options)
     click.echo(report.summary())
+
+
+def _send_if_due(app: App, newsletter_id: str, options: Any, force, date_, dry_run) -> int:
+    """`send --if-due`: the scheduler's run for one newsletter (see README, Scheduled sends)."""
+    from digest.scheduler import Runner, configure_logging, exit_code, run_once
+
+    if date_ or dry_run:
+        raise click.UsageError("--if-due sends the edition due now: drop --date / --dry-run")
+    configure_logging(json_lines=False)
+    results = run_once(
+        Runner(app.config, app.sessions, utcnow, options=options, force=force), newsletter_id
+    )
+    for r in results:
+        if r.outcome in ("finished", "busy"):
+            click.echo(f"{r.newsletter} {r.edition_date}: nothing to do ({r.message})")
+    return exit_code(results)
 
 
 @cli.group("sends")

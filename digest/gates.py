@@ -41,7 +41,9 @@ def check_gates(
         r
         for r in (
             _empty(edition),
-            _stale_store(session, newsletter, clock()),
+            # As of the edition's send time: a late send of a past edition judges the store as
+            # it was when the edition was due, not today.
+            _stale_store(session, newsletter, min(clock(), edition.window_end)),
             _thin_sections(newsletter, edition),
             _repeat(session, newsletter, edition),
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -560,8 +561,20 @@ class TextFormatter(logging.Formatter):
         return f"{ts} {record.levelname} {event} {where}: {message}"
 
 
-def configure_logging(json_lines: bool, stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream)
+class _StderrHandler(logging.Handler):
+    """Writes to sys.stderr as it is at each event (test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(json_lines: bool) -> None:
+    """One line per event on stderr, as text or JSON."""
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)

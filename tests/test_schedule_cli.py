@@ -7,11 +7,19 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from click.testing import CliRunner
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy.orm import Session, sessionmaker
 
+from digest.clock import fixed
 from digest_cli import cli
+from tests.factories import add_article
+from tests.fakes.population import add_population
+from tests.render_support import store_edition
 
 ROOT = Path(__file__).parent.parent
 
@@ -75,3 +83,87 @@ def test_every_schedule_command_has_help() -> None:
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0
         assert "Exit codes" in result.output or "last run" in result.output
+
+
+# --- digest send: gates, --force, --if-due ------------------------------------------------------
+
+DUE = datetime(2026, 3, 10, 10, 30, tzinfo=UTC)  # daily: 06:30 New York
+
+
+@pytest.fixture
+def send_cli(
+    db_url: str,
+    config_path: Path,
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[..., Result]:
+    monkeypatch.setenv("DIGEST_DATABASE_URL", db_url)
+    monkeypatch.chdir(tmp_path)  # the test config's outbox is ./outbox
+    # The CLI reads time through digest_cli.utcnow: a quarter past the send time.
+    monkeypatch.setattr("digest_cli.utcnow", fixed(DUE + timedelta(minutes=15)))
+    with sessions.begin() as session:
+        add_population(session, 4, DUE - timedelta(days=3))
+
+    def invoke(*args: str) -> Result:
+        return CliRunner().invoke(cli, ["--config", str(config_path), *args])
+
+    return invoke
+
+
+def thin_edition(sessions: sessionmaker[Session]) -> None:
+    """Only Business stories: News (min 1) is empty."""
+    with sessions.begin() as session:
+        add_article(session, DUE - timedelta(hours=1), section="Business")
+
+
+def outbox(tmp_path: Path) -> int:
+    return len(list((tmp_path / "outbox").glob("*.eml")))
+
+
+def test_send_refuses_a_gated_edition_and_force_sends_it(
+    send_cli: Callable[..., Result], sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    thin_edition(sessions)
+    refused = send_cli("send", "daily", "--date", "2026-03-10")
+    assert refused.exit_code == 3
+    assert refused.stderr.startswith(
+        "Error: not sending daily 2026-03-10: section below its minimum: News has 0 of min 1"
+    )
+    assert outbox(tmp_path) == 0
+    forced = send_cli("send", "daily", "--date", "2026-03-10", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert outbox(tmp_path) == 4
+
+
+def test_send_if_due_sends_once_then_has_nothing_to_do(
+    send_cli: Callable[..., Result], sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    with sessions.begin() as session:
+        store_edition(session)
+    first = send_cli("send", "daily", "--if-due")
+    assert first.exit_code == 0, first.output
+    assert "INFO sent daily 2026-03-10: daily 2026-03-10 via outbox: sent 4" in first.stderr
+    assert outbox(tmp_path) == 4
+    again = send_cli("send", "daily", "--if-due")
+    assert again.exit_code == 0
+    assert again.stdout.startswith("daily 2026-03-10: nothing to do (done: ")
+    assert outbox(tmp_path) == 4
+
+
+def test_send_if_due_blocked_by_a_gate_exits_3_and_force_overrides(
+    send_cli: Callable[..., Result], sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    thin_edition(sessions)
+    blocked = send_cli("send", "daily", "--if-due")
+    assert blocked.exit_code == 3
+    assert "WARNING blocked daily 2026-03-10: not sending daily 2026-03-10" in blocked.stderr
+    forced = send_cli("send", "daily", "--if-due", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert outbox(tmp_path) == 4
+
+
+def test_send_if_due_refuses_a_date(send_cli: Callable[..., Result]) -> None:
+    result = send_cli("send", "daily", "--if-due", "--date", "2026-03-10")
+    assert result.exit_code == 2
+    assert "--if-due sends the edition due now: drop --date / --dry-run" in result.stderr

@@ -74,9 +74,16 @@ def test_repeat_of_previous_sent_edition_blocks_unless_allowed(
     # A 48-hour lookback lets two drafts built together pick the same stories.
     nl = replace(config.newsletter("daily"), lookback_hours=48)
     yesterday = DAY - timedelta(days=1)
-    for hours in (30, 31, 32):
-        add_article(session, send_time(nl) - timedelta(hours=hours))
-    add_article(session, send_time(nl) - timedelta(hours=1), section="Health", popularity=1)
+    topics = ("Council passes budget", "Bridge reopens early", "Schools add buses")
+    for hours, title in zip((30, 31, 32), topics, strict=True):
+        add_article(session, send_time(nl) - timedelta(hours=hours), title=title, dek=title)
+    add_article(
+        session,
+        send_time(nl) - timedelta(hours=1),
+        section="Health",
+        title="Clinic extends hours",
+        dek="Walk-ins welcome until nine.",
+    )
     at = fixed(send_time(nl, yesterday))
     previous = build_edition(session, config, nl, yesterday, clock=at).edition
     today = build_edition(session, config, nl, DAY, clock=at).edition

@@ -187,18 +187,26 @@ def test_two_schedulers_racing_send_once(sessions: sessionmaker[Session], config
     start = threading.Barrier(4)
     outcomes: list[str] = []
 
+    errors: list[BaseException] = []
+
     def scheduler(n: int) -> None:
         r = runner(cfg, sessions, clock, send, owner=f"host-{n}:{n}")
         start.wait()
-        outcomes.extend(res.outcome for res in run_due(r, "daily"))
+        try:
+            outcomes.extend(res.outcome for res in run_due(r, "daily"))
+        except BaseException as e:  # surfaced below with the thread's error
+            errors.append(e)
 
     threads = [threading.Thread(target=scheduler, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert errors == []
     assert len(send.calls) == 1
-    assert sorted(outcomes) == ["busy", "busy", "busy", "sent"]
+    # The losers find it claimed ("busy") or, if they look late, already done ("finished").
+    assert sorted(outcomes)[-1] == "sent"
+    assert set(sorted(outcomes)[:-1]) <= {"busy", "finished"} and len(outcomes) == 4
 
 
 def test_live_claim_is_respected_and_stale_claim_taken_over(
