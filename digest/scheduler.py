@@ -101,10 +101,10 @@ def _send(
 class RunResult:
     """What one look at one edition did. `outcome` is one of: sent, waiting (local-time waves
     remain), interrupted, blocked (a gate), failed, skipped (missed beyond catch-up), busy
-    (another process holds it), finished (already done earlier), not-due."""
+    (another process holds it), finished (done or given up earlier)."""
 
     newsletter: str
-    edition_date: date | None
+    edition_date: date
     outcome: str
     message: str
 
@@ -118,9 +118,9 @@ class RunResult:
 
 def send_instant(newsletter: NewsletterConfig, edition_date: date) -> datetime:
     """When the edition goes out, in UTC: send_time on the edition date on the newsletter's
-    wall clock. A send time that does not exist that day (spring forward) goes out at the same
-    number of minutes after the change; one that occurs twice (fall back) goes out the first
-    time."""
+    wall clock. A send time that does not exist that day (spring forward) goes out at what the
+    clock reads after the jump (02:30 → 03:30); one that occurs twice (fall back) goes out the
+    first time."""
     return edition_window(newsletter, edition_date)[1].astimezone(UTC)
 
 
@@ -340,7 +340,7 @@ def prepare_edition(
     clock: Clock,
     gates: bool = True,
 ) -> None:
-    """Before an unattended send: build the edition if nobody did (kept even when a gate then
+    """Before a send: build the edition if nobody did (kept even when a gate then
     closes, for the editor to look at) and check its gates (GateClosed)."""
     with transaction(sessions) as session:
         if get_edition(session, nl.id, d) is None:
