@@ -42,6 +42,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from digest.articles import UTCDateTime
@@ -261,7 +262,9 @@ _SETTLED = (
 )
 
 
-def mark_handed(session: Session, ids: Sequence[int], worker: str, now: datetime) -> None:
+def mark_handed(
+    session: Session | Connection, ids: Sequence[int], worker: str, now: datetime
+) -> None:
     if len(ids) == 1:
         session.execute(_HANDED, {"b_id": ids[0], "b_worker": worker, "b_now": now})
         return
@@ -274,7 +277,11 @@ def mark_handed(session: Session, ids: Sequence[int], worker: str, now: datetime
 
 
 def settle(
-    session: Session, outcomes: Sequence[Outcome], worker: str, provider: str, now: datetime
+    session: Session | Connection,
+    outcomes: Sequence[Outcome],
+    worker: str,
+    provider: str,
+    now: datetime,
 ) -> None:
     """Record final outcomes (accepted, failed, unknown) of rows this worker holds."""
     accepted: dict[str | None, list[int]] = defaultdict(list)
@@ -396,15 +403,16 @@ def unsettled(session: Session, edition_id: int) -> int:
     )
 
 
-def fast_commits(session: Session) -> None:
+def fast_commits(session: Session | Connection) -> None:
     """Per-message checkpoints on PostgreSQL need not wait for the WAL flush: they protect
     against this process dying, not the database server losing power."""
     if not _sqlite(session):
         session.execute(text("SET LOCAL synchronous_commit TO OFF"))
 
 
-def _sqlite(session: Session) -> bool:
-    return session.get_bind().dialect.name == "sqlite"
+def _sqlite(session: Session | Connection) -> bool:
+    bind = session if isinstance(session, Connection) else session.get_bind()
+    return bind.dialect.name == "sqlite"
 
 
 def _chunks(ids: Sequence[int], size: int = 900) -> Iterable[Sequence[int]]:

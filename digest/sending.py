@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -354,13 +354,12 @@ class _Worker:
         self.stop = stop
         self.worker = ledger.worker_id() + f":{threading.get_ident() % 100000}"
         self.batch_size = options.batch_size or provider.batch_size
-        self.substitutes = provider.name == "sendgrid"
         self.progress: Progress | None = None
         self.sent = self.failed = self.unknown = 0
         self._variants: dict[tuple[str, ...], _Variant] = {}
         self._started = time.monotonic()
         self._remaining = 0
-        self._journal: Session | None = None
+        self._journal: Connection | None = None
 
     def run(self, limit: int | None) -> None:
         with self.sessions() as session:
@@ -399,7 +398,7 @@ class _Worker:
         if v is None:
             rendered = self.renderer.variant(sections)
             message = VariantMessage(self.config, self.nl, self.edition.edition_date, rendered.key)
-            v = self._variants[sections] = _Variant(rendered, message, self.substitutes)
+            v = self._variants[sections] = _Variant(rendered, message)
         return v
 
     def _deliver(self, claimed: list[Claimed]) -> None:
@@ -450,9 +449,10 @@ class _Worker:
 
     def _checkpoint(self, handed: Sequence[int], settled: Sequence[Outcome]) -> None:
         final = [o for o in settled if o.kind in _FINAL]
-        # One long-lived session: SMTP calls this once per message.
+        # One long-lived connection, Core statements: SMTP calls this once per message.
         if self._journal is None:
-            self._journal = self.sessions()
+            bind = self.sessions.kw["bind"]
+            self._journal = bind.connect()
         session = self._journal
         with session.begin():
             ledger.fast_commits(session)
@@ -553,16 +553,15 @@ def _subset(batch: Batch, ids: set[int]) -> Batch:
 
 
 class _Variant:
-    """A rendered variant and, for providers that substitute server-side (SendGrid), the
-    variant with provider tags in place of the personal values."""
+    """A rendered variant and the same variant with tags in place of the personal values:
+    SendGrid fills the tags server-side (one request per variant batch), SMTP and the outbox
+    fill them into pre-encoded MIME pieces (digest.message)."""
 
-    def __init__(self, rendered: RenderedVariant, message: VariantMessage, tags: bool) -> None:
+    def __init__(self, rendered: RenderedVariant, message: VariantMessage) -> None:
         self.rendered = rendered
         self.message = message
         self.template: Content | None = None
         self.verified = False
-        if not tags:
-            return
         nonce = rendered.nonce
         self._html_tags = {s: f"%%{nonce}h{i}%%" for i, s in enumerate(SLOTS)}
         self._text_tags = {s: f"%%{nonce}t{i}%%" for i, s in enumerate(SLOTS)}
@@ -824,7 +823,13 @@ def preview_eml(mail: PreviewMail) -> str:
         make_message_id(nl, edition.edition_date, subscriber_id),
     )
     message = VariantMessage(mail.config, nl, edition.edition_date, mail.variant.key)
-    return message.mime(mail.mail, to, utcnow()).decode("ascii")
+    # The send's own path (template + substitutions), so the bytes are the same.
+    v = _Variant(mail.variant, message)
+    subs = v.substitutions(personal)
+    v.verify(personalise(mail.variant, personal), subs)
+    if v.template is None:
+        return message.mime(mail.mail, to, utcnow()).decode("ascii")
+    return message.mime(v.template, to, utcnow(), subs).decode("ascii")
 
 
 register_format("eml", preview_eml)

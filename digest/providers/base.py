@@ -61,6 +61,13 @@ class Batch:
     template: Content | None = None
     substitutions: list[dict[str, str]] = field(default_factory=list)
 
+    def mime(self, i: int) -> bytes:
+        """Message i as RFC 5322 bytes (from the template when the batch has one)."""
+        m = self.messages[i]
+        if self.template is not None and self.substitutions:
+            return self.variant.mime(self.template, m.to, self.when, self.substitutions[i])
+        return self.variant.mime(m.content, m.to, self.when)
+
 
 Checkpoint = Callable[[Sequence[int], Sequence[Outcome]], None]
 

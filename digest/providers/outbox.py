@@ -27,12 +27,12 @@ class OutboxProvider:
     def send(self, batch: Batch, checkpoint: Checkpoint) -> list[Outcome]:
         self.folder.mkdir(parents=True, exist_ok=True)
         outcomes = []
-        for m in batch.messages:
+        for i, m in enumerate(batch.messages):
             self.limiter.take()
             path = self.path_for(batch, m.delivery_id)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             try:
-                tmp.write_bytes(batch.variant.mime(m.content, m.to, batch.when))
+                tmp.write_bytes(batch.mime(i))
                 os.replace(tmp, path)
             except OSError as e:
                 outcomes.append(

@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Sequence
 
 from digest.config import SmtpConfig
-from digest.providers.base import Batch, Checkpoint, Kind, Outcome, Outgoing, RateLimiter
+from digest.providers.base import Batch, Checkpoint, Kind, Outcome, RateLimiter
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 # Postfix/Exim/aiosmtpd "queued as X", Sendmail-style "id=X"; otherwise the whole reply is kept.
@@ -93,9 +93,9 @@ class SmtpProvider:
             checkpoint(handed, [*pending, *settled])
             pending.clear()
 
-        for i, m in enumerate(batch.messages):
+        for i in range(len(batch.messages)):
             self.limiter.take()
-            outcome = self._send_one(batch, m, mark, reconnect=True)
+            outcome = self._send_one(batch, i, mark, reconnect=True)
             outcomes.append(outcome)
             pending.append(outcome)
             if outcome.kind is Kind.AUTH:
@@ -113,7 +113,8 @@ class SmtpProvider:
                 break
         return outcomes
 
-    def _send_one(self, batch: Batch, m: Outgoing, mark: Checkpoint, *, reconnect: bool) -> Outcome:
+    def _send_one(self, batch: Batch, i: int, mark: Checkpoint, *, reconnect: bool) -> Outcome:
+        m = batch.messages[i]
         rid = m.delivery_id
         handed = False
 
@@ -126,7 +127,7 @@ class SmtpProvider:
             if self._conn is None:
                 self._conn = self._connect()
             conn = self._conn
-            message = batch.variant.mime(m.content, m.to, batch.when)
+            message = batch.mime(i)
             code, reply = conn.mail(self.envelope_from)
             if code != 250:
                 conn.rset()
@@ -157,7 +158,7 @@ class SmtpProvider:
                 # The final dot went out; whether the server kept the message is unknowable.
                 return Outcome(rid, Kind.UNKNOWN, error=f"connection lost after the message: {e}")
             if reconnect:
-                return self._send_one(batch, m, mark, reconnect=False)
+                return self._send_one(batch, i, mark, reconnect=False)
             where = f"{self.config.host}:{self.config.port}"
             return Outcome(rid, Kind.RETRY, error=f"SMTP server {where}: {e or type(e).__name__}")
 

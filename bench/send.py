@@ -1,0 +1,313 @@
+"""Benchmark: sending an edition end to end with the ledger.
+
+    .venv/bin/python bench/send.py [--subscribers 100000] [--smtp-subscribers 10000]
+                                   [--database URL] [--workers N]
+
+(a) SendGrid: `send_edition` over --subscribers subscribers in 10 variants (ledger rows created,
+    claimed, settled) through the SendGrid stand-in, which runs in its own process and validates
+    every request body against SendGrid's OpenAPI description. Recipients/s and peak RSS of the
+    sending process. Goal ≥ 20,000/s, ≤ 500 MB.
+(b) SMTP: `send_edition` end to end through an aiosmtpd server in its own process (plain SMTP on
+    127.0.0.1), over --smtp-subscribers subscribers (a sample: the server's rate does not depend
+    on the list size).
+(c) the same server fed pre-built messages over one connection (what the server alone accepts).
+(d) baseline: each message built from scratch as mail-merge tools do — template rendered and
+    CSS-inlined, personalised, built with the stdlib (EmailMessage), sent over its own
+    connection (a sample of --render-baseline messages); (d') the same without the render.
+Goals: (b) ≥ 80% of (c) and ≥ 3× (d).
+
+SQLite by default (one worker); --database postgresql+psycopg://... with --workers N runs N
+worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing
+import os
+import resource
+import smtplib
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from digest.clock import fixed  # noqa: E402
+from digest.config import Config, SendGridConfig, SmtpConfig, load_config  # noqa: E402
+from digest.db import make_engine, session_factory, upgrade  # noqa: E402
+from digest.message import Addressee, VariantMessage, make_message_id  # noqa: E402
+from digest.render import Renderer, personal_links, personalise  # noqa: E402
+from digest.sending import SendOptions, send_edition  # noqa: E402
+from subscribers.audience import audience  # noqa: E402
+from tests.fakes.population import add_population  # noqa: E402
+from tests.render_support import EDITION_DATE, store_edition  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
+API_KEY = "SG.bench-key"
+
+
+def config_for(**changes: Any) -> Config:
+    return dataclasses.replace(load_config(REPO / "tests" / "data" / "digest.toml"), **changes)
+
+
+# --- servers in their own processes ----------------------------------------------------------
+
+
+def _sendgrid_server(conn: Any) -> None:
+    from tests.fakes.sendgrid import SendGridStandIn
+
+    with SendGridStandIn(api_key=API_KEY) as server:
+        conn.send(server.url)
+        conn.recv()
+        counts = server.counts()
+        conn.send((sum(counts.values()), max(counts.values(), default=0), len(server.rejected)))
+
+
+def _smtp_server(conn: Any) -> None:
+    from tests.fakes.smtp import SmtpServer
+
+    with SmtpServer(auth=False, keep=False) as server:
+        conn.send(server.port)
+        while conn.recv() != "stop":
+            counts = server.counts()
+            conn.send((sum(counts.values()), max(counts.values(), default=0)))
+        counts = server.counts()
+        conn.send((sum(counts.values()), max(counts.values(), default=0)))
+
+
+class Server:
+    def __init__(self, target: Callable[[Any], None]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=target, args=(child,), daemon=True)
+        self.process.start()
+        self.address = self.conn.recv()
+
+    def counts(self) -> Any:
+        self.conn.send("counts")
+        return self.conn.recv()
+
+    def stop(self) -> Any:
+        self.conn.send("stop")
+        result = self.conn.recv()
+        self.process.join(10)
+        return result
+
+
+# --- database ----------------------------------------------------------------------------------
+
+
+def fresh_database(base: str | None, folder: Path, name: str) -> str:
+    if base is None:
+        return f"sqlite:///{folder / name}.db"
+    url = make_url(base)
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    db = f"digest_bench_{name}_{os.getpid()}"
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        c.execute(text(f'CREATE DATABASE "{db}"'))
+    admin.dispose()
+    return url.set(database=db).render_as_string(hide_password=False)
+
+
+def drop_database(base: str | None, url: str) -> None:
+    if base is None:
+        return
+    admin = create_engine(make_url(base), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def populate(url: str, n: int) -> float:
+    engine = make_engine(url)
+    upgrade(engine)
+    started = time.perf_counter()
+    with session_factory(engine).begin() as session:
+        store_edition(session)
+        add_population(session, n, NOW)
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+# --- (a) and (b): send_edition in a child process, for its own peak RSS ------------------------
+
+
+def _send(url: str, config: Config, options: SendOptions, conn: Any) -> None:
+    os.environ["SENDGRID_API_KEY"] = API_KEY
+    engine = make_engine(url)
+    started = time.perf_counter()
+    report = send_edition(
+        config, session_factory(engine), "daily", EDITION_DATE, options, clock=fixed(NOW)
+    )
+    elapsed = time.perf_counter() - started
+    peak_kb = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    conn.send((report.sent_now, report.counts, elapsed, peak_kb / 1024))
+
+
+def run_send(
+    url: str, config: Config, options: SendOptions
+) -> tuple[int, dict[str, int], float, float]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_send, args=(url, config, options, child))
+    p.start()
+    result = parent.recv()
+    p.join()
+    return result  # type: ignore[no-any-return]
+
+
+# --- (c) and (d) -----------------------------------------------------------------------------
+
+
+def sample_messages(url: str, config: Config, n: int) -> list[tuple[str, bytes, Any]]:
+    """(recipient, message bytes as the send builds them, parts for the baseline)."""
+    engine = make_engine(url)
+    nl = config.newsletter("daily")
+    out: list[tuple[str, bytes, Any]] = []
+    with session_factory(engine)() as session:
+        from digest.editions import load_edition
+
+        edition = load_edition(session, "daily", EDITION_DATE)
+        renderer = Renderer(config, nl, edition)
+        for r in audience(session, config, nl):
+            v = renderer.variant(r.sections)
+            personal = personal_links(config, nl, edition, r)
+            mail = personalise(v, personal)
+            to = Addressee(
+                r.email,
+                r.name,
+                personal.unsubscribe_url,
+                make_message_id(nl, EDITION_DATE, r.subscriber_id),
+            )
+            raw = VariantMessage(config, nl, EDITION_DATE, v.key).mime(mail, to, NOW)
+            out.append((r.email, raw, (r, v, personal, edition)))
+            if len(out) >= n:
+                break
+    engine.dispose()
+    return out
+
+
+def prebuilt_rate(port: int, messages: list[tuple[str, bytes, Any]], n: int) -> float:
+    conn = smtplib.SMTP("127.0.0.1", port)
+    conn.sock.setsockopt(6, 1, 1)  # TCP_NODELAY, as the provider does
+    started = time.perf_counter()
+    for i in range(n):
+        email, raw, _ = messages[i % len(messages)]
+        conn.sendmail("daily@news.example", [email], raw)
+    elapsed = time.perf_counter() - started
+    conn.quit()
+    return n / elapsed
+
+
+def baseline_rate(
+    port: int, config: Config, messages: list[tuple[str, bytes, Any]], render: bool
+) -> float:
+    """Mail-merge style: (render the template,) personalise, build with EmailMessage, one
+    connection per message."""
+    nl = config.newsletter("daily")
+    started = time.perf_counter()
+    for email, _, (r, v, personal, edition) in messages:
+        if render:
+            v = Renderer(config, nl, edition).variant(r.sections)
+        mail = personalise(v, personal)
+        m = EmailMessage(policy=SMTP_POLICY)
+        m["From"] = f"{nl.from_name} <{nl.from_email}>"
+        m["To"] = email
+        m["Subject"] = mail.subject
+        m["List-Unsubscribe"] = f"<{personal.unsubscribe_url}>"
+        m.set_content(mail.text)
+        m.add_alternative(mail.html, subtype="html")
+        with smtplib.SMTP("127.0.0.1", port) as conn:
+            conn.sendmail(nl.from_email, [email], m.as_bytes())
+    return len(messages) / (time.perf_counter() - started)
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--subscribers", type=int, default=100_000)
+    ap.add_argument("--smtp-subscribers", type=int, default=10_000)
+    ap.add_argument("--prebuilt", type=int, default=5_000)
+    ap.add_argument("--baseline", type=int, default=300)
+    ap.add_argument("--render-baseline", type=int, default=30)
+    ap.add_argument("--database", help="PostgreSQL URL (an admin URL: databases are created)")
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args()
+    os.environ.setdefault("DIGEST_SECRET_KEY", "bench-secret")
+    os.environ["SENDGRID_API_KEY"] = API_KEY
+    folder = Path(tempfile.mkdtemp(prefix="digest-bench-send-"))
+    backend = "PostgreSQL" if args.database else "SQLite"
+    print(f"backend {backend}, workers {args.workers}, scratch {folder}")
+
+    # (a) SendGrid
+    url_a = fresh_database(args.database, folder, "sendgrid")
+    took = populate(url_a, args.subscribers)
+    print(f"populated {args.subscribers:,} subscribers in 10 variants in {took:.1f}s")
+    sg = Server(_sendgrid_server)
+    config_a = config_for(sendgrid=SendGridConfig(host=sg.address, timeout=60))
+    options = SendOptions(provider="sendgrid", workers=args.workers)
+    sent_a, counts_a, secs_a, rss_a = run_send(url_a, config_a, options)
+    received, most, rejected = sg.stop()
+    rate_a = sent_a / secs_a
+    print(
+        f"(a) SendGrid stand-in: {sent_a:,} sent in {secs_a:.1f}s = {rate_a:,.0f} recipients/s, "
+        f"peak RSS {rss_a:.0f} MB; stand-in got {received:,} (max {most} per address), "
+        f"{rejected} rejected; ledger {counts_a['sent']:,} sent"
+    )
+    drop_database(args.database, url_a)
+
+    # (b) SMTP end to end, (c) pre-built, (d) baseline: one server process
+    url_b = fresh_database(args.database, folder, "smtp")
+    populate(url_b, args.smtp_subscribers)
+    smtp = Server(_smtp_server)
+    config_b = config_for(smtp=SmtpConfig(port=smtp.address, timeout=60))
+    options = SendOptions(provider="smtp", workers=args.workers)
+    sent_b, counts_b, secs_b, rss_b = run_send(url_b, config_b, options)
+    rate_b = sent_b / secs_b
+    received, most = smtp.counts()
+    print(
+        f"(b) SMTP end to end:   {sent_b:,} sent in {secs_b:.1f}s = {rate_b:,.0f} recipients/s, "
+        f"peak RSS {rss_b:.0f} MB; server got {received:,} (max {most} per address)"
+    )
+    messages = sample_messages(url_b, config_b, max(args.baseline, 200))
+    rate_c = prebuilt_rate(smtp.address, messages, args.prebuilt)
+    print(f"(c) SMTP server alone, pre-built messages, one connection: {rate_c:,.0f} messages/s")
+    rate_d = baseline_rate(smtp.address, config_b, messages[: args.render_baseline], True)
+    print(
+        f"(d) baseline, per message: render (Jinja2 + premailer), stdlib build, own connection "
+        f"({args.render_baseline} sampled): {rate_d:,.1f} messages/s"
+    )
+    rate_d2 = baseline_rate(smtp.address, config_b, messages[: args.baseline], False)
+    print(
+        f"(d') baseline without the render: stdlib build + own connection per message "
+        f"({args.baseline} sampled): {rate_d2:,.0f} messages/s"
+    )
+    smtp.stop()
+    drop_database(args.database, url_b)
+    print(
+        f"summary: (a) {rate_a:,.0f}/s (goal 20,000), {rss_a:.0f} MB (goal ≤ 500); "
+        f"(b) = {rate_b / rate_c:.0%} of (c) (goal ≥ 80%), {rate_b / rate_d:.0f}× (d) "
+        f"(goal ≥ 3×), {rate_b / rate_d2:.1f}× (d')"
+    )
+
+
+if __name__ == "__main__":
+    main()
