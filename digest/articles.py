@@ -29,8 +29,10 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime given to a UTC column")
         from datetime import UTC
 
-        return value.astimezone(UTC) if dialect.name != "sqlite" else value.astimezone(UTC).replace(
-            tzinfo=None
+        return (
+            value.astimezone(UTC)
+            if dialect.name != "sqlite"
+            else value.astimezone(UTC).replace(tzinfo=None)
         )
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:

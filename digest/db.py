@@ -34,8 +34,14 @@ def load_models() -> None:
     """Import every module that declares tables, so Base.metadata is complete."""
     import importlib
 
-    for name in ("digest.articles", "digest.editions", "subscribers.models", "digest.ledger",
-                 "digest.runs", "digest.web_models"):
+    for name in (
+        "digest.articles",
+        "digest.editions",
+        "subscribers.models",
+        "digest.ledger",
+        "digest.runs",
+        "digest.web_models",
+    ):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as e:
