@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
-from digest.editions import build_edition, format_edition
+from digest.db import transaction
+from digest.editions import build_edition, format_edition, get_edition
 from digest.selection import edition_window
 
 SAMPLE_ANCHOR = datetime.fromisoformat("2026-01-15T10:00:00+00:00")
@@ -41,6 +42,11 @@ def shifted_sample(dest: Path, anchor: datetime) -> list[Path]:
             text = _shift_csv(text, shift)
         else:
             text = _shift_rss(text, shift)
+        # Each day's copy is new content (as a real newsroom's would be): dated links and ids.
+        day = f"{anchor:%Y/%m/%d}"
+        text = text.replace("https://ledger.example/", f"https://ledger.example/{day}/")
+        text = text.replace("https://wire.example/", f"https://wire.example/{day}/")
+        text = text.replace("ledger-0", f"ledger-{anchor:%Y%m%d}-0")
         path = dest / name
         path.write_text(text, encoding="utf-8")
         out.append(path)
@@ -85,28 +91,49 @@ def demo_anchor(newsletter: NewsletterConfig, now: datetime) -> datetime:
 
 
 def run_demo(config: Config, sessions: sessionmaker[Session], *, clock: Clock) -> Iterator[str]:
-    """Run each step and yield what it did, one line at a time."""
+    """Ingest the sample newsroom and readers, build today's edition, send it to the outbox.
+
+    Re-runnable: a second run the same day finds the edition already sent and says where it is;
+    a run on another day gets that day's copy of the sample (dated URLs) and a new edition."""
     from digest.ingest import ingest_files
+    from digest.sending import SendOptions, send_edition
+    from subscribers.importing import import_csv
 
     newsletter = next(iter(config.newsletters.values()))
     now = clock()
-    files = shifted_sample(WORK_DIR, demo_anchor(newsletter, now))
-    for report in ingest_files(
-        sessions, files, section=None, source=None, fmt="auto", known_sections=None, clock=clock
-    ):
-        yield report.summary()
     today = now.astimezone(newsletter.tz).date()
-    with sessions() as session:
-        result = build_edition(session, config, newsletter, today, clock=clock, force=True) \
-            if not _is_frozen(session, newsletter.id, today) else None
-        if result is not None:
-            session.commit()
+    files = shifted_sample(WORK_DIR, demo_anchor(newsletter, now))
+    for report in ingest_files(sessions, files, section=None, source=None, fmt="auto", clock=clock):
+        yield report.summary()
+    with transaction(sessions) as session:
+        readers = resources.files("digest.sample") / "subscribers.csv"
+        with resources.as_file(readers) as path:
+            yield import_csv(session, newsletter, path, at=now).summary()
+    with transaction(sessions) as session:
+        edition = get_edition(session, newsletter.id, today)
+        if edition is None or not edition.frozen:
+            result = build_edition(session, config, newsletter, today, clock=clock, force=True)
             yield result.message
             yield format_edition(result.edition)
+    sent = send_edition(
+        config, sessions, newsletter.id, today, SendOptions(provider="outbox"), clock=clock
+    )
+    yield sent.summary()
+    outbox = config.outbox.dir.resolve()
+    messages = sorted(outbox.glob(f"*{today:%Y-%m-%d}*.eml")) or sorted(outbox.glob("*.eml"))
+    yield f"outbox: {len(messages)} message(s) in {outbox}/"
+    if messages:
+        preview = WORK_DIR.parent / "preview.html"
+        preview.write_text(_html_part(messages[0]), encoding="utf-8")
+        yield f"open {preview.resolve()} in a browser to see the first reader's email"
+        yield f"or read the raw message: {messages[0]}"
 
 
-def _is_frozen(session: Session, newsletter: str, day: object) -> bool:
-    from digest.editions import get_edition
+def _html_part(eml: Path) -> str:
+    from email import message_from_bytes, policy
+    from email.message import EmailMessage
 
-    edition = get_edition(session, newsletter, day)  # type: ignore[arg-type]
-    return edition is not None and edition.frozen
+    msg = message_from_bytes(eml.read_bytes(), policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    part = msg.get_body(preferencelist=("html",))
+    return str(part.get_content()) if part is not None else ""

@@ -1,0 +1,47 @@
+"""`make demo`'s job: the whole pipeline on the sample newsroom, re-runnable."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from digest_cli import cli
+
+EXAMPLE = Path(__file__).parent.parent / "digest.example.toml"
+
+
+def test_demo_delivers_to_the_outbox_and_reruns_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path}/demo.db"}
+    first = CliRunner().invoke(cli, ["--config", str(EXAMPLE), "demo"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "ledger.json: 30 new, 0 updated, 0 unchanged, 0 rejected" in first.output
+    assert "25 added" in first.output
+    assert "sent 25, failed 0" in first.output
+    outbox = sorted((tmp_path / ".var" / "outbox").glob("*.eml"))
+    assert len(outbox) == 25
+    msg = message_from_bytes(outbox[0].read_bytes(), policy=policy.default)
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert (tmp_path / ".var" / "preview.html").read_text().startswith("<!DOCTYPE html>")
+
+    again = CliRunner().invoke(cli, ["--config", str(EXAMPLE), "demo"], env=env)
+    assert again.exit_code == 0, again.output
+    assert "30 unchanged" in again.output and "sent 0, failed 0" in again.output
+    assert len(list((tmp_path / ".var" / "outbox").glob("*.eml"))) == 25
+
+
+def test_demo_sample_is_dated_so_each_day_is_new_content(tmp_path: Path) -> None:
+    from digest.demo import shifted_sample
+
+    day1 = shifted_sample(tmp_path / "a", datetime(2026, 5, 1, 9, tzinfo=UTC))
+    day2 = shifted_sample(tmp_path / "b", datetime(2026, 5, 2, 9, tzinfo=UTC))
+    text1, text2 = day1[0].read_text(), day2[0].read_text()
+    assert "https://ledger.example/2026/05/01/" in text1
+    assert "https://ledger.example/2026/05/02/" in text2
+    assert '"published": "2026-05-01T08:00:00+00:00"' in text1
