@@ -119,7 +119,7 @@ def test_cli_errors_are_one_line(stored: None, config_path: Path, db_url: str) -
         config_path, db_url, "preview", "daily", "--date", "2026-03-10", "--format", "pdf"
     )
     assert result.exit_code == 1
-    assert "unknown preview format 'pdf' (choose from html, text" in result.output
+    assert "unknown preview format 'pdf' (choose from eml, html, text)" in result.output
 
 
 def test_server_lists_variants_and_rerenders_on_reload(
