@@ -383,3 +383,20 @@ def test_dry_run_writes_messages_without_touching_the_ledger(
     assert len(list((tmp_path / "out" / "dry-run").glob("*.eml"))) == 3
     with sessions() as session:
         assert session.scalar(select(Edition.status)) == "draft"
+
+
+def test_smtp_temporary_failures_are_retried_and_everyone_gets_one_message(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    smtp_server: SmtpServer,  # noqa: F811
+) -> None:
+    config = with_smtp(config, smtp_server)
+    populate(sessions, 40, now)
+    smtp_server.fail_rate = 0.2  # 451 after the message
+    report = send(config, sessions, now, provider="smtp")
+    assert report.sent_now == 40
+    assert smtp_server.counts() == Counter({email_for(i): 1 for i in range(1, 41)})
+    assert max(r.attempts for r in rows(sessions)) > 1
+    assert all(r.handed_at is not None for r in rows(sessions))

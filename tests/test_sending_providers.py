@@ -314,3 +314,40 @@ def test_stand_in_rejects_what_sendgrid_would(
     outcomes = sg_provider(sendgrid_server).send(batch, Marks())
     assert [o.kind for o in outcomes] == [Kind.RETRY, Kind.FAILED]
     assert "should be unique" in (outcomes[1].error or "")
+
+
+def test_stand_in_names_the_personalization_that_breaks_the_spec(
+    config: Config,
+    sendgrid_server: SendGridStandIn,  # noqa: F811
+) -> None:
+    batch = substituted_batch(config, 3)
+    original = batch.variant.sendgrid_personalization
+
+    def with_empty_subject(to: Addressee, *args: object, **kw: object) -> dict[str, object]:
+        p = original(to, *args, **kw)  # type: ignore[arg-type]
+        if to.delivery_id == 103:
+            p["subject"] = ""
+        return p
+
+    batch.variant.sendgrid_personalization = with_empty_subject  # type: ignore[method-assign]
+    outcomes = sg_provider(sendgrid_server).send(batch, Marks())
+    assert [o.kind for o in outcomes] == [Kind.RETRY, Kind.RETRY, Kind.FAILED]
+    assert "'' should be non-empty (personalizations.2.subject)" in (outcomes[2].error or "")
+
+
+def test_rate_limiter_spaces_messages_without_real_sleeping() -> None:
+    from digest.providers.base import RateLimiter
+
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    limiter = RateLimiter(10.0, monotonic=lambda: now[0], sleep=sleep)
+    for _ in range(30):
+        limiter.take()
+    # a burst of 10, then 20 more at 10 per second
+    assert now[0] == pytest.approx(2.0)
+    assert len(slept) == 20

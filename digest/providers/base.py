@@ -106,16 +106,17 @@ class RateLimiter:
     def take(self, n: int = 1) -> None:
         if self.rate <= 0:
             return
-        while True:
-            now = self._monotonic()
-            self._allowance = min(
-                max(self.rate, float(n)), self._allowance + (now - self._last) * self.rate
-            )
-            self._last = now
-            if self._allowance >= n:
-                self._allowance -= n
-                return
-            self._sleep((n - self._allowance) / self.rate)
+        now = self._monotonic()
+        cap = max(self.rate, float(n))
+        self._allowance = min(cap, self._allowance + (now - self._last) * self.rate)
+        self._last = now
+        if self._allowance >= n:
+            self._allowance -= n
+            return
+        # Wait exactly for the missing tokens; they are spent as soon as they accrue.
+        self._sleep((n - self._allowance) / self.rate)
+        self._allowance = 0.0
+        self._last = self._monotonic()
 
 
 def backoff(attempt: int, base: float, cap: float, retry_after: float | None) -> float:
