@@ -351,3 +351,34 @@ def test_rate_limiter_spaces_messages_without_real_sleeping() -> None:
     # a burst of 10, then 20 more at 10 per second
     assert now[0] == pytest.approx(2.0)
     assert len(slept) == 20
+
+
+def test_smtp_reconnects_when_the_server_drops_the_connection(
+    config: Config,
+    smtp_server: SmtpServer,  # noqa: F811
+) -> None:
+    smtp_server.drop_at_mail = {2}
+    provider = SmtpProvider(smtp_config(smtp_server), "bounces@news.example")
+    outcomes = provider.send(Batch(variant(config), outgoing(3), WHEN), Marks())
+    provider.close()
+    assert [o.kind for o in outcomes] == [Kind.ACCEPTED] * 3
+    assert len(smtp_server.logins) == 2  # a second connection after the drop
+    assert smtp_server.counts() == {f"reader{i}@example.org": 1 for i in range(1, 4)}
+
+
+def test_smtp_implicit_tls(
+    config: Config,
+    tls_cert: tuple[Path, Path],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_cert[0]))
+    monkeypatch.setenv("DIGEST_SMTP_PASSWORD", "s3cret-pass")
+    with SmtpServer(*tls_cert, implicit_tls=True) as server:
+        provider = SmtpProvider(
+            SmtpConfig(port=server.port, security="tls", username=USERNAME, timeout=5),
+            "bounces@news.example",
+        )
+        outcomes = provider.send(Batch(variant(config), outgoing(2), WHEN), Marks())
+        provider.close()
+        assert [o.kind for o in outcomes] == [Kind.ACCEPTED] * 2
+        assert len(server.received) == 2

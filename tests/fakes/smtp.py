@@ -12,6 +12,7 @@ import random
 import socket
 import ssl
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from email import message_from_bytes, policy
@@ -21,6 +22,9 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+# Implicit TLS is TLS, but aiosmtpd only counts STARTTLS and warns on every connection.
+warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
 
 USERNAME = "digest"
 PASSWORD = "s3cret-pass"
@@ -76,6 +80,19 @@ class Handler:
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
 
+    async def handle_MAIL(
+        self, smtp: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        s = self.server
+        with s.lock:
+            s.mails += 1
+            drop = s.mails in s.drop_at_mail
+        if drop:
+            smtp.transport.close()  # the connection drops, as a restarting server's would
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
     async def handle_RCPT(
         self, smtp: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
@@ -107,6 +124,7 @@ class SmtpServer:
         *,
         auth: bool = True,
         keep: bool = True,
+        implicit_tls: bool = False,
     ) -> None:
         self.port = free_port()
         self.keep = keep  # False: remember recipients only (big sends)
@@ -117,16 +135,22 @@ class SmtpServer:
         self.on_message: Callable[[int], None] | None = None
         self.lock = threading.Lock()
         self.logins: list[str] = []
+        self.mails = 0
+        self.drop_at_mail: set[int] = set()  # MAIL FROM numbers at which to drop the connection
         kwargs: dict[str, Any] = {}
         if cert is not None and key is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(cert, key)
-            kwargs["tls_context"] = context
-            kwargs["require_starttls"] = auth
+            if implicit_tls:
+                kwargs["ssl_context"] = context
+            else:
+                kwargs["tls_context"] = context
+                kwargs["require_starttls"] = auth
         if auth:
             kwargs["authenticator"] = self._authenticate
             kwargs["auth_required"] = True
-            kwargs["auth_require_tls"] = cert is not None
+            # aiosmtpd counts only STARTTLS as TLS; an implicit-TLS connection is TLS already.
+            kwargs["auth_require_tls"] = cert is not None and not implicit_tls
         self.controller = Controller(
             Handler(self), hostname="127.0.0.1", port=self.port, ready_timeout=10, **kwargs
         )
