@@ -12,7 +12,6 @@ import random
 import socket
 import ssl
 import threading
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from email import message_from_bytes, policy
@@ -22,9 +21,6 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-
-# Implicit TLS is TLS, but aiosmtpd only counts STARTTLS and warns on every connection.
-warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
 
 USERNAME = "digest"
 PASSWORD = "s3cret-pass"
