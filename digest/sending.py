@@ -189,9 +189,14 @@ def send_edition(
             ledger.reopen(session, edition.id, ["failed"])
         if options.resend_unknown:
             ledger.reopen(session, edition.id, ["unknown"])
-        report.created, report.skipped_now, left_out = _create_rows(
-            session, config, nl, edition.id, renderer, options, clock
-        )
+        left_out = 0
+        if edition.status == "sent":
+            # Done editions stay done: people who subscribed since do not get an old issue.
+            report.notes.append(f"edition {nl.id} {edition_date} was already sent to everyone")
+        else:
+            report.created, report.skipped_now, left_out = _create_rows(
+                session, config, nl, edition.id, renderer, options, clock
+            )
 
     workers = max(1, options.workers)
     bind = sessions.kw.get("bind")

@@ -85,6 +85,10 @@ def test_outbox_send_writes_each_recipient_once_and_rerun_sends_nothing(
     assert first.sent_now == 12 and first.counts["sent"] == 12
     assert first.edition_status == "sent"
     assert again.sent_now == 0 and again.created == 0
+    assert "was already sent to everyone" in again.summary()
+    with sessions.begin() as session:  # someone subscribes after the edition went out
+        add_population(session, 1, now, start=100)
+    assert send(config, sessions, now).created == 0
     assert len(list((tmp_path / "out").glob("*.eml"))) == 12
     ledger = rows(sessions)
     assert {r.state for r in ledger} == {"sent"}
