@@ -17,6 +17,7 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -367,11 +368,16 @@ class _Worker:
         self._journal: Connection | None = None
 
     def run(self, limit: int | None) -> None:
+        """Claim, prepare and deliver batch after batch. Batch k+1 is claimed and personalised
+        while batch k is with the provider (one delivery thread), so the provider's round
+        trips overlap the CPU work; progress is reported per delivered batch."""
         with self.sessions() as session:
             self._remaining = ledger.counts(session, self.edition.id)["pending"]
         if limit is not None:
             self._remaining = min(self._remaining, limit)
         taken = 0
+        in_flight: Future[None] | None = None
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest-deliver")
         try:
             while not self.stop.is_set() and (limit is None or taken < limit):
                 n = self.batch_size if limit is None else min(self.batch_size, limit - taken)
@@ -380,9 +386,26 @@ class _Worker:
                 if not claimed:
                     break
                 taken += len(claimed)
-                self._deliver(claimed)
+                try:
+                    batches = self._prepare(claimed)
+                    if in_flight is not None:
+                        in_flight.result()  # a provider error of the last batch stops here
+                        in_flight = None
+                        self._report()
+                    if self.stop.is_set():
+                        raise _Stopped
+                except BaseException:
+                    with transaction(self.sessions) as session:
+                        ledger.release(session, [c.id for c in claimed], self.worker, self.clock())
+                    if self.stop.is_set() and in_flight is None:
+                        break
+                    raise
+                in_flight = pool.submit(self._deliver, claimed, batches)
+            if in_flight is not None:
+                in_flight.result()
                 self._report()
         finally:
+            pool.shutdown(wait=True)
             if self._journal is not None:
                 self._journal.close()
 
@@ -406,21 +429,23 @@ class _Worker:
             v = self._variants[sections] = _Variant(rendered, message)
         return v
 
-    def _deliver(self, claimed: list[Claimed]) -> None:
+    def _prepare(self, claimed: list[Claimed]) -> list[Batch]:
         groups: dict[tuple[str, ...], list[Claimed]] = {}
         for c in claimed:
             groups.setdefault(c.sections, []).append(c)
-        held = [c.id for c in claimed]
+        return [self._batch(self._variant(sections), rows) for sections, rows in groups.items()]
+
+    def _deliver(self, claimed: list[Claimed], batches: list[Batch]) -> None:
         try:
-            for sections, rows in groups.items():
-                self._deliver_group(self._variant(sections), rows)
+            for batch in batches:
+                self._send_with_retries(batch)
         finally:
             # Anything still held (stop, auth failure, an error) is let go: back to pending
             # when it never reached the provider, `unknown` when it did.
             with transaction(self.sessions) as session:
-                ledger.release(session, held, self.worker, self.clock())
+                ledger.release(session, [c.id for c in claimed], self.worker, self.clock())
 
-    def _deliver_group(self, v: _Variant, rows: list[Claimed]) -> None:
+    def _batch(self, v: _Variant, rows: list[Claimed]) -> Batch:
         when = self.clock()
         personals = [
             personal_links(
@@ -449,8 +474,7 @@ class _Worker:
                 messages.append(Outgoing(to, template))
             else:
                 messages.append(Outgoing(to, personalise(v.rendered, personal)))
-        batch = Batch(v.message, messages, when, template=template, substitutions=subs)
-        self._send_with_retries(batch)
+        return Batch(v.message, messages, when, template=template, substitutions=subs)
 
     def _checkpoint(self, handed: Sequence[int], settled: Sequence[Outcome]) -> None:
         final = [o for o in settled if o.kind in _FINAL]
@@ -555,6 +579,10 @@ def _subset(batch: Batch, ids: set[int]) -> Batch:
         template=batch.template,
         substitutions=[batch.substitutions[i] for i in keep] if batch.substitutions else [],
     )
+
+
+class _Stopped(Exception):
+    """The stop event was set while the next batch was being prepared."""
 
 
 class _Variant:
