@@ -653,10 +653,20 @@ def run_send(app: App, newsletter_id: str, day: date, options: Any) -> Any:
 @click.argument("newsletter")
 @click.option("--date", "date_", help="Edition date (default today in the newsletter's zone).")
 @click.option("--dry-run", is_flag=True, help="Write every message to the outbox; no ledger.")
-@click.option("--provider", type=click.Choice(["outbox", "smtp", "sendgrid"]), help="Override.")
+@click.option(
+    "--provider",
+    type=click.Choice(["outbox", "smtp", "sendgrid"]),
+    help="Provider for this run (default: the newsletter's).",
+)
 @click.option("--segment", "segments", multiple=True, help="Only this segment (repeatable).")
 @click.option("--limit", type=click.IntRange(0, None), help="Send at most N messages this run.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes (PostgreSQL; SQLite runs one).",
+)
 @click.option("--retry-failed", is_flag=True, help="Send again to rows that failed.")
 @click.option("--resend-unknown", is_flag=True, help="Send again to rows whose fate is unknown.")
 @click.option("--force", is_flag=True, help="Send even if a content gate says no.")
