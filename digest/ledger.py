@@ -381,6 +381,24 @@ def leave_audience(session: Session, ids: Sequence[int], now: datetime) -> int:
     return len(ids)
 
 
+def erase_recipient(session: Session, subscriber_id: int, label: str, now: datetime) -> int:
+    """Right to erasure: the audit rows stay (which edition went to which subscriber id, when,
+    with what outcome) but lose the address and name; rows not yet sent are skipped so the
+    person gets nothing more. `label` replaces the address (a non-reversible tag)."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.state == "pending")
+        .values(state="skipped", settled_at=now, last_error="subscriber erased")
+    )
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id)
+        .values(email=label, name=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def counts(session: Session, edition_id: int) -> dict[str, int]:
     rows = session.execute(
         select(Delivery.state, func.count())

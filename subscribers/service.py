@@ -388,6 +388,10 @@ def forget(session: Session, email: str, *, at: datetime) -> bool:
     hashed = email_hash(address)
     sub = session.scalar(select(Subscriber).where(Subscriber.email_hash == hashed))
     if sub is not None:
+        # The delivery ledger keeps its audit rows but must not keep the address either.
+        from digest.ledger import erase_recipient
+
+        erase_recipient(session, sub.id, f"erased-{hashed[:16]}", at)
         session.delete(sub)
     row = session.scalar(select(Suppression).where(Suppression.email_hash == hashed))
     if row is None:

@@ -404,3 +404,27 @@ def test_smtp_temporary_failures_are_retried_and_everyone_gets_one_message(
     assert smtp_server.counts() == Counter({email_for(i): 1 for i in range(1, 41)})
     assert max(r.attempts for r in rows(sessions)) > 1
     assert all(r.handed_at is not None for r in rows(sessions))
+
+
+def test_forget_erases_the_address_from_the_ledger_and_skips_unsent_rows(
+    config: Config, sessions: sessionmaker[Session], edition: Edition, now: datetime, tmp_path: Path
+) -> None:
+    from subscribers.service import forget
+
+    config = dataclasses.replace(
+        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
+    )
+    populate(sessions, 4, now)
+    send(config, sessions, now, limit=2)  # two sent, two still pending
+    before = rows(sessions)
+    sent = next(r for r in before if r.state == "sent")
+    pending = next(r for r in before if r.state == "pending")
+    with sessions.begin() as session:
+        assert forget(session, sent.email, at=now)
+        assert forget(session, pending.email, at=now)
+    after = {r.id: r for r in rows(sessions)}
+    assert after[sent.id].state == "sent" and after[sent.id].email.startswith("erased-")
+    assert after[sent.id].name is None
+    assert after[pending.id].state == "skipped" and "@" not in after[pending.id].email
+    send(config, sessions, now)
+    assert len(list((tmp_path / "out").glob("*.eml"))) == 3
