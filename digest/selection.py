@@ -21,41 +21,9 @@ from digest.config import NewsletterConfig, SelectionWeights
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Words that make unrelated headlines look alike; dropped before comparing.
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "for",
-        "from",
-        "has",
-        "have",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "over",
-        "says",
-        "said",
-        "the",
-        "to",
-        "was",
-        "were",
-        "will",
-        "with",
-        "after",
-        "new",
-    ]
-)
+_STOPWORD_TEXT = """a an and are as at be by for from has have in into is it its of on or over
+says said the to was were will with after new"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 # Below this much shared dek text, similar titles are two different stories (e.g. two fires).
 _DEK_FLOOR_FOR_TITLE_MATCH = 0.3
 
