@@ -1,8 +1,9 @@
 """A SendGrid v3 /mail/send stand-in on 127.0.0.1 for tests and benchmarks.
 
 It checks the Authorization header, validates every body against SendGrid's published OpenAPI
-description (../shared/sendgrid/tsg_mail_v3.json, with the documented `custom_args` defect
-patched) plus the limits the schema does not express, records what it accepted, and answers what
+description (tests/data/sendgrid/tsg_mail_v3.json, a copy of ../shared/sendgrid/ kept in the
+repository so a fresh clone tests without it; MIT, see LICENSE beside it; with the documented
+`custom_args` defect patched) plus the limits the schema does not express, records what it accepted, and answers what
 a test asks for: 202, 400, 401, 413, 429 with X-RateLimit-Reset, 500, 503, or a hang past the
 client's timeout.
 """
@@ -25,8 +26,7 @@ from typing import Any
 
 import jsonschema
 
-REPO = Path(__file__).resolve().parents[2]
-SPEC = REPO.parent / "shared" / "sendgrid" / "tsg_mail_v3.json"
+SPEC = Path(__file__).resolve().parents[1] / "data" / "sendgrid" / "tsg_mail_v3.json"
 API_KEY = "SG.test-key"
 MAX_BYTES = 30 * 1024 * 1024
 
