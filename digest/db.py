@@ -80,6 +80,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         ) from None
 
 
+def one_line(error: BaseException | None) -> str:
+    """A driver's message on one line (psycopg adds hint lines)."""
+    return " ".join(str(error).split())
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
@@ -111,7 +116,7 @@ def upgrade(engine: Engine, revision: str = "heads") -> None:
     try:
         command.upgrade(_alembic_config(engine), revision)
     except OperationalError as e:
-        raise SchemaError(f"cannot upgrade database {engine.url!r}: {e.orig}") from None
+        raise SchemaError(f"cannot upgrade database {engine.url!r}: {one_line(e.orig)}") from None
 
 
 def current_revisions(engine: Engine) -> set[str]:
@@ -132,7 +137,7 @@ def ensure_schema(engine: Engine, auto_upgrade: bool = True) -> None:
     try:
         current = current_revisions(engine)
     except OperationalError as e:
-        raise SchemaError(f"cannot open database {engine.url!r}: {e.orig}") from None
+        raise SchemaError(f"cannot open database {engine.url!r}: {one_line(e.orig)}") from None
     if current == head_revisions():
         return
     if auto_upgrade:
