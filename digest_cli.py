@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest.clock import utcnow
 from digest.config import Config, database_url, load_config
-from digest.db import ensure_schema, make_engine, session_factory
+from digest.db import ensure_schema, make_engine, one_line, session_factory
 from digest.errors import DigestError
 
 
@@ -60,7 +60,7 @@ class DigestGroup(click.Group):
         except DigestError as e:
             raise _ExitError(str(e), e.exit_code) from None
         except OperationalError as e:
-            raise click.ClickException(f"database error: {e.orig}") from None
+            raise click.ClickException(f"database error: {one_line(e.orig)}") from None
 
 
 pass_app = click.make_pass_decorator(App)
@@ -108,6 +108,10 @@ def parse_since(value: str | None) -> datetime | None:
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """digest: pick the day's top stories, render the email, send it with a ledger."""
+    if config_path and not Path(config_path).is_file():
+        # Named explicitly (flag or DIGEST_CONFIG): a typo must not pass silently, even for
+        # commands that only need the database.
+        raise click.BadParameter(f"{config_path}: no such config file", param_hint="--config")
     ctx.obj = App(config_path)
 
 
@@ -311,16 +315,25 @@ def subscribers_add(app: App, email, newsletter_id, name, tags, attrs, sections,
 @click.argument("email")
 @newsletter_option
 @click.option("--name")
+@click.option(
+    "--no-email", is_flag=True, help="Print the confirmation link instead of emailing it."
+)
 @pass_app
-def subscribers_subscribe(app: App, email, newsletter_id, name):
-    """Sign someone up as they would themselves (double opt-in when the newsletter asks)."""
-    from digest.db import transaction
-    from subscribers.service import subscribe
+def subscribers_subscribe(app: App, email, newsletter_id, name, no_email):
+    """Sign someone up as they would themselves. With double opt-in they stay pending and get a
+    confirmation email through the newsletter's provider; running it again resends it."""
+    from digest.confirmations import sign_up
 
     nl = _pick_newsletter(app, newsletter_id)
-    with transaction(app.sessions) as session:
-        result = subscribe(session, app.config, nl, email, at=utcnow(), name=name)
-    if result.status == "pending":
+    done = sign_up(
+        app.config, app.sessions, nl, email, at=utcnow(), name=name, send_email=not no_email
+    )
+    result = done.subscription
+    if result.status == "pending" and done.sent_via:
+        click.echo(
+            f"{result.email} is pending on {nl.id}; confirmation email sent via {done.sent_via}"
+        )
+    elif result.status == "pending":
         click.echo(f"{result.email} is pending on {nl.id}; confirmation link: {result.confirm_url}")
     else:
         click.echo(f"{result.email} is subscribed to {nl.id}")

@@ -148,7 +148,7 @@ class WebConfig:
     sendgrid_webhook_public_key_env: str = "SENDGRID_WEBHOOK_PUBLIC_KEY"
     sendgrid_webhook_max_age_seconds: int = 600
     sendgrid_webhook_allow_unsigned: bool = False
-    token_requests_per_minute: float = 30.0  # per client IP on /u/ and /p/; 0 = no limit
+    token_requests_per_minute: float = 30.0  # per client IP on token links; 0 = no limit
     proxy_hops: int = 0  # reverse proxies in front whose X-Forwarded-For is trusted
 
     @property

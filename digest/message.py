@@ -129,6 +129,37 @@ def _qp(body: str) -> bytes:
     return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)[:-2]
 
 
+def _sender_headers(newsletter: NewsletterConfig) -> bytes:
+    head = [_address_header("From", newsletter.from_name, newsletter.from_email)]
+    if newsletter.reply_to:
+        head.append(_header_line("Reply-To", newsletter.reply_to))
+    return b"".join(head)
+
+
+def _part_frames(boundary: str) -> tuple[bytes, bytes, bytes]:
+    """The opening lines of the text part and of the HTML part, and the closing boundary."""
+    b = boundary.encode("ascii")
+    text_open = (
+        b"--" + b + b"\r\n"
+        b'Content-Type: text/plain; charset="utf-8"\r\n'
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+    )
+    html_open = (
+        b"--" + b + b"\r\n"
+        b'Content-Type: text/html; charset="utf-8"\r\n'
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+    )
+    return text_open, html_open, b"--" + b + b"--\r\n"
+
+
+def _sendgrid_recipient(to: Addressee) -> dict[str, str]:
+    recipient = {"email": to.email}
+    name = (to.name or "").strip()[:_MAX_NAME]
+    if name:
+        recipient["name"] = name
+    return recipient
+
+
 class _Pieces:
     """A body split at substitution tags, static pieces already quoted-printable. Every piece
     is encoded on its own and followed by a soft line break, so each starts at column 0 and
@@ -177,12 +208,7 @@ class VariantMessage:
         seed = f"{self.campaign}\0{variant_key}".encode()
         # '=' never occurs unescaped in quoted-printable text, so the boundary cannot collide.
         self.boundary = f"==digest-{hashlib.sha256(seed).hexdigest()[:24]}=="
-        head = [
-            _address_header("From", newsletter.from_name, newsletter.from_email),
-        ]
-        if newsletter.reply_to:
-            head.append(_header_line("Reply-To", newsletter.reply_to))
-        self._head = b"".join(head)
+        self._head = _sender_headers(newsletter)
         self._frame = b"".join(
             [
                 b"MIME-Version: 1.0\r\n",
@@ -194,18 +220,7 @@ class VariantMessage:
                 b"\r\n",
             ]
         )
-        b = self.boundary.encode("ascii")
-        self._text_open = (
-            b"--" + b + b"\r\n"
-            b'Content-Type: text/plain; charset="utf-8"\r\n'
-            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-        )
-        self._html_open = (
-            b"--" + b + b"\r\n"
-            b'Content-Type: text/html; charset="utf-8"\r\n'
-            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-        )
-        self._close = b"--" + b + b"--\r\n"
+        self._text_open, self._html_open, self._close = _part_frames(self.boundary)
         self._templates: dict[int, _Template] = {}
 
     def mime(
@@ -294,12 +309,8 @@ class VariantMessage:
         substitutions: dict[str, str] | None = None,
         subject: str | None = None,
     ) -> dict[str, Any]:
-        recipient: dict[str, str] = {"email": to.email}
-        name = (to.name or "").strip()[:_MAX_NAME]
-        if name:
-            recipient["name"] = name
         p: dict[str, Any] = {
-            "to": [recipient],
+            "to": [_sendgrid_recipient(to)],
             "headers": {
                 "List-Unsubscribe": list_unsubscribe(
                     to.unsubscribe_url, self.config.site.unsubscribe_mailto
@@ -312,3 +323,67 @@ class VariantMessage:
         if substitutions:
             p["substitutions"] = substitutions
         return p
+
+
+class TransactionalMessage:
+    """A message one person asked for, such as the double opt-in confirmation: From, Reply-To,
+    To, Subject, Date, Message-ID and text + HTML parts. It is not bulk mail, so it carries no
+    List-Id, List-Unsubscribe or List-Unsubscribe-Post. It offers the methods providers call on
+    a `VariantMessage`, so it travels in an ordinary `Batch` (never with a substitution
+    template); `Addressee.unsubscribe_url` is not used."""
+
+    def __init__(self, newsletter: NewsletterConfig, purpose: str) -> None:
+        self.newsletter = newsletter
+        self.purpose = purpose
+        # Names the outbox files and the SendGrid category, like an edition's campaign does.
+        self.campaign = f"{purpose}/{newsletter.id}"
+        self.boundary = f"==digest-{hashlib.sha256(self.campaign.encode()).hexdigest()[:24]}=="
+        self._head = _sender_headers(newsletter)
+        self._frame = b"MIME-Version: 1.0\r\n" + _header_line(
+            "Content-Type", f'multipart/alternative; boundary="{self.boundary}"'
+        )
+        self._text_open, self._html_open, self._close = _part_frames(self.boundary)
+
+    def mime(self, content: Content, to: Addressee, when: datetime) -> bytes:
+        """The complete RFC 5322 message, CRLF line ends (see VariantMessage.mime)."""
+        return b"".join(
+            [
+                self._head,
+                _address_header("To", to.name, to.email),
+                _fold("Subject", content.subject),
+                b"Date: " + format_datetime(when).encode("ascii") + b"\r\n",
+                b"Message-ID: <" + to.message_id.encode("ascii") + b">\r\n",
+                self._frame,
+                b"\r\n",
+                self._text_open,
+                _qp(content.text),
+                b"\r\n",
+                self._html_open,
+                _qp(content.html),
+                b"\r\n",
+                self._close,
+            ]
+        )
+
+    def sendgrid_body(
+        self, content: Content, personalizations: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        nl = self.newsletter
+        body: dict[str, Any] = {
+            "personalizations": personalizations,
+            "from": {"email": nl.from_email, "name": nl.from_name},
+            "subject": content.subject,
+            "content": [
+                {"type": "text/plain", "value": content.text},
+                {"type": "text/html", "value": content.html},
+            ],
+            "categories": [self.purpose[:255]],
+            "custom_args": {"purpose": self.purpose},
+        }
+        if nl.reply_to:
+            body["reply_to"] = {"email": nl.reply_to}
+        return body
+
+    def sendgrid_personalization(self, to: Addressee) -> dict[str, Any]:
+        # No delivery_id custom arg: the Event Webhook would look it up in the edition ledger.
+        return {"to": [_sendgrid_recipient(to)]}

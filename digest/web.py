@@ -1,16 +1,19 @@
-"""The subscriber-facing web app: one-click unsubscribe, preferences, the web archive and the
-SendGrid Event Webhook (`digest serve`, or any WSGI server through `wsgi_app()`).
+"""The subscriber-facing web app: one-click unsubscribe, preferences, double opt-in
+confirmation, the web archive and the SendGrid Event Webhook (`digest serve`, or any WSGI
+server through `wsgi_app()`).
 
 Security choices, each for a reason a subscriber or a deliverability engineer would give:
-- Token links (/u/, /p/) answer an invalid, tampered, foreign or orphaned token with the same
-  404 page, so nobody can learn who is subscribed by probing. They never set a cookie, are
-  never cached (Cache-Control: no-store) and send no Referer to other sites (Referrer-Policy
-  same-origin: "no-referrer" would make browsers send `Origin: null` on our own form posts).
+- Token links (/u/, /p/, /confirm/) answer an invalid, tampered, foreign, orphaned or expired
+  token with the same 404 page, so nobody can learn who is subscribed by probing. They never
+  set a cookie, are never cached (Cache-Control: no-store) and send no Referer to other sites
+  (Referrer-Policy same-origin: "no-referrer" would make browsers send `Origin: null` on our
+  own form posts).
 - A GET never changes anything (mail scanners follow links). The unsubscribe page's button posts
   the RFC 8058 body `List-Unsubscribe=One-Click`, exactly what mail clients send: the signed
   token in the URL is the whole authority, so a CSRF token would add nothing there.
-- The preferences form carries a signed form token bound to the page's token and its issue
-  time (no cookie, no server state), and a cross-site Origin is refused.
+- The preferences and confirmation forms carry a signed form token bound to the page's token
+  and its issue time (no cookie, no server state), and a cross-site Origin is refused: a
+  double opt-in is confirmed by a person pressing the button, not by a bot posting the link.
 - Token endpoints are rate limited per client address (a token bucket in this process), except
   a POST with a genuine unsubscribe token, which must never be lost.
 - Paths of token links are redacted from the access log and error log.
@@ -55,7 +58,13 @@ from digest.render import Renderer, long_date, template_environment
 from digest.web_models import WebhookEvent
 from subscribers.audience import sections_for
 from subscribers.models import Subscriber, normalise_email
-from subscribers.service import set_preferences, suppress, unsubscribe
+from subscribers.service import (
+    confirm,
+    confirmation_expired,
+    set_preferences,
+    suppress,
+    unsubscribe,
+)
 from subscribers.tokens import InvalidToken, TokenData, make_token, read_token, site_secret
 
 log = logging.getLogger(__name__)
@@ -65,7 +74,7 @@ ONE_CLICK_VALUE = "One-Click"
 FORM_MAX_AGE = timedelta(hours=12)
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a SendGrid batch holds up to a few thousand events
 PUBLIC_STATUSES = ("frozen", "sent")
-_TOKEN_PATH = re.compile(r"(/[up]/)[^\s?#/]+")
+_TOKEN_PATH = re.compile(r"(/(?:[up]|confirm)/)[^\s?#/]+")
 
 _CSP_PAGES = (
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
@@ -79,7 +88,7 @@ _CSP_ARCHIVE = (
 
 
 def redact(text: str) -> str:
-    """Remove the token from /u/<token> and /p/<token>: it identifies a subscriber."""
+    """Remove the token from /u/, /p/ and /confirm/ links: it identifies a subscriber."""
     return _TOKEN_PATH.sub(r"\1…", text)
 
 
@@ -309,7 +318,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         h["X-Content-Type-Options"] = "nosniff"
         h["Referrer-Policy"] = "same-origin"
         h["X-Frame-Options"] = "DENY"
-        if request.path.startswith(("/u/", "/p/", "/webhooks/")):
+        if request.path.startswith(("/u/", "/p/", "/confirm/", "/webhooks/")):
             h["Cache-Control"] = "no-store"
         return response
 
@@ -394,6 +403,40 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         return _preferences_page(
             web, token, nl, data, shown, message=message, error=error, status=400 if error else 200
         )
+
+    @app.route("/confirm/<token>", methods=["GET", "POST"])
+    def confirm_link(token: str) -> Response:
+        refused = web.limited()
+        if refused is not None:
+            return refused
+        found = web.read(token, "confirm")
+        if found is None or confirmation_expired(found[0], clock()):
+            return web.invalid_link()
+        data, nl = found
+        if request.method == "GET":
+            with web.sessions() as session:
+                status = _membership_status(session, data.subscriber_id, nl.id)
+            if status is None:
+                return web.invalid_link()
+            return _confirm_page(web, token, nl, status)
+        if not _same_origin(config) or not check_form_token(
+            web.secret, token, request.form.get("csrf", ""), clock().timestamp()
+        ):
+            return web.page(
+                "web/message.html",
+                403,
+                masthead=nl.title,
+                heading="Please try again",
+                text="This page has expired. Open the link from the email again.",
+            )
+        try:
+            with web.unit() as session:
+                result = confirm(session, config, token, at=clock())
+        except (InvalidToken, InputError, NotFound):
+            # Expired since the page was shown, or the subscriber was erased meanwhile.
+            return web.invalid_link()
+        log.info("confirmation via link: newsletter=%s status=%s", nl.id, result.status)
+        return _confirm_page(web, token, nl, result.status)
 
     @app.get("/archive/<newsletter>/")
     def archive_index(newsletter: str) -> Response:
@@ -496,6 +539,34 @@ def _same_origin(config: Config) -> bool:
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+# --- double opt-in ----------------------------------------------------------------------------
+
+
+def _membership_status(session: Session, subscriber_id: int, newsletter: str) -> str | None:
+    sub = session.get(Subscriber, subscriber_id)
+    membership = sub.membership(newsletter) if sub is not None else None
+    return None if membership is None else membership.status
+
+
+def _confirm_page(web: _Web, token: str, nl: NewsletterConfig, status: str) -> Response:
+    if status == "unsubscribed":
+        # An old link must not undo a later unsubscribe.
+        return web.page(
+            "web/message.html",
+            masthead=nl.title,
+            heading="Nothing was changed",
+            text=f"You left {nl.title} after this link was sent. To receive it again, "
+            "please sign up again.",
+        )
+    return web.page(
+        "web/confirm.html",
+        masthead=nl.title,
+        newsletter=nl,
+        done=status == "active",
+        csrf=make_form_token(web.secret, token, int(web.clock().timestamp())),
+    )
 
 
 # --- unsubscribe and preferences (units of work) --------------------------------------------

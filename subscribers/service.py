@@ -27,7 +27,7 @@ from subscribers.models import (
     email_hash,
     normalise_email,
 )
-from subscribers.tokens import CONFIRM_MAX_AGE, make_token, read_token, site_secret
+from subscribers.tokens import CONFIRM_MAX_AGE, TokenData, make_token, read_token, site_secret
 
 # Columns of a subscriber that are not free attributes (CSV headers, `--attr` names).
 RESERVED = ("email", "name", "sections", "tags", "timezone", "status", "created", "confirmed")
@@ -288,10 +288,14 @@ def subscribe(
     return Subscription(sub.id, address, newsletter.id, m.status, token, url)
 
 
+def confirmation_expired(data: TokenData, at: datetime) -> bool:
+    return data.issued_at is not None and at - data.issued_at > CONFIRM_MAX_AGE
+
+
 def confirm(session: Session, config: Config, token: str, *, at: datetime) -> Subscription:
     """Double opt-in: the link from the confirmation email activates the membership."""
     data = read_token(site_secret(config), token, "confirm")
-    if data.issued_at is not None and at - data.issued_at > CONFIRM_MAX_AGE:
+    if confirmation_expired(data, at):
         raise InputError(
             f"this confirmation link expired ({CONFIRM_MAX_AGE.days} days); subscribe again"
         )

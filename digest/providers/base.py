@@ -17,7 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from digest.message import Addressee, Content, VariantMessage
+from digest.message import Addressee, Content, TransactionalMessage, VariantMessage
 
 
 class Kind(StrEnum):
@@ -53,9 +53,10 @@ class Outgoing:
 @dataclass
 class Batch:
     """Messages of one variant. `template` is the per-variant content whose placeholders a
-    provider with server-side substitution (SendGrid) fills from `substitutions`."""
+    provider with server-side substitution (SendGrid) fills from `substitutions`. A
+    transactional message (a confirmation) is a batch of one without a template."""
 
-    variant: VariantMessage
+    variant: VariantMessage | TransactionalMessage
     messages: list[Outgoing]
     when: datetime
     template: Content | None = None
@@ -65,6 +66,7 @@ class Batch:
         """Message i as RFC 5322 bytes (from the template when the batch has one)."""
         m = self.messages[i]
         if self.template is not None and self.substitutions:
+            assert isinstance(self.variant, VariantMessage)
             return self.variant.mime(self.template, m.to, self.when, self.substitutions[i])
         return self.variant.mime(m.content, m.to, self.when)
 

@@ -20,6 +20,7 @@ from sendgrid import SendGridAPIClient
 
 from digest.config import SendGridConfig
 from digest.errors import ConfigError
+from digest.message import VariantMessage
 from digest.providers.base import Batch, Checkpoint, Kind, Outcome, Outgoing, RateLimiter
 
 _FIELD_INDEX = re.compile(r"personalizations\.(\d+)")
@@ -86,7 +87,7 @@ class SendGridProvider:
     ) -> dict[str, Any]:
         v = batch.variant
         if subs is not None:
-            assert batch.template is not None
+            assert batch.template is not None and isinstance(v, VariantMessage)
             ps = [v.sendgrid_personalization(m.to, s) for m, s in zip(messages, subs, strict=True)]
             return v.sendgrid_body(batch.template, ps)
         (m,) = messages
