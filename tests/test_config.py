@@ -111,3 +111,17 @@ def test_every_command_has_help_text() -> None:
         return missing
 
     assert walk(cli, "digest") == []
+
+
+def test_a_config_path_that_does_not_exist_is_an_error_even_for_db_only_commands(
+    tmp_path: Path,
+) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["--config", str(tmp_path / "typo.toml"), "articles"],
+        env={"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path}/d.db"},
+    )
+    assert result.exit_code == 2
+    assert result.output.strip().endswith(
+        f"Error: Invalid value for --config: {tmp_path / 'typo.toml'}: no such config file"
+    )
