@@ -32,7 +32,7 @@ from markupsafe import Markup
 from digest.config import Config, NewsletterConfig, UtmConfig
 from digest.editions import Edition, EditionItem
 from digest.errors import ConfigError, DigestError
-from subscribers.tokens import make_token, site_secret
+from subscribers.tokens import make_tokens, site_secret
 
 if TYPE_CHECKING:
     from subscribers.audience import Recipient
@@ -53,6 +53,7 @@ SIZE_LIMIT_BYTES = 102 * 1024
 _SLOT_ALLOWANCE = 320
 
 SLOTS = ("first_name", "email", "unsubscribe_url", "preferences_url", "view_url")
+_LINK_PURPOSES = ("unsubscribe", "preferences")
 _SUBJECT_FIELDS = frozenset({"title", "lead", "date", "headlines"})
 _UTM_FIELDS = frozenset({"newsletter", "date"})
 _MONTHS = [
@@ -383,13 +384,14 @@ def personal_links(
     """Signed unsubscribe and preference links for one recipient, plus the web version."""
     secret = site_secret(config)
     base = config.site.base_url
+    unsubscribe, preferences = make_tokens(
+        secret, recipient.subscriber_id, newsletter.id, _LINK_PURPOSES
+    )
     return Personal(
         email=recipient.email,
         name=recipient.name,
-        unsubscribe_url=f"{base}/u/"
-        + make_token(secret, recipient.subscriber_id, newsletter.id, "unsubscribe"),
-        preferences_url=f"{base}/p/"
-        + make_token(secret, recipient.subscriber_id, newsletter.id, "preferences"),
+        unsubscribe_url=f"{base}/u/{unsubscribe}",
+        preferences_url=f"{base}/p/{preferences}",
         view_url=archive_url(config, newsletter, edition),
     )
 
