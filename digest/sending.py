@@ -43,6 +43,7 @@ from digest.render import (
     Personalised,
     RenderedVariant,
     Renderer,
+    archive_url,
     check_size,
     personal_links,
     personalise,
@@ -445,7 +446,8 @@ class _Worker:
         if v is None:
             rendered = self.renderer.variant(sections)
             message = VariantMessage(self.config, self.nl, self.edition.edition_date, rendered.key)
-            v = self._variants[sections] = _Variant(rendered, message)
+            view_url = archive_url(self.config, self.nl, self.edition)
+            v = self._variants[sections] = _Variant(rendered, message, view_url)
         return v
 
     def _prepare(self, claimed: list[Claimed]) -> list[Batch]:
@@ -618,7 +620,7 @@ class _Variant:
     SendGrid fills the tags server-side (one request per variant batch), SMTP and the outbox
     fill them into pre-encoded MIME pieces (digest.message)."""
 
-    def __init__(self, rendered: RenderedVariant, message: VariantMessage) -> None:
+    def __init__(self, rendered: RenderedVariant, message: VariantMessage, view_url: str) -> None:
         self.rendered = rendered
         self.message = message
         self.template: Content | None = None
@@ -626,8 +628,10 @@ class _Variant:
         nonce = rendered.nonce
         self._html_tags = {s: f"%%{nonce}h{i}%%" for i, s in enumerate(SLOTS)}
         self._text_tags = {s: f"%%{nonce}t{i}%%" for i, s in enumerate(SLOTS)}
-        html = personalise(rendered, _tag_personal(self._html_tags)).html
-        text_ = personalise(rendered, _tag_personal(self._text_tags)).text
+        # The web-version link is the same for every reader: it goes into the template itself,
+        # two substitutions fewer per recipient (verify() still compares with personalise()).
+        html = personalise(rendered, _tag_personal(self._html_tags, view_url)).html
+        text_ = personalise(rendered, _tag_personal(self._text_tags, view_url)).text
         self.template = Personalised(rendered.subject, html, text_)
         self._used = [
             (i, s)
@@ -661,13 +665,13 @@ class _Variant:
             self.template = None
 
 
-def _tag_personal(tags: dict[str, str]) -> Personal:
+def _tag_personal(tags: dict[str, str], view_url: str) -> Personal:
     return Personal(
         email=tags["email"],
         name=tags["first_name"],
         unsubscribe_url=tags["unsubscribe_url"],
         preferences_url=tags["preferences_url"],
-        view_url=tags["view_url"],
+        view_url=view_url,
     )
 
 
@@ -885,7 +889,7 @@ def preview_eml(mail: PreviewMail) -> str:
     )
     message = VariantMessage(mail.config, nl, edition.edition_date, mail.variant.key)
     # The send's own path (template + substitutions), so the bytes are the same.
-    v = _Variant(mail.variant, message)
+    v = _Variant(mail.variant, message, personal.view_url)
     subs = v.substitutions(personal)
     v.verify(personalise(mail.variant, personal), subs)
     if v.template is None:
