@@ -68,6 +68,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoint the WAL every ~40 MB rather than 4 MB: a send rewrites the same ledger
+            # pages on claim, hand-over and settle, so fewer checkpoints copy far fewer pages
+            # (SendGrid send benchmark: about 10% faster).
+            cur.execute("PRAGMA wal_autocheckpoint=10000")
             cur.close()
 
         return engine
