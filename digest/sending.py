@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date
+from html import escape
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
@@ -447,7 +448,9 @@ class _Worker:
             rendered = self.renderer.variant(sections)
             message = VariantMessage(self.config, self.nl, self.edition.edition_date, rendered.key)
             view_url = archive_url(self.config, self.nl, self.edition)
-            v = self._variants[sections] = _Variant(rendered, message, view_url)
+            v = self._variants[sections] = _Variant(
+                rendered, message, view_url, _plain_links(self.config)
+            )
         return v
 
     def _prepare(self, claimed: list[Claimed]) -> list[Batch]:
@@ -620,14 +623,24 @@ class _Variant:
     SendGrid fills the tags server-side (one request per variant batch), SMTP and the outbox
     fill them into pre-encoded MIME pieces (digest.message)."""
 
-    def __init__(self, rendered: RenderedVariant, message: VariantMessage, view_url: str) -> None:
+    def __init__(
+        self,
+        rendered: RenderedVariant,
+        message: VariantMessage,
+        view_url: str,
+        plain: frozenset[str] = frozenset(),
+    ) -> None:
         self.rendered = rendered
         self.message = message
         self.template: Content | None = None
         self.verified = False
         nonce = rendered.nonce
         self._html_tags = {s: f"%%{nonce}h{i}%%" for i, s in enumerate(SLOTS)}
-        self._text_tags = {s: f"%%{nonce}t{i}%%" for i, s in enumerate(SLOTS)}
+        # Slots in `plain` read the same escaped for HTML as in text: one tag serves both.
+        self._text_tags = {
+            s: self._html_tags[s] if s in plain else f"%%{nonce}t{i}%%" for i, s in enumerate(SLOTS)
+        }
+        self._plain = plain
         # The web-version link is the same for every reader: it goes into the template itself,
         # two substitutions fewer per recipient (verify() still compares with personalise()).
         html = personalise(rendered, _tag_personal(self._html_tags, view_url)).html
@@ -651,6 +664,8 @@ class _Variant:
         for i, s in self._used:
             out[self._html_tags[s]] = html[i]
             out[self._text_tags[s]] = text_[i]
+            if s in self._plain and html[i] != text_[i]:
+                raise AssertionError(f"{s} needs HTML escaping: it cannot share one tag")
         return out
 
     def verify(self, expected: Personalised, subs: dict[str, str]) -> None:
@@ -663,6 +678,15 @@ class _Variant:
         self.verified = True
         if got != [expected.subject, expected.html, expected.text]:
             self.template = None
+
+
+def _plain_links(config: Config) -> frozenset[str]:
+    """The signed links when HTML escaping leaves them alone: tokens are URL-safe base64 and
+    dots, so that holds whenever it holds for the site's base URL."""
+    base = config.site.base_url
+    return (
+        frozenset({"unsubscribe_url", "preferences_url"}) if escape(base) == base else frozenset()
+    )
 
 
 def _tag_personal(tags: dict[str, str], view_url: str) -> Personal:
@@ -889,7 +913,7 @@ def preview_eml(mail: PreviewMail) -> str:
     )
     message = VariantMessage(mail.config, nl, edition.edition_date, mail.variant.key)
     # The send's own path (template + substitutions), so the bytes are the same.
-    v = _Variant(mail.variant, message, personal.view_url)
+    v = _Variant(mail.variant, message, personal.view_url, _plain_links(mail.config))
     subs = v.substitutions(personal)
     v.verify(personalise(mail.variant, personal), subs)
     if v.template is None:
