@@ -11,6 +11,7 @@ one request per SendGrid worker; those rows say `unknown`, they are never silent
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import multiprocessing
@@ -396,6 +397,10 @@ class _Worker:
         taken = 0
         in_flight: Future[None] | None = None
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest-deliver")
+        # Everything alive now (modules, SQLAlchemy's metadata, the rendered variants) outlives
+        # the loop: frozen, the collector stops re-walking it on every full collection, while
+        # each batch allocates thousands of short-lived objects (about 9% of a SendGrid send).
+        gc.freeze()
         try:
             while not self.stop.is_set() and (limit is None or taken < limit):
                 n = self.batch_size if limit is None else min(self.batch_size, limit - taken)
@@ -426,6 +431,7 @@ class _Worker:
                 in_flight.result()
                 self._report()
         finally:
+            gc.unfreeze()
             pool.shutdown(wait=True)
             if self._journal is not None:
                 self._journal.close()
