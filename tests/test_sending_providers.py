@@ -20,7 +20,7 @@ from digest.providers.outbox import OutboxProvider
 from digest.providers.sendgrid import SendGridProvider
 from digest.providers.smtp import SmtpProvider
 from tests.fakes.fixtures import sendgrid_server, smtp_server, tls_cert  # noqa: F401
-from tests.fakes.sendgrid import SendGridStandIn
+from tests.fakes.sendgrid import SendGridStandIn, limit_errors
 from tests.fakes.smtp import USERNAME, SmtpServer
 
 WHEN = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
@@ -384,3 +384,15 @@ def test_smtp_implicit_tls(
         provider.close()
         assert [o.kind for o in outcomes] == [Kind.ACCEPTED] * 2
         assert len(server.received) == 2
+
+
+def test_stand_in_holds_every_body_to_sendgrids_size_limits() -> None:
+    # The stand-in decides most sizes from a cheap bound; the verdicts must be the exact ones.
+    def fields(subs: dict[str, str], args: dict[str, str] | None = None) -> list[str]:
+        p = {"to": [{"email": "a@example.com"}], "substitutions": subs, "custom_args": args or {}}
+        return [e["field"] for e in limit_errors({"personalizations": [p]}, 0.0)]
+
+    assert fields({"%n%": "é" * 800}) == []  # 4.8 KB escaped, decided by the bound
+    assert fields({"%n%": "x" * 9_000}) == []  # bound too high: measured exactly, fits
+    assert fields({"%n%": "é" * 1_700}) == ["personalizations.0.substitutions"]  # 10.2 KB
+    assert fields({}, {"delivery_id": "y" * 10_500}) == ["custom_args"]
