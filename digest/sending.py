@@ -54,6 +54,7 @@ from subscribers.audience import Recipient, audience
 
 _FINAL = (Kind.ACCEPTED, Kind.FAILED, Kind.UNKNOWN)
 _INSERT_CHUNK = 2000
+_HANDED_WAIT = 0.02  # seconds; SendGrid checkpoints within a few ms of a batch's start
 
 
 @dataclass(frozen=True)
@@ -405,7 +406,8 @@ class _Worker:
             while not self.stop.is_set() and (limit is None or taken < limit):
                 n = self.batch_size if limit is None else min(self.batch_size, limit - taken)
                 if in_flight is not None:
-                    self._handed.wait()
+                    # Bounded: a provider that never checkpoints (the outbox) only costs this.
+                    self._handed.wait(_HANDED_WAIT)
                 with self._write() as session:
                     claimed = ledger.claim(session, self.edition.id, self.worker, n, self.clock())
                 if not claimed:
