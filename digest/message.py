@@ -152,6 +152,30 @@ def _part_frames(boundary: str) -> tuple[bytes, bytes, bytes]:
     return text_open, html_open, b"--" + b + b"--\r\n"
 
 
+def _sendgrid_body(
+    nl: NewsletterConfig,
+    content: Content,
+    personalizations: list[dict[str, Any]],
+    category: str,
+    custom_args: dict[str, str],
+) -> dict[str, Any]:
+    """The parts of a v3 /mail/send body every message shares (sender, subject, both parts)."""
+    body: dict[str, Any] = {
+        "personalizations": personalizations,
+        "from": {"email": nl.from_email, "name": nl.from_name},
+        "subject": content.subject,
+        "content": [
+            {"type": "text/plain", "value": content.text},
+            {"type": "text/html", "value": content.html},
+        ],
+        "categories": [category[:255]],
+        "custom_args": custom_args,
+    }
+    if nl.reply_to:
+        body["reply_to"] = {"email": nl.reply_to}
+    return body
+
+
 def _sendgrid_recipient(to: Addressee) -> dict[str, str]:
     recipient = {"email": to.email}
     name = (to.name or "").strip()[:_MAX_NAME]
@@ -281,26 +305,19 @@ class VariantMessage:
     ) -> dict[str, Any]:
         """A v3 /mail/send body; `content` may hold substitution tags that each
         personalization fills in (see sendgrid_personalization)."""
-        nl = self.newsletter
-        body: dict[str, Any] = {
-            "personalizations": personalizations,
-            "from": {"email": nl.from_email, "name": nl.from_name},
-            "subject": content.subject,
-            "content": [
-                {"type": "text/plain", "value": content.text},
-                {"type": "text/html", "value": content.html},
-            ],
-            "headers": {
-                "List-Id": self.list_id,
-                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-                EDITION_HEADER: self.campaign,
-                VARIANT_HEADER: self.variant_key,
-            },
-            "categories": [nl.id[:255]],
-            "custom_args": {"edition": self.campaign},
+        body = _sendgrid_body(
+            self.newsletter,
+            content,
+            personalizations,
+            self.newsletter.id,
+            {"edition": self.campaign},
+        )
+        body["headers"] = {
+            "List-Id": self.list_id,
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            EDITION_HEADER: self.campaign,
+            VARIANT_HEADER: self.variant_key,
         }
-        if nl.reply_to:
-            body["reply_to"] = {"email": nl.reply_to}
         return body
 
     def sendgrid_personalization(
@@ -368,21 +385,9 @@ class TransactionalMessage:
     def sendgrid_body(
         self, content: Content, personalizations: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        nl = self.newsletter
-        body: dict[str, Any] = {
-            "personalizations": personalizations,
-            "from": {"email": nl.from_email, "name": nl.from_name},
-            "subject": content.subject,
-            "content": [
-                {"type": "text/plain", "value": content.text},
-                {"type": "text/html", "value": content.html},
-            ],
-            "categories": [self.purpose[:255]],
-            "custom_args": {"purpose": self.purpose},
-        }
-        if nl.reply_to:
-            body["reply_to"] = {"email": nl.reply_to}
-        return body
+        return _sendgrid_body(
+            self.newsletter, content, personalizations, self.purpose, {"purpose": self.purpose}
+        )
 
     def sendgrid_personalization(self, to: Addressee) -> dict[str, Any]:
         # No delivery_id custom arg: the Event Webhook would look it up in the edition ledger.

@@ -370,9 +370,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
             if state is None:
                 return web.invalid_link()
             return _preferences_page(web, token, nl, data, state)
-        if not _same_origin(config) or not check_form_token(
-            web.secret, token, request.form.get("csrf", ""), clock().timestamp()
-        ):
+        if not _form_accepted(web, config, token, clock().timestamp()):
             return web.page(
                 "web/message.html",
                 403,
@@ -419,9 +417,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
             if status is None:
                 return web.invalid_link()
             return _confirm_page(web, token, nl, status)
-        if not _same_origin(config) or not check_form_token(
-            web.secret, token, request.form.get("csrf", ""), clock().timestamp()
-        ):
+        if not _form_accepted(web, config, token, clock().timestamp()):
             return web.page(
                 "web/message.html",
                 403,
@@ -525,6 +521,13 @@ def _archive_html(web: _Web, nl: NewsletterConfig, edition: Edition) -> str:
             web.archive_cache.clear()
         web.archive_cache[key] = html
     return html
+
+
+def _form_accepted(web: _Web, config: Config, token: str, now: float) -> bool:
+    """The CSRF check of a form post: same origin, carrying this link's signed form token."""
+    return _same_origin(config) and check_form_token(
+        web.secret, token, request.form.get("csrf", ""), now
+    )
 
 
 def _same_origin(config: Config) -> bool:
