@@ -57,6 +57,21 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class BlockConfig:
+    """A note shown only to members of a segment, at the top (after the intro) or the bottom
+    (before the footer) of the email. Plain text: the template escapes it."""
+
+    segment: str
+    title: str
+    text: str
+    link: str | None = None
+    position: str = "top"  # top | bottom
+
+
+BLOCK_POSITIONS = ("top", "bottom")
+
+
+@dataclass(frozen=True)
 class NewsletterConfig:
     id: str
     title: str
@@ -77,6 +92,7 @@ class NewsletterConfig:
     utm: UtmConfig | None = None
     gates: GateConfig = field(default_factory=GateConfig)
     catch_up_hours: float = 6.0
+    blocks: tuple[BlockConfig, ...] = ()
 
     @property
     def section_names(self) -> tuple[str, ...]:
@@ -280,6 +296,14 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
 
     seg_t = r.table("segments")
     segments = {name: seg_t.string(name, required=True) for name in seg_t.raw}
+    for nl in newsletters.values():
+        for i, block in enumerate(nl.blocks):
+            if block.segment not in segments:
+                known = ", ".join(sorted(segments)) or "none"
+                raise r.error(
+                    f"newsletters.{nl.id}.blocks[{i}].segment",
+                    f"unknown segment {block.segment!r} (configured in [segments]: {known})",
+                )
 
     templates_dir = r.optional_string("templates_dir")
     tdir = None
@@ -336,6 +360,7 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
         "utm",
         "gates",
         "catch_up_hours",
+        "blocks",
     )
     title = t.string("title", required=True)
     from_email = t.string("from_email", required=True)
@@ -417,7 +442,37 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
         utm=utm,
         gates=gates,
         catch_up_hours=t.number("catch_up_hours", 6.0, minimum=0.0),
+        blocks=_blocks(t),
     )
+
+
+def _blocks(t: _Reader) -> tuple[BlockConfig, ...]:
+    raw = t.raw.get("blocks", [])
+    if not isinstance(raw, list):
+        raise t.error("blocks", "must be an array of tables ([[newsletters.ID.blocks]])")
+    blocks = []
+    for i, item in enumerate(raw):
+        where = f"blocks[{i}]"
+        if not isinstance(item, dict):
+            raise t.error(where, 'must be a table like {segment = "vip", title = ..., text = ...}')
+        b = _Reader(t.file, item, f"{t.prefix}{where}.")
+        b.allow("segment", "title", "text", "link", "position")
+        link = b.optional_string("link")
+        if link is not None and not re.match(r"^https?://[^/\s]+\S*$", link):
+            raise b.error("link", f"{link!r} is not an http:// or https:// URL")
+        position = b.string("position", "top")
+        if position not in BLOCK_POSITIONS:
+            raise b.error("position", f"{position!r} is not one of {', '.join(BLOCK_POSITIONS)}")
+        blocks.append(
+            BlockConfig(
+                segment=b.string("segment", required=True),
+                title=b.string("title", required=True),
+                text=b.string("text", required=True),
+                link=link,
+                position=position,
+            )
+        )
+    return tuple(blocks)
 
 
 class _Reader:

@@ -68,7 +68,8 @@ class Delivery(Base):
     subscriber_id: Mapped[int] = mapped_column(Integer)
     email: Mapped[str] = mapped_column(String(320))
     name: Mapped[str | None] = mapped_column(String(300))
-    sections: Mapped[str] = mapped_column(Text)  # JSON list, to re-render the same variant
+    # JSON, to re-render the same variant: see encode_variant.
+    sections: Mapped[str] = mapped_column(Text)
     variant: Mapped[str] = mapped_column(String(40))
     segment: Mapped[str] = mapped_column(String(200), default="")
     state: Mapped[str] = mapped_column(String(12), default="pending")
@@ -90,7 +91,23 @@ class Delivery(Base):
 
     @property
     def section_tuple(self) -> tuple[str, ...]:
-        return tuple(json.loads(self.sections))
+        return decode_variant(self.sections)[0]
+
+
+def encode_variant(sections: Sequence[str], blocks: Sequence[int]) -> str:
+    """The `sections` column: the JSON list of sections, as rows were before segment blocks
+    existed, or {"sections": [...], "blocks": [...]} when the variant shows blocks."""
+    if not blocks:
+        return json.dumps(list(sections))
+    return json.dumps({"sections": list(sections), "blocks": list(blocks)})
+
+
+def decode_variant(raw: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """(sections, block indexes) of a row; rows written before blocks existed have none."""
+    value = json.loads(raw)
+    if isinstance(value, dict):
+        return tuple(value["sections"]), tuple(int(b) for b in value.get("blocks", ()))
+    return tuple(value), ()
 
 
 DELIVERIES = cast(Table, Delivery.__table__)
@@ -107,6 +124,7 @@ class Claimed:
     name: str | None
     sections: tuple[str, ...]
     variant: str
+    blocks: tuple[int, ...] = ()
 
 
 def worker_id() -> str:
@@ -217,13 +235,14 @@ def claim(session: Session, edition_id: int, worker: str, n: int, now: datetime)
         )
         .returning(_T.id, _T.subscriber_id, _T.email, _T.name, _T.sections, _T.variant)
     ).all()
-    parsed: dict[str, tuple[str, ...]] = {}  # a handful of distinct section lists per batch
+    # A handful of distinct variants per batch.
+    parsed: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
     out = []
     for r in rows:
-        sections = parsed.get(r[4])
-        if sections is None:
-            sections = parsed[r[4]] = tuple(json.loads(r[4]))
-        out.append(Claimed(r[0], r[1], r[2], r[3], sections, r[5]))
+        found = parsed.get(r[4])
+        if found is None:
+            found = parsed[r[4]] = decode_variant(r[4])
+        out.append(Claimed(r[0], r[1], r[2], r[3], found[0], r[5], found[1]))
     out.sort(key=lambda c: c.id)
     return out
 
@@ -476,7 +495,7 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
     for segment, variant, secs, state, n in rows:
         by_segment[segment or "(all)"][state] += n
         by_variant[variant][state] += n
-        sections[variant] = tuple(json.loads(secs))
+        sections[variant] = decode_variant(secs)[0]
     failures = [
         Failure(email, state, attempts, error or "")
         for email, state, attempts, error in session.execute(

@@ -87,9 +87,11 @@ def preview_mail(
     segment: str | None = None,
     subscriber: str | None = None,
     sections: tuple[str, ...] | None = None,
+    blocks: tuple[int, ...] = (),
 ) -> PreviewMail:
     """The email one reader gets: `subscriber` (email or id), else the first member of
-    `segment`, else a sample reader of `sections` (default: the whole edition)."""
+    `segment`, else a sample reader of `sections` (default: the whole edition) shown the
+    newsletter's `blocks` (indexes)."""
     if segment and subscriber:
         raise InputError("choose either --segment or --subscriber, not both")
     edition = load_edition(session, newsletter.id, edition_date)
@@ -104,10 +106,10 @@ def preview_mail(
                 f"segment {segment!r} has no active member of {newsletter.id} to preview as"
             )
     if who is not None:
-        variant = renderer.variant(who.sections)
+        variant = renderer.variant(who.sections, who.blocks)
         personal = personal_links(config, newsletter, edition, who)
     else:
-        variant = renderer.variant(sections or ())
+        variant = renderer.variant(sections or (), blocks)
         personal = sample_personal(config, newsletter, edition)
     return PreviewMail(config, newsletter, edition, who, variant, personalise(variant, personal))
 
@@ -128,16 +130,18 @@ def render_preview(mail: PreviewMail, fmt: str) -> str:
 class VariantSummary:
     sections: tuple[str, ...]
     readers: int
+    blocks: tuple[int, ...] = ()
 
 
 def audience_variants(
     session: Session, config: Config, newsletter: NewsletterConfig, renderer: Renderer
 ) -> list[VariantSummary]:
     """The edition's variants among the newsletter's audience, most readers first."""
-    counts: Counter[tuple[str, ...]] = Counter(
-        renderer.resolve(r.sections) for r in audience(session, config, newsletter)
+    counts: Counter[tuple[tuple[str, ...], tuple[int, ...]]] = Counter(
+        (renderer.resolve(r.sections), renderer.resolve_blocks(r.blocks))
+        for r in audience(session, config, newsletter)
     )
-    return [VariantSummary(s, n) for s, n in counts.most_common()]
+    return [VariantSummary(s, n, b) for (s, b), n in counts.most_common()]
 
 
 class PreviewServer:
@@ -201,6 +205,7 @@ class PreviewServer:
                     self.config, self.newsletter, edition
                 ).archive().html
             sections = tuple(s for s in query.get("s", []) if s)
+            blocks = tuple(int(b) for b in query.get("b", []) if b.isdigit())
             subscriber = next(iter(query.get("subscriber", [])), None)
             mail = preview_mail(
                 session,
@@ -209,6 +214,7 @@ class PreviewServer:
                 self.edition_date,
                 subscriber=subscriber,
                 sections=sections,
+                blocks=blocks,
             )
             ctype = "text/html" if fmt == "html" else "text/plain"
             return f"{ctype}; charset=utf-8", render_preview(mail, fmt)
@@ -220,11 +226,17 @@ class PreviewServer:
         variants = audience_variants(session, self.config, nl, renderer)
         rows = []
         for v in [VariantSummary((), 0), *variants]:
-            variant = renderer.variant(v.sections)
-            query = "&".join(f"s={quote(s, safe='')}" for s in variant.sections)
+            variant = renderer.variant(v.sections, v.blocks)
+            query = "&".join(
+                [f"s={quote(s, safe='')}" for s in variant.sections]
+                + [f"b={b}" for b in variant.blocks]
+            )
+            shown = ", ".join(variant.sections) + "".join(
+                f" + block for {nl.blocks[b].segment}" for b in variant.blocks
+            )
             size = check_size(variant)
             rows.append(
-                f"<tr><td>{html.escape(', '.join(variant.sections))}</td>"
+                f"<tr><td>{html.escape(shown)}</td>"
                 f"<td>{v.readers if v.sections else 'sample reader'}</td>"
                 f"<td>{size.bytes / 1024:.1f} KB{' ⚠' if size.warning else ''}</td>"
                 f'<td><a href="/html?{query}">HTML</a> · <a href="/text?{query}">text</a></td>'

@@ -1,6 +1,7 @@
 """Render an edition as email: once per variant, then personalise per recipient cheaply.
 
-A variant is the layout a group of subscribers shares: which sections, in which order. Each
+A variant is the layout a group of subscribers shares: which sections, in which order, and which
+segment blocks (notes from the config shown to members of a segment). Each
 variant is rendered with Jinja2 and CSS-inlined with premailer exactly once (premailer costs
 milliseconds; a send has up to 100,000 recipients). The rendered HTML and text carry placeholders
 for the per-recipient parts (first name, email, unsubscribe, preferences and view-in-browser
@@ -113,6 +114,7 @@ class RenderedVariant:
     html: str
     text: str
     nonce: str = ""
+    blocks: tuple[int, ...] = ()  # indexes into the newsletter's blocks
     _html_fill: _Fill = field(init=False, repr=False, compare=False)
     _text_fill: _Fill = field(init=False, repr=False, compare=False)
 
@@ -491,6 +493,13 @@ class _Story:
 
 
 @dataclass(frozen=True)
+class _Block:
+    title: str
+    text: str
+    url: str
+
+
+@dataclass(frozen=True)
 class _Section:
     name: str
     stories: tuple[_Story, ...]
@@ -513,8 +522,8 @@ class Renderer:
         self.nonce = secrets.token_hex(8)
         self.env = template_environment(templates_dir or config.templates_dir)
         self._sections = self._edition_sections()
-        self._cache: dict[tuple[tuple[str, ...], bool], RenderedVariant] = {}
-        self._requested: dict[tuple[str, ...], RenderedVariant] = {}
+        self._cache: dict[tuple[tuple[str, ...], tuple[int, ...], bool], RenderedVariant] = {}
+        self._requested: dict[tuple[tuple[str, ...], tuple[int, ...]], RenderedVariant] = {}
 
     def _edition_sections(self) -> list[tuple[str, list[EditionItem]]]:
         items = sorted(self.edition.items, key=lambda i: (i.section_position, i.rank))
@@ -540,11 +549,19 @@ class Renderer:
                 out.append(name)
         return tuple(out) or self.edition_sections
 
-    def variant(self, sections: tuple[str, ...]) -> RenderedVariant:
-        # Looked up per recipient: remember what each requested tuple resolved to.
-        found = self._requested.get(sections)
+    def resolve_blocks(self, blocks: Iterable[int]) -> tuple[int, ...]:
+        """The newsletter's blocks among `blocks`, in config order (a row written before the
+        config lost a block keeps the rest)."""
+        wanted = set(blocks)
+        return tuple(i for i in range(len(self.newsletter.blocks)) if i in wanted)
+
+    def variant(self, sections: tuple[str, ...], blocks: tuple[int, ...] = ()) -> RenderedVariant:
+        # Looked up per recipient: remember what each requested pair resolved to.
+        found = self._requested.get((sections, blocks))
         if found is None:
-            found = self._requested[sections] = self._render(self.resolve(sections), archive=False)
+            found = self._requested[(sections, blocks)] = self._render(
+                self.resolve(sections), self.resolve_blocks(blocks), archive=False
+            )
         return found
 
     def forget_variants(self) -> None:
@@ -555,14 +572,16 @@ class Renderer:
     def archive(self) -> Personalised:
         """The web-archive version: the whole edition, no personal data, no personal links."""
         url = archive_url(self.config, self.newsletter, self.edition)
-        variant = self._render(self.edition_sections, archive=True)
+        variant = self._render(self.edition_sections, (), archive=True)
         return personalise(variant, Personal("", None, url, url, url))
 
-    def _render(self, sections: tuple[str, ...], *, archive: bool) -> RenderedVariant:
-        cached = self._cache.get((sections, archive))
+    def _render(
+        self, sections: tuple[str, ...], blocks: tuple[int, ...], *, archive: bool
+    ) -> RenderedVariant:
+        cached = self._cache.get((sections, blocks, archive))
         if cached is not None:
             return cached
-        context = self._context(sections, archive)
+        context = self._context(sections, blocks, archive)
         html_doc = self._template(HTML_TEMPLATE).render(context)
         text_doc = self._template(TEXT_TEMPLATE).render(context)
         inlined = inline_css(html_doc)
@@ -574,7 +593,11 @@ class Renderer:
                     f"{HTML_TEMPLATE}: slot.{slot} was altered by CSS inlining; use it only in "
                     "text or as a whole href value"
                 )
-        key = "v-" + hashlib.sha1("\x1f".join(sections).encode()).hexdigest()[:10]
+        identity = "\x1f".join(sections)
+        if blocks:
+            # Without blocks the key stays what it was before blocks existed.
+            identity += "\x1e" + ",".join(map(str, blocks))
+        key = "v-" + hashlib.sha1(identity.encode()).hexdigest()[:10]
         variant = RenderedVariant(
             key="archive" if archive else key,
             sections=sections,
@@ -583,8 +606,9 @@ class Renderer:
             html=inlined,
             text=_tidy_text(text_doc),
             nonce=self.nonce,
+            blocks=blocks,
         )
-        self._cache[(sections, archive)] = variant
+        self._cache[(sections, blocks, archive)] = variant
         return variant
 
     def _template(self, name: str) -> jinja2.Template:
@@ -597,7 +621,9 @@ class Renderer:
         except jinja2.TemplateSyntaxError as e:
             raise RenderError(f"{e.filename or name}:{e.lineno}: {e.message}") from None
 
-    def _context(self, sections: tuple[str, ...], archive: bool) -> dict[str, Any]:
+    def _context(
+        self, sections: tuple[str, ...], blocks: tuple[int, ...], archive: bool
+    ) -> dict[str, Any]:
         nl = self.newsletter
         by_name = dict(self._sections)
         out: list[_Section] = []
@@ -618,12 +644,26 @@ class Renderer:
             "preheader": preheader,
             "subject": subject,
             "sections": out,
+            "top_blocks": self._blocks(blocks, "top"),
+            "bottom_blocks": self._blocks(blocks, "bottom"),
             "count_label": f"{count} {'story' if count == 1 else 'stories'}" if count else "",
             "site": self.config.site,
             "slot": slot,
             "archive": archive,
             "lang": "en",
         }
+
+    def _blocks(self, blocks: tuple[int, ...], position: str) -> list[_Block]:
+        nl = self.newsletter
+        return [
+            _Block(
+                title=_one_line(b.title),
+                text=_one_line(b.text),
+                url=add_utm(_safe_url(b.link), nl.utm, nl.id, self.edition.edition_date),
+            )
+            for b in (nl.blocks[i] for i in blocks)
+            if b.position == position
+        ]
 
     def _story(self, item: EditionItem, *, lead: bool) -> _Story:
         nl = self.newsletter

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import gc
 import io
-import json
 import multiprocessing
 import threading
 import time
@@ -282,7 +281,7 @@ def _create_rows(
     segment = ",".join(segments)
     left_out = 0
     now = clock()
-    variants: dict[tuple[str, ...], tuple[str, str]] = {}
+    variants: dict[tuple[tuple[str, ...], tuple[int, ...]], tuple[str, str]] = {}
     batch: list[dict[str, object]] = []
     present: set[int] = set()
     created = 0
@@ -294,11 +293,14 @@ def _create_rows(
         if wave is not None and not wave(r):
             left_out += 1
             continue
-        v = variants.get(r.sections)
+        v = variants.get((r.sections, r.blocks))
         if v is None:
-            rendered = renderer.variant(r.sections)
+            rendered = renderer.variant(r.sections, r.blocks)
             check_size(rendered)  # refuses a variant Gmail would clip
-            v = variants[r.sections] = (rendered.key, json.dumps(list(rendered.sections)))
+            v = variants[(r.sections, r.blocks)] = (
+                rendered.key,
+                ledger.encode_variant(rendered.sections, rendered.blocks),
+            )
         batch.append(
             {
                 "edition_id": edition_id,
@@ -367,7 +369,7 @@ class _Worker:
         self.batch_size = options.batch_size or provider.batch_size
         self.progress: Progress | None = None
         self.sent = self.failed = self.unknown = 0
-        self._variants: dict[tuple[str, ...], _Variant] = {}
+        self._variants: dict[tuple[tuple[str, ...], tuple[int, ...]], _Variant] = {}
         self._started = time.monotonic()
         self._remaining = 0
         self._journal: Connection | None = None
@@ -450,22 +452,22 @@ class _Worker:
             ProgressEvent(self.sent, self.failed, self.unknown, self._remaining, rate, eta)
         )
 
-    def _variant(self, sections: tuple[str, ...]) -> _Variant:
-        v = self._variants.get(sections)
+    def _variant(self, sections: tuple[str, ...], blocks: tuple[int, ...]) -> _Variant:
+        v = self._variants.get((sections, blocks))
         if v is None:
-            rendered = self.renderer.variant(sections)
+            rendered = self.renderer.variant(sections, blocks)
             message = VariantMessage(self.config, self.nl, self.edition.edition_date, rendered.key)
             view_url = archive_url(self.config, self.nl, self.edition)
-            v = self._variants[sections] = _Variant(
+            v = self._variants[(sections, blocks)] = _Variant(
                 rendered, message, view_url, _plain_links(self.config)
             )
         return v
 
     def _prepare(self, claimed: list[Claimed]) -> list[Batch]:
-        groups: dict[tuple[str, ...], list[Claimed]] = {}
+        groups: dict[tuple[tuple[str, ...], tuple[int, ...]], list[Claimed]] = {}
         for c in claimed:
-            groups.setdefault(c.sections, []).append(c)
-        return [self._batch(self._variant(sections), rows) for sections, rows in groups.items()]
+            groups.setdefault((c.sections, c.blocks), []).append(c)
+        return [self._batch(self._variant(*pair), rows) for pair, rows in groups.items()]
 
     def _deliver(self, claimed: list[Claimed], batches: list[Batch]) -> None:
         self._done = set()
@@ -490,7 +492,7 @@ class _Worker:
                 self.config,
                 self.nl,
                 self.edition,
-                Recipient(c.subscriber_id, c.email, c.name, c.sections, None),
+                Recipient(c.subscriber_id, c.email, c.name, c.sections, None, c.blocks),
             )
             for c in rows
         ]
@@ -831,7 +833,7 @@ def _dry_run(
         for n, r in enumerate(audience(session, config, nl, options.segments), start=1):
             if options.limit is not None and n > options.limit:
                 break
-            rendered = renderer.variant(r.sections)
+            rendered = renderer.variant(r.sections, r.blocks)
             check_size(rendered)
             personal = personal_links(config, nl, edition, r)
             to = Addressee(

@@ -30,6 +30,7 @@ class Recipient:
     name: str | None
     sections: tuple[str, ...]  # the newsletter's sections this person gets, in their order
     timezone: str | None  # IANA or None
+    blocks: tuple[int, ...] = ()  # indexes into newsletter.blocks this person is shown
 
 
 def not_suppressed() -> ColumnElement[bool]:
@@ -85,6 +86,42 @@ def sections_for(
     return {sid: tuple(chosen.get(sid) or default) for sid in subscriber_ids}
 
 
+def block_conditions(
+    session: Session, config: Config, newsletter: NewsletterConfig
+) -> dict[str, ColumnElement[bool]]:
+    """The SQL condition of each segment the newsletter's blocks are shown to, compiled once."""
+    names = dict.fromkeys(b.segment for b in newsletter.blocks)
+    out = {}
+    for name in names:
+        condition = segment_condition(session, config, [name], newsletter)
+        assert condition is not None
+        out[name] = condition
+    return out
+
+
+def blocks_for(
+    session: Session,
+    newsletter: NewsletterConfig,
+    conditions: dict[str, ColumnElement[bool]],
+    subscriber_ids: Sequence[int],
+) -> dict[int, tuple[int, ...]]:
+    """Which of the newsletter's blocks each subscriber is shown: one query per segment for
+    the whole list of ids, never one per subscriber."""
+    members: dict[str, set[int]] = {}
+    if subscriber_ids:
+        for name, condition in conditions.items():
+            members[name] = set(
+                session.scalars(
+                    select(Subscriber.id).where(Subscriber.id.in_(subscriber_ids), condition)
+                )
+            )
+    shown: dict[int, list[int]] = defaultdict(list)
+    for i, block in enumerate(newsletter.blocks):
+        for sid in members.get(block.segment, ()):
+            shown[sid].append(i)
+    return {sid: tuple(shown.get(sid, ())) for sid in subscriber_ids}
+
+
 def audience(
     session: Session,
     config: Config,
@@ -99,15 +136,18 @@ def audience(
         .order_by(Subscriber.id)
         .limit(PAGE)
     )
+    conditions = block_conditions(session, config, newsletter)
     last = 0
     while True:
         # Keyset paging: no cursor is held open between pages, so callers may write meanwhile.
         rows = session.execute(base.where(Subscriber.id > last)).all()
         if not rows:
             return
-        sections = sections_for(session, newsletter, [r[0] for r in rows])
+        ids = [r[0] for r in rows]
+        sections = sections_for(session, newsletter, ids)
+        blocks = blocks_for(session, newsletter, conditions, ids)
         for sid, email, name, tz in rows:
-            yield Recipient(sid, email, name, sections[sid], tz)
+            yield Recipient(sid, email, name, sections[sid], tz, blocks[sid])
         last = rows[-1][0]
 
 
@@ -130,7 +170,9 @@ def recipient(
     """One subscriber as the newsletter would address them (whether or not they receive it)."""
     sub = find_subscriber(session, email_or_id)
     sections = sections_for(session, newsletter, [sub.id])[sub.id]
-    return Recipient(sub.id, sub.email, sub.name, sections, sub.timezone)
+    conditions = block_conditions(session, config, newsletter)
+    blocks = blocks_for(session, newsletter, conditions, [sub.id])[sub.id]
+    return Recipient(sub.id, sub.email, sub.name, sections, sub.timezone, blocks)
 
 
 @dataclass(frozen=True)
