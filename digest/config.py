@@ -66,6 +66,7 @@ class BlockConfig:
     text: str
     link: str | None = None
     position: str = "top"  # top | bottom
+    link_text: str = "Learn more"
 
 
 BLOCK_POSITIONS = ("top", "bottom")
@@ -456,7 +457,7 @@ def _blocks(t: _Reader) -> tuple[BlockConfig, ...]:
         if not isinstance(item, dict):
             raise t.error(where, 'must be a table like {segment = "vip", title = ..., text = ...}')
         b = _Reader(t.file, item, f"{t.prefix}{where}.")
-        b.allow("segment", "title", "text", "link", "position")
+        b.allow("segment", "title", "text", "link", "link_text", "position")
         link = b.optional_string("link")
         if link is not None and not re.match(r"^https?://[^/\s]+\S*$", link):
             raise b.error("link", f"{link!r} is not an http:// or https:// URL")
@@ -469,6 +470,7 @@ def _blocks(t: _Reader) -> tuple[BlockConfig, ...]:
                 title=b.string("title", required=True),
                 text=b.string("text", required=True),
                 link=link,
+                link_text=b.string("link_text", "Learn more"),
                 position=position,
             )
         )

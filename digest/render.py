@@ -497,6 +497,7 @@ class _Block:
     title: str
     text: str
     url: str
+    link_text: str
 
 
 @dataclass(frozen=True)
@@ -660,6 +661,7 @@ class Renderer:
                 title=_one_line(b.title),
                 text=_one_line(b.text),
                 url=add_utm(_safe_url(b.link), nl.utm, nl.id, self.edition.edition_date),
+                link_text=_one_line(b.link_text),
             )
             for b in (nl.blocks[i] for i in blocks)
             if b.position == position

@@ -110,6 +110,11 @@ def test_a_block_is_escaped_and_placed_in_html_and_text(config: Config, position
     assert "Thank you &amp; welcome &lt;script&gt;alert(1)&lt;/script&gt;" in with_block.html
     assert "<script>" not in with_block.html and "<members>" not in with_block.html
     assert "utm_source=" in with_block.html.split("news.example/members", 1)[1][:20]
+    # The HTML labels the link (default "Learn more"); the text twin shows the URL itself.
+    assert re.search(
+        r'href="https://news\.example/members\?[^"]*"[^>]*>Learn more\u00a0›</a>',
+        with_block.html,
+    )
     assert "FOR OUR <MEMBERS>" in with_block.text
     assert "Thank you & welcome <script>alert(1)</script>" in with_block.text
     assert re.search(r"^https://news\.example/members\?utm_source=", with_block.text, re.M)
