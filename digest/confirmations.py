@@ -96,6 +96,7 @@ def sign_up(
     *,
     at: datetime,
     name: str | None = None,
+    source: str = "signup",
     send_email: bool = True,
     provider: Provider | None = None,
 ) -> SignUp:
@@ -108,7 +109,9 @@ def sign_up(
         provider = own = make_provider(config, newsletter.provider, newsletter)
     try:
         with transaction(sessions) as session:
-            subscription = subscribe(session, config, newsletter, email, at=at, name=name)
+            subscription = subscribe(
+                session, config, newsletter, email, at=at, name=name, source=source
+            )
         if subscription.status != "pending" or not send_email or provider is None:
             return SignUp(subscription, None)
         send_confirmation(config, newsletter, subscription, provider, at=at)

@@ -17,6 +17,8 @@ Security choices, each for a reason a subscriber or a deliverability engineer wo
 - Token endpoints are rate limited per client address (a token bucket in this process), except
   a POST with a genuine unsubscribe token, which must never be lost.
 - Paths of token links are redacted from the access log and error log.
+- The public sign-up form (/subscribe/<newsletter>) is always double opt-in and gives the same
+  answer for every valid address, so it cannot be used to find out who is subscribed.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,15 +52,17 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from digest.clock import Clock, utcnow
 from digest.config import Config, NewsletterConfig, load_config
+from digest.confirmations import sign_up
 from digest.db import ensure_schema, is_sqlite, make_engine, session_factory, transaction
 from digest.editions import Edition, get_edition
-from digest.errors import ConfigError, InputError, NotFound
+from digest.errors import ConfigError, InputError, NotFound, ProviderError
 from digest.ledger import Delivery
 from digest.render import Renderer, long_date, template_environment
 from digest.web_models import WebhookEvent
 from subscribers.audience import sections_for
 from subscribers.models import Subscriber, normalise_email
 from subscribers.service import (
+    check_email,
     confirm,
     confirmation_expired,
     set_preferences,
@@ -318,7 +322,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         h["X-Content-Type-Options"] = "nosniff"
         h["Referrer-Policy"] = "same-origin"
         h["X-Frame-Options"] = "DENY"
-        if request.path.startswith(("/u/", "/p/", "/confirm/", "/webhooks/")):
+        if request.path.startswith(("/u/", "/p/", "/confirm/", "/subscribe/", "/webhooks/")):
             h["Cache-Control"] = "no-store"
         return response
 
@@ -433,6 +437,53 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
             return web.invalid_link()
         log.info("confirmation via link: newsletter=%s status=%s", nl.id, result.status)
         return _confirm_page(web, token, nl, result.status)
+
+    @app.route("/subscribe/<newsletter>", methods=["GET", "POST"])
+    def subscribe_form(newsletter: str) -> Response:
+        nl = config.newsletters.get(newsletter)
+        if nl is None:
+            return web.page(
+                "web/message.html", 404, heading="Not found", text="There is no such newsletter."
+            )
+        refused = web.limited()
+        if refused is not None:
+            return refused
+        if request.method == "GET":
+            return _subscribe_page(web, nl)
+        if not _form_accepted(web, config, _signup_binding(nl), clock().timestamp()):
+            return web.page(
+                "web/message.html",
+                403,
+                masthead=nl.title,
+                heading="Please try again",
+                text="This form has expired. Reload the page, then subscribe again.",
+            )
+        if request.form.get(HONEYPOT_FIELD):
+            return web.page("web/check_inbox.html", masthead=nl.title, newsletter=nl)
+        email = request.form.get("email", "")
+        name = request.form.get("name", "").strip()[:200] or None
+        try:
+            check_email(email)
+        except InputError:
+            return _subscribe_page(
+                web, nl, email=email, name=name or "", error=_INVALID_EMAIL, status=400
+            )
+        try:
+            _web_sign_up(web, nl, email, name)
+        except ProviderError as e:
+            # The message names the address: keep it out of the log.
+            log.warning("web signup: provider failed: newsletter=%s %s", nl.id, type(e).__name__)
+            response = web.page(
+                "web/message.html",
+                503,
+                masthead=nl.title,
+                heading="Please try again later",
+                text="We could not send the confirmation email just now. Please try again in a few minutes.",
+            )
+            response.headers["Retry-After"] = "300"
+            return response
+        log.info("web signup: newsletter=%s", nl.id)
+        return web.page("web/check_inbox.html", masthead=nl.title, newsletter=nl)
 
     @app.get("/archive/<newsletter>/")
     def archive_index(newsletter: str) -> Response:
@@ -570,6 +621,55 @@ def _confirm_page(web: _Web, token: str, nl: NewsletterConfig, status: str) -> R
         done=status == "active",
         csrf=make_form_token(web.secret, token, int(web.clock().timestamp())),
     )
+
+
+# --- the public sign-up form ------------------------------------------------------------------
+
+HONEYPOT_FIELD = "website"
+_INVALID_EMAIL = "Please enter a valid email address, like name@example.com."
+
+
+def _signup_binding(nl: NewsletterConfig) -> str:
+    # The sign-up form belongs to no subscriber: its form token is bound to the newsletter.
+    return f"subscribe:{nl.id}"
+
+
+def _subscribe_page(
+    web: _Web,
+    nl: NewsletterConfig,
+    *,
+    email: str = "",
+    name: str = "",
+    error: str | None = None,
+    status: int = 200,
+) -> Response:
+    return web.page(
+        "web/subscribe.html",
+        status,
+        masthead=nl.title,
+        newsletter=nl,
+        email=email,
+        name=name,
+        error=error,
+        csrf=make_form_token(web.secret, _signup_binding(nl), int(web.clock().timestamp())),
+    )
+
+
+def _web_sign_up(web: _Web, nl: NewsletterConfig, email: str, name: str | None) -> None:
+    """Sign up with double opt-in even when the newsletter skips it: a public form cannot
+    prove that the address belongs to the person who typed it. Suppressed, bounced or
+    complained addresses are refused by subscribe() and silently ignored here, so the page
+    never tells whether an address is known."""
+    with web.write_lock, contextlib.suppress(InputError):
+        sign_up(
+            web.config,
+            web.sessions,
+            replace(nl, double_opt_in=True),
+            email,
+            at=web.clock(),
+            name=name,
+            source="web",
+        )
 
 
 # --- unsubscribe and preferences (units of work) --------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from digest.clock import fixed
 from digest.web import create_app
 from subscribers.audience import sections_for
+from tests.confirm_support import opt_in
 from tests.web_support import add_edition, add_reader, live_server, membership, token, unlimited
 
 pytestmark = pytest.mark.browser
@@ -106,3 +107,26 @@ def test_archive_and_invalid_link_pages_on_a_phone(page, config, sessions, now, 
         assert response is not None and response.status == 404
         fits_the_phone(page)
         page.screenshot(path=artifacts_dir / "web-invalid-link.png", full_page=True)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_signup_form_on_a_phone(page, config, sessions, now, artifacts_dir, tmp_path):
+    cfg = opt_in(config, tmp_path / "outbox")
+    app = create_app(unlimited(cfg), sessions, clock=fixed(now))
+    with live_server(app) as base:
+        page.goto(f"{base}/subscribe/daily")
+        assert page.title() == "Subscribe · The Test Gazette"
+        fits_the_phone(page)
+        page.screenshot(path=artifacts_dir / "web-subscribe.png", full_page=True)
+        page.get_by_label("Email address").fill("not an address")
+        page.get_by_label("Name").fill("Kim")
+        page.get_by_role("button", name="Subscribe").click()
+        page.get_by_role("alert").wait_for()
+        fits_the_phone(page)
+        page.screenshot(path=artifacts_dir / "web-subscribe-error.png", full_page=True)
+        page.get_by_label("Email address").fill("kim@example.com")
+        page.get_by_role("button", name="Subscribe").click()
+        page.get_by_role("heading", name="Check your inbox").wait_for()
+        fits_the_phone(page)
+        page.screenshot(path=artifacts_dir / "web-subscribe-sent.png", full_page=True)
+    assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
