@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -50,6 +50,7 @@ def pg_database() -> Iterator[str]:
     name = f"digest_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
+        _drop_orphans(conn)
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = admin_url.set(database=name).render_as_string(hide_password=False)
     engine = make_engine(url)
@@ -61,6 +62,17 @@ def pg_database() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def _drop_orphans(conn: Connection) -> None:
+    """Drop test databases left by test runs that were killed (their process is gone)."""
+    names = conn.execute(
+        text("SELECT datname FROM pg_database WHERE datname LIKE 'digest\\_test\\_%'")
+    ).scalars()
+    for old in list(names):
+        pid = old.split("_")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{old}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=BACKENDS)
