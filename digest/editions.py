@@ -204,12 +204,12 @@ def build_edition(
     edition.window_end = end
     edition.items = _items(session, picks, newsletter)
     edition.fingerprint = fingerprint(edition.items)
-    session.add(edition)
     try:
-        session.flush()
+        # A savepoint: if another process stored this edition since our check, only our insert
+        # is undone, not the caller's transaction.
+        with session.begin_nested():
+            session.add(edition)
     except IntegrityError:
-        # Another process built the same edition a moment ago: use theirs.
-        session.rollback()
         return BuildResult(
             load_edition(session, newsletter.id, edition_date),
             False,

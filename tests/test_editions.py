@@ -109,3 +109,38 @@ def test_show_missing_edition_and_unknown_newsletter(config_path: Path, db_url: 
     assert "unknown newsletter 'weekly' (configured: daily, strict)" in unknown.output
     bad_date = run(config_path, db_url, "edition", "show", "daily", "--date", "10/03/2026")
     assert bad_date.exit_code == 2 and "is not a date" in bad_date.output
+
+
+def test_an_edition_built_concurrently_is_reused_without_losing_the_callers_work(
+    sessions, config: Config, monkeypatch
+) -> None:
+    """Another process stores the same edition between our check and our insert: we use
+    theirs, and only our insert is undone, not the rest of the caller's transaction."""
+    import digest.editions as editions
+
+    clock = fixed(datetime(2026, 3, 10, 11, tzinfo=UTC))
+    nl = config.newsletter("daily")
+    with sessions() as session:
+        seed(session, config)  # commits
+    with sessions.begin() as session:
+        theirs = build_edition(session, config, nl, DAY, clock=clock).edition.id
+    real = editions.get_edition
+    missed: list[bool] = []
+
+    def stale_check(*args: object) -> Edition | None:
+        if not missed:  # the first look misses the edition the other process just stored
+            missed.append(True)
+            return None
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(editions, "get_edition", stale_check)
+    with sessions.begin() as session:
+        mine = add_article(session, datetime(2026, 3, 1, tzinfo=UTC), title="Caller's own work")
+        result = build_edition(session, config, nl, DAY, clock=clock)
+        assert result.built is False and result.edition.id == theirs
+        assert "built concurrently" in result.message
+    with sessions() as session:
+        from digest.articles import Article
+
+        assert session.get(Article, mine.id) is not None
+        assert session.scalar(select(func.count()).select_from(Edition)) == 1
