@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text, select
+from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -27,8 +27,6 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        from datetime import UTC
-
         return (
             value.astimezone(UTC)
             if dialect.name != "sqlite"
@@ -38,8 +36,6 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        from datetime import UTC
-
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -108,8 +104,6 @@ def list_articles(
     limit: int = 50,
 ) -> Sequence[Article]:
     """Newest first, filtered by section (case-insensitive), time window and title text."""
-    from sqlalchemy import func
-
     q = select(Article)
     if section:
         q = q.where(func.lower(Article.section) == section.lower())

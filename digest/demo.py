@@ -6,9 +6,15 @@ that its newest story sits just before today's send time, then runs the real pip
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import format_datetime, parsedate_to_datetime
 from importlib import resources
 from pathlib import Path
 
@@ -18,7 +24,10 @@ from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
 from digest.db import transaction
 from digest.editions import build_edition, format_edition, get_edition
+from digest.ingest import ingest_files
 from digest.selection import edition_window
+from digest.sending import SendOptions, send_edition
+from subscribers.importing import import_csv
 
 SAMPLE_ANCHOR = datetime.fromisoformat("2026-01-15T10:00:00+00:00")
 SAMPLE_FILES = ("ledger.json", "wire.xml", "crime.csv")
@@ -59,9 +68,6 @@ def _shift_iso(value: str, shift: timedelta) -> str:
 
 
 def _shift_csv(text: str, shift: timedelta) -> str:
-    import csv
-    import io
-
     rows = list(csv.DictReader(io.StringIO(text)))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -73,9 +79,6 @@ def _shift_csv(text: str, shift: timedelta) -> str:
 
 
 def _shift_rss(text: str, shift: timedelta) -> str:
-    import re
-    from email.utils import format_datetime, parsedate_to_datetime
-
     def move(m: re.Match[str]) -> str:
         return f"<pubDate>{format_datetime(parsedate_to_datetime(m.group(1)) + shift)}</pubDate>"
 
@@ -95,10 +98,6 @@ def run_demo(config: Config, sessions: sessionmaker[Session], *, clock: Clock) -
 
     Re-runnable: a second run the same day finds the edition already sent and says where it is;
     a run on another day gets that day's copy of the sample (dated URLs) and a new edition."""
-    from digest.ingest import ingest_files
-    from digest.sending import SendOptions, send_edition
-    from subscribers.importing import import_csv
-
     newsletter = next(iter(config.newsletters.values()))
     now = clock()
     today = now.astimezone(newsletter.tz).date()
@@ -130,9 +129,6 @@ def run_demo(config: Config, sessions: sessionmaker[Session], *, clock: Clock) -
 
 
 def _html_part(eml: Path) -> str:
-    from email import message_from_bytes, policy
-    from email.message import EmailMessage
-
     msg = message_from_bytes(eml.read_bytes(), policy=policy.default)
     assert isinstance(msg, EmailMessage)
     part = msg.get_body(preferencelist=("html",))
