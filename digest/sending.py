@@ -24,9 +24,10 @@ from datetime import date
 from html import escape
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.types import TypeEngine
 
 from digest import ledger
 from digest.clock import Clock, utcnow
@@ -62,6 +63,7 @@ from subscribers.audience import Recipient, audience
 _FINAL = (Kind.ACCEPTED, Kind.FAILED, Kind.UNKNOWN)
 _INSERT_CHUNK = 2000
 _BUFFERED_ROWS = 50_000
+_TEXT: TypeEngine[str] = DELIVERIES.c.email.type
 _HANDED_WAIT = 0.02  # seconds; SendGrid checkpoints within a few ms of a batch's start
 
 
@@ -273,6 +275,26 @@ def _insert(session: Session) -> Any:
     return postgresql.insert(DELIVERIES).on_conflict_do_nothing()
 
 
+def _literals(session: Session, values: dict[str, object]) -> dict[str, Any]:
+    """Column values as SQL literals (quoted and escaped by the dialect's literal processors).
+    A value the driver would get as text (SQLite's timestamps) is rendered as that very text,
+    so the stored value is the one a bound parameter gives."""
+    dialect = session.get_bind().dialect
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        column_type = DELIVERIES.c[name].type
+        bind = column_type.dialect_impl(dialect).bind_processor(dialect)
+        stored = bind(value) if bind is not None else value
+        if isinstance(stored, str):
+            render = _TEXT.literal_processor(dialect)
+            value = stored
+        else:
+            render = column_type.literal_processor(dialect)
+        assert render is not None, name
+        out[name] = literal_column(render(value), column_type)
+    return out
+
+
 def _create_rows(
     session: Session,
     config: Config,
@@ -298,7 +320,16 @@ def _create_rows(
     buffered = 0
     present: set[int] = set()
     created = 0
-    insert = _insert(session)
+    # What every new row shares is rendered into the statement once: bound per row, SQLAlchemy
+    # would process it 100,000 times (the timestamp's conversion alone was 10% of the insert).
+    shared = {
+        "edition_id": edition_id,
+        "segment": segment,
+        "state": "pending",
+        "attempts": 0,
+        "created_at": now,
+    }
+    insert = _insert(session).values(_literals(session, shared))
 
     def flush(variant: str) -> None:
         nonlocal created, buffered
@@ -325,16 +356,11 @@ def _create_rows(
         rows = pending.setdefault(v[0], [])
         rows.append(
             {
-                "edition_id": edition_id,
                 "subscriber_id": r.subscriber_id,
                 "email": r.email,
                 "name": r.name,
                 "sections": v[1],
                 "variant": v[0],
-                "segment": segment,
-                "state": "pending",
-                "attempts": 0,
-                "created_at": now,
             }
         )
         buffered += 1

@@ -70,13 +70,18 @@ def sections_for(
     """
     chosen: dict[int, list[str]] = defaultdict(list)
     if subscriber_ids:
-        rows = session.execute(
-            select(SectionPreference.subscriber_id, SectionPreference.section)
-            .where(
-                SectionPreference.newsletter == newsletter.id,
-                SectionPreference.subscriber_id.in_(subscriber_ids),
+        # Core execution (the session's connection): plain rows, no ORM loading per row.
+        rows = (
+            session.connection()
+            .execute(
+                select(SectionPreference.subscriber_id, SectionPreference.section)
+                .where(
+                    SectionPreference.newsletter == newsletter.id,
+                    SectionPreference.subscriber_id.in_(subscriber_ids),
+                )
+                .order_by(SectionPreference.subscriber_id, SectionPreference.position)
             )
-            .order_by(SectionPreference.subscriber_id, SectionPreference.position)
+            .all()
         )
         current = set(newsletter.section_names)
         for sid, section in rows:
@@ -140,7 +145,7 @@ def audience(
     last = 0
     while True:
         # Keyset paging: no cursor is held open between pages, so callers may write meanwhile.
-        rows = session.execute(base.where(Subscriber.id > last)).all()
+        rows = session.connection().execute(base.where(Subscriber.id > last)).all()
         if not rows:
             return
         ids = [r[0] for r in rows]
