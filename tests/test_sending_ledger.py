@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.clock import fixed
@@ -428,3 +428,39 @@ def test_forget_erases_the_address_from_the_ledger_and_skips_unsent_rows(
     assert after[pending.id].state == "skipped" and "@" not in after[pending.id].email
     send(config, sessions, now)
     assert len(list((tmp_path / "out").glob("*.eml"))) == 3
+
+
+def test_claims_walk_the_partial_index_of_pending_rows_on_sqlite(
+    sessions: sessionmaker[Session], edition: Edition, now: datetime
+) -> None:
+    # SQLite uses a partial index only when the query's condition is a literal; a bound
+    # 'pending' would silently fall back to scanning the edition's rows at every claim.
+    engine = sessions.kw["bind"]
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite behaviour")
+    with sessions.begin() as session:
+        session.add(
+            Delivery(
+                edition_id=edition.id,
+                subscriber_id=1,
+                email=email_for(1),
+                sections='["News"]',
+                variant="v",
+                created_at=now,
+            )
+        )
+    seen: list[tuple[str, object]] = []
+
+    def record(conn: object, cursor: object, statement: str, params: object, *_: object) -> None:
+        seen.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with sessions.begin() as session:
+            assert len(claim(session, edition.id, "w:1", 10, now)) == 1
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    statement, params = next(s for s in seen if s[0].startswith("UPDATE deliveries"))
+    with engine.connect() as conn:
+        plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()  # type: ignore[arg-type]
+    assert any("ix_deliveries_pending" in str(row[-1]) for row in plan), plan
