@@ -45,6 +45,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.sql.elements import ColumnClause
 
 from digest.articles import UTCDateTime
 from digest.db import Base
@@ -122,7 +123,7 @@ def decode_variant(raw: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
 
 DELIVERIES = cast(Table, Delivery.__table__)
 _T = DELIVERIES.c
-_PENDING = literal_column("'pending'")
+_PENDING: ColumnClause[str] = literal_column("'pending'")
 
 
 @dataclass(frozen=True)
