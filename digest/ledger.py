@@ -214,7 +214,9 @@ def reopen(session: Session, edition_id: int, states: Iterable[str]) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def claim(session: Session, edition_id: int, worker: str, n: int, now: datetime) -> list[Claimed]:
+def claim(
+    session: Session | Connection, edition_id: int, worker: str, n: int, now: datetime
+) -> list[Claimed]:
     """Take up to n pending rows for this worker (state sending), variant by variant so a
     batch is mostly one variant (one SendGrid request carries one variant's content).
 
@@ -354,7 +356,7 @@ def settle(
         session.execute(_SETTLED, others)
 
 
-def unhand(session: Session, ids: Sequence[int], worker: str) -> None:
+def unhand(session: Session | Connection, ids: Sequence[int], worker: str) -> None:
     """The provider answered "not accepted, try again" (429, 5xx, 401): the messages are no
     longer in its hands, so a crash from here on may resend them safely."""
     for chunk in _chunks(list(ids)):
@@ -366,7 +368,7 @@ def unhand(session: Session, ids: Sequence[int], worker: str) -> None:
         )
 
 
-def release(session: Session, ids: Sequence[int], worker: str, now: datetime) -> None:
+def release(session: Session | Connection, ids: Sequence[int], worker: str, now: datetime) -> None:
     """Let go of rows this worker still holds (stop, error): never handed over → pending;
     handed over without an answer → unknown."""
     for chunk in _chunks(list(ids)):
