@@ -444,6 +444,16 @@ def counts(session: Session, edition_id: int) -> dict[str, int]:
     return out
 
 
+def pending(session: Session, edition_id: int) -> int:
+    """Rows waiting for a worker (counted from the partial index alone)."""
+    return int(
+        session.scalar(
+            select(func.count()).where(_T.edition_id == edition_id, _T.state == _PENDING)
+        )
+        or 0
+    )
+
+
 def unsettled(session: Session, edition_id: int) -> int:
     return int(
         session.scalar(

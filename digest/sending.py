@@ -385,17 +385,18 @@ def _create_rows(
             flush(max(pending, key=lambda k: len(pending[k])))
     for variant in list(pending):
         flush(variant)
-    gone = [
-        rid
-        for rid, sid in session.execute(
-            select(ledger.Delivery.id, ledger.Delivery.subscriber_id).where(
+    # Only rows from an earlier run can belong to someone who has left since.
+    left = sorted(existing - present)
+    gone: list[int] = []
+    for i in range(0, len(left), 900):
+        gone += session.scalars(
+            select(ledger.Delivery.id).where(
                 ledger.Delivery.edition_id == edition_id,
+                ledger.Delivery.subscriber_id.in_(left[i : i + 900]),
                 ledger.Delivery.state == "pending",
                 ledger.Delivery.segment == segment,
             )
         )
-        if sid not in present
-    ]
     skipped = ledger.leave_audience(session, gone, now)
     return created, skipped, left_out
 
@@ -471,7 +472,7 @@ class _Worker:
         while batch k is with the provider (one delivery thread), so the provider's round
         trips overlap the CPU work; progress is reported per delivered batch."""
         with self.sessions() as session:
-            self._remaining = ledger.counts(session, self.edition.id)["pending"]
+            self._remaining = ledger.pending(session, self.edition.id)
         if limit is not None:
             self._remaining = min(self._remaining, limit)
         taken = 0
