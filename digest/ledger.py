@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import (
     ForeignKey,
@@ -126,8 +126,7 @@ _T = DELIVERIES.c
 _PENDING: ColumnClause[str] = literal_column("'pending'")
 
 
-@dataclass(frozen=True)
-class Claimed:
+class Claimed(NamedTuple):
     """What a worker needs of a claimed row (plain values, safe across sessions)."""
 
     id: int

@@ -15,12 +15,11 @@ from __future__ import annotations
 import binascii
 import hashlib
 import re
-from dataclasses import dataclass
 from datetime import date, datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote
 
 from digest.config import Config, NewsletterConfig
@@ -42,8 +41,7 @@ class Content(Protocol):
     def text(self) -> str: ...
 
 
-@dataclass(frozen=True)
-class Addressee:
+class Addressee(NamedTuple):
     """Who one message goes to, and the per-recipient header values."""
 
     email: str

@@ -308,8 +308,8 @@ def test_stand_in_rejects_what_sendgrid_would(
     sendgrid_server: SendGridStandIn,  # noqa: F811
 ) -> None:
     batch = substituted_batch(config, 2)
-    batch.messages[1] = dataclasses.replace(
-        batch.messages[1], to=dataclasses.replace(batch.messages[1].to, email="READER1@example.org")
+    batch.messages[1] = batch.messages[1]._replace(
+        to=batch.messages[1].to._replace(email="READER1@example.org")
     )
     outcomes = sg_provider(sendgrid_server).send(batch, Marks())
     assert [o.kind for o in outcomes] == [Kind.RETRY, Kind.FAILED]

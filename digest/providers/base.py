@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from digest.message import Addressee, Content, TransactionalMessage, VariantMessage
 
@@ -28,8 +28,7 @@ class Kind(StrEnum):
     UNKNOWN = "unknown"  # timed out after handing over: may or may not have been accepted
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     delivery_id: int
     kind: Kind
     provider_id: str | None = None
@@ -37,8 +36,7 @@ class Outcome:
     retry_after: float | None = None
 
 
-@dataclass(frozen=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """One message of a batch: who, and their personalised content."""
 
     to: Addressee
