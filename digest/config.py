@@ -132,6 +132,9 @@ class SendGridConfig:
     timeout: float = 10.0
     rate: float = 0.0
     batch_size: int = 1000
+    # Requests a worker keeps going at once: SendGrid answers a 1000-recipient request in
+    # a few hundred ms, so one at a time caps a worker well below what the API takes.
+    in_flight: int = 2
 
     @property
     def api_key(self) -> str | None:
@@ -288,6 +291,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         timeout=sg_t.number("timeout", 10.0, minimum=0.1),
         rate=sg_t.number("rate", 0.0, minimum=0.0),
         batch_size=sg_t.integer("batch_size", 1000, minimum=1, maximum=1000),
+        in_flight=sg_t.integer("in_flight", 2, minimum=1, maximum=16),
     )
     ob_t = prov.table("outbox")
     ob_t.allow("dir", "rate")

@@ -5,7 +5,8 @@ provider call, marked `handed` the moment its message leaves for the provider, a
 the answer. A re-run — after Ctrl-C, kill -9 or a power cut — recovers rows a dead worker held:
 never handed → sent again; handed without an answer → `unknown`, not resent unless asked. The
 residual window is one message per SMTP worker (final dot written, reply not yet recorded) and
-one request per SendGrid worker; those rows say `unknown`, they are never silently resent.
+up to `in_flight` requests per SendGrid worker; those rows say `unknown`, they are never
+silently resent.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import io
 import multiprocessing
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -448,10 +450,11 @@ class _Worker:
         bind = sessions.kw.get("bind")
         sqlite_db = bind is None or bind.dialect.name == "sqlite"
         self._writer: AbstractContextManager[Any] = threading.Lock() if sqlite_db else nullcontext()
-        self._done: set[int] = set()  # rows of the batch in delivery settled (committed)
-        # Set once the batch in delivery has its first checkpoint committed (or is over): the
-        # next claim waits for it instead of contending with it for the write lock.
-        self._handed = threading.Event()
+        # Requests a worker may have with the provider at once (SendGrid: `in_flight`): the
+        # provider's round trips overlap each other and the preparation of the next batch.
+        self.in_flight = max(1, provider.in_flight)
+        self._current = threading.local()  # the _Delivery a delivery thread is working on
+        self._tally = threading.Lock()
 
     def _connection(self) -> Connection:
         conn: Connection | None = getattr(self._local, "connection", None)
@@ -476,8 +479,8 @@ class _Worker:
         if limit is not None:
             self._remaining = min(self._remaining, limit)
         taken = 0
-        in_flight: Future[None] | None = None
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest-deliver")
+        in_flight: deque[_Delivery] = deque()
+        pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="digest-deliver")
         # Everything alive now (modules, SQLAlchemy's metadata, the rendered variants) outlives
         # the loop: frozen, the collector stops re-walking it on every full collection, while
         # each batch allocates thousands of short-lived objects (about 9% of a SendGrid send).
@@ -485,9 +488,9 @@ class _Worker:
         try:
             while not self.stop.is_set() and (limit is None or taken < limit):
                 n = self.batch_size if limit is None else min(self.batch_size, limit - taken)
-                if in_flight is not None:
+                if in_flight:
                     # Bounded: a provider that never checkpoints (the outbox) only costs this.
-                    self._handed.wait(_HANDED_WAIT)
+                    in_flight[-1].handed.wait(_HANDED_WAIT)
                 with self._write() as session:
                     claimed = ledger.claim(session, self.edition.id, self.worker, n, self.clock())
                 if not claimed:
@@ -495,22 +498,23 @@ class _Worker:
                 taken += len(claimed)
                 try:
                     batches = self._prepare(claimed)
-                    if in_flight is not None:
-                        in_flight.result()  # a provider error of the last batch stops here
-                        in_flight = None
+                    while in_flight and (len(in_flight) >= self.in_flight or self.stop.is_set()):
+                        # A provider error of an earlier batch stops here.
+                        in_flight.popleft().result()
                         self._report()
                     if self.stop.is_set():
                         raise _Stopped
                 except BaseException:
                     with self._write() as session:
                         ledger.release(session, [c.id for c in claimed], self.worker, self.clock())
-                    if self.stop.is_set() and in_flight is None:
+                    if self.stop.is_set() and not in_flight:
                         break
                     raise
-                self._handed.clear()
-                in_flight = pool.submit(self._deliver, claimed, batches)
-            if in_flight is not None:
-                in_flight.result()
+                delivery = _Delivery()
+                delivery.future = pool.submit(self._deliver, delivery, claimed, batches)
+                in_flight.append(delivery)
+            while in_flight:
+                in_flight.popleft().result()
                 self._report()
         finally:
             gc.unfreeze()
@@ -547,21 +551,21 @@ class _Worker:
             groups.setdefault((c.sections, c.blocks), []).append(c)
         return [self._batch(self._variant(*pair), rows) for pair, rows in groups.items()]
 
-    def _deliver(self, claimed: list[Claimed], batches: list[Batch]) -> None:
-        self._done = set()
+    def _deliver(self, delivery: _Delivery, claimed: list[Claimed], batches: list[Batch]) -> None:
+        self._current.delivery = delivery
         try:
             for batch in batches:
                 self._send_with_retries(batch)
         finally:
             # Anything still held (stop, auth failure, an error) is let go: back to pending
             # when it never reached the provider, `unknown` when it did.
-            held = [c.id for c in claimed if c.id not in self._done]
+            held = [c.id for c in claimed if c.id not in delivery.done]
             try:
                 if held:
                     with self._write() as session:
                         ledger.release(session, held, self.worker, self.clock())
             finally:
-                self._handed.set()
+                delivery.handed.set()
 
     def _batch(self, v: _Variant, rows: list[Claimed]) -> Batch:
         when = self.clock()
@@ -599,27 +603,35 @@ class _Worker:
             if final:
                 ledger.settle(session, final, self.worker, self.provider.name, self.clock())
         self._count(final)
-        self._settled.update(o.delivery_id for o in final)
-        self._handed.set()
+        delivery: _Delivery = self._current.delivery
+        delivery.settled.update(o.delivery_id for o in final)
+        delivery.handed.set()
 
     def _count(self, outcomes: Iterable[Outcome]) -> None:
         """Tally outcomes whose settlement was just committed."""
+        done = self._current.delivery.done
+        sent = failed = unknown = 0
         for o in outcomes:
-            self._done.add(o.delivery_id)
+            done.add(o.delivery_id)
             if o.kind is Kind.ACCEPTED:
-                self.sent += 1
+                sent += 1
             elif o.kind is Kind.FAILED:
-                self.failed += 1
+                failed += 1
             elif o.kind is Kind.UNKNOWN:
-                self.unknown += 1
+                unknown += 1
+        with self._tally:
+            self.sent += sent
+            self.failed += failed
+            self.unknown += unknown
 
     def _send_with_retries(self, batch: Batch) -> None:
         policy = self.options.retry
         attempt = 1
         while True:
-            self._settled: set[int] = set()
+            settled = self._current.delivery.settled
+            settled.clear()
             outcomes = self.provider.send(batch, self._checkpoint)
-            final = [o for o in outcomes if o.kind in _FINAL and o.delivery_id not in self._settled]
+            final = [o for o in outcomes if o.kind in _FINAL and o.delivery_id not in settled]
             if final:
                 with self._write() as session:
                     ledger.settle(session, final, self.worker, self.provider.name, self.clock())
@@ -691,6 +703,22 @@ def _subset(batch: Batch, ids: set[int]) -> Batch:
         template=batch.template,
         substitutions=[batch.substitutions[i] for i in keep] if batch.substitutions else [],
     )
+
+
+class _Delivery:
+    """A batch with the provider: which of its rows are settled (committed), which this attempt
+    settled through checkpoints, and whether its first hand-over is committed (the next claim
+    waits for that rather than contending with it for SQLite's write lock)."""
+
+    def __init__(self) -> None:
+        self.done: set[int] = set()
+        self.settled: set[int] = set()
+        self.handed = threading.Event()
+        self.future: Future[None] | None = None
+
+    def result(self) -> None:
+        assert self.future is not None
+        self.future.result()
 
 
 class _Stopped(Exception):

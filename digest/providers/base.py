@@ -10,6 +10,7 @@ re-run after a crash resends only what was never handed over.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,9 @@ class Provider(Protocol):
     name: str
     # Largest useful batch (SendGrid: 1000 personalizations per request).
     batch_size: int
+    # Batches a worker may have with the provider at once (one connection: 1). A crash can
+    # leave up to in_flight × batch_size rows `unknown`.
+    in_flight: int
 
     def send(self, batch: Batch, checkpoint: Checkpoint) -> list[Outcome]:
         """Deliver the batch; one Outcome per message (those passed to checkpoint included)."""
@@ -102,10 +106,17 @@ class RateLimiter:
         self._sleep = sleep
         self._allowance = max(rate, 1.0)
         self._last = monotonic()
+        # Several delivery threads of one worker share the limiter; a waiter holds the lock
+        # while it sleeps, so the others queue behind it rather than overdraw.
+        self._lock = threading.Lock()
 
     def take(self, n: int = 1) -> None:
         if self.rate <= 0:
             return
+        with self._lock:
+            self._take(n)
+
+    def _take(self, n: int) -> None:
         now = self._monotonic()
         cap = max(self.rate, float(n))
         self._allowance = min(cap, self._allowance + (now - self._last) * self.rate)

@@ -15,6 +15,7 @@ from digest.providers.base import Batch, Checkpoint, Kind, Outcome, RateLimiter
 class OutboxProvider:
     name = "outbox"
     batch_size = 500
+    in_flight = 1
 
     def __init__(self, folder: Path, rate: float = 0.0) -> None:
         self.folder = folder

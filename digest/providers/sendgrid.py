@@ -62,6 +62,7 @@ class SendGridProvider:
             )
         self.config = config
         self.batch_size = config.batch_size
+        self.in_flight = config.in_flight
         self.client = SendGridAPIClient(key, host=config.host)
         self.client.client.timeout = config.timeout
         self.limiter = RateLimiter(config.rate)

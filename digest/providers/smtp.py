@@ -59,6 +59,7 @@ def _refusal(delivery_id: int, code: int, text: str | bytes) -> Outcome:
 class SmtpProvider:
     name = "smtp"
     batch_size = 100
+    in_flight = 1  # one connection
 
     def __init__(self, config: SmtpConfig, envelope_from: str) -> None:
         self.config = config
