@@ -6,7 +6,8 @@
 (a) SendGrid: `send_edition` over --subscribers subscribers in 10 variants (ledger rows created,
     claimed, settled) through the SendGrid stand-in, which runs in its own process and validates
     every request body against SendGrid's OpenAPI description. Recipients/s and peak RSS of the
-    sending process. Goal ≥ 20,000/s, ≤ 500 MB.
+    sending process, over --runs runs from copies of one populated database (median and best
+    printed: a shared host moves single figures). Goal ≥ 20,000/s, ≤ 500 MB.
 (b) SMTP: `send_edition` end to end through an aiosmtpd server in its own process (plain SMTP on
     127.0.0.1), over --smtp-subscribers subscribers (a sample: the server's rate does not depend
     on the list size).
@@ -28,7 +29,9 @@ import gc
 import multiprocessing
 import os
 import resource
+import shutil
 import smtplib
+import statistics
 import sys
 import tempfile
 import time
@@ -256,6 +259,7 @@ def main() -> None:
     ap.add_argument("--render-baseline", type=int, default=30)
     ap.add_argument("--database", help="PostgreSQL URL (an admin URL: databases are created)")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=3, help="runs of (a) (SQLite); median reported")
     args = ap.parse_args()
     os.environ.setdefault("DIGEST_SECRET_KEY", "bench-secret")
     os.environ["SENDGRID_API_KEY"] = API_KEY
@@ -263,21 +267,36 @@ def main() -> None:
     backend = "PostgreSQL" if args.database else "SQLite"
     print(f"backend {backend}, workers {args.workers}, scratch {folder}")
 
-    # (a) SendGrid
+    # (a) SendGrid, --runs times from the same populated database (SQLite: a copy of it; a
+    # shared host moves single figures by ±10%, so the median and the best are printed too)
     url_a = fresh_database(args.database, folder, "sendgrid")
     took = populate(url_a, args.subscribers)
     print(f"populated {args.subscribers:,} subscribers in 10 variants in {took:.1f}s")
-    sg = Server(_sendgrid_server)
-    config_a = config_for(sendgrid=SendGridConfig(host=sg.address, timeout=60))
-    options = SendOptions(provider="sendgrid", workers=args.workers)
-    sent_a, counts_a, secs_a, rss_a = run_send(url_a, config_a, options)
-    received, most, rejected = sg.stop()
-    rate_a = sent_a / secs_a
-    print(
-        f"(a) SendGrid stand-in: {sent_a:,} sent in {secs_a:.1f}s = {rate_a:,.0f} recipients/s, "
-        f"peak RSS {rss_a:.0f} MB; stand-in got {received:,} (max {most} per address), "
-        f"{rejected} rejected; ledger {counts_a['sent']:,} sent"
-    )
+    rates: list[float] = []
+    rss_a = 0.0
+    runs = args.runs if args.database is None else 1
+    for run in range(1, runs + 1):
+        url = url_a
+        if args.database is None:
+            copy = folder / f"sendgrid-run{run}.db"
+            shutil.copy(folder / "sendgrid.db", copy)
+            url = f"sqlite:///{copy}"
+        sg = Server(_sendgrid_server)
+        config_a = config_for(sendgrid=SendGridConfig(host=sg.address, timeout=60))
+        options = SendOptions(provider="sendgrid", workers=args.workers)
+        sent_a, counts_a, secs_a, rss = run_send(url, config_a, options)
+        received, most, rejected = sg.stop()
+        rates.append(sent_a / secs_a)
+        rss_a = max(rss_a, rss)
+        print(
+            f"(a) run {run}: SendGrid stand-in: {sent_a:,} sent in {secs_a:.2f}s = "
+            f"{rates[-1]:,.0f} recipients/s, peak RSS {rss:.0f} MB; stand-in got {received:,} "
+            f"(max {most} per address), {rejected} rejected; ledger {counts_a['sent']:,} sent"
+        )
+        if url != url_a:
+            Path(copy).unlink()
+    rate_a = statistics.median(rates)
+    print(f"(a) median {rate_a:,.0f} recipients/s, best {max(rates):,.0f} of {runs} run(s)")
     drop_database(args.database, url_a)
 
     # (b) SMTP end to end, (c) pre-built, (d) baseline: one server process
@@ -309,7 +328,7 @@ def main() -> None:
     smtp.stop()
     drop_database(args.database, url_b)
     print(
-        f"summary: (a) {rate_a:,.0f}/s (goal 20,000), {rss_a:.0f} MB (goal ≤ 500); "
+        f"summary: (a) median {rate_a:,.0f}/s (goal 20,000), {rss_a:.0f} MB (goal ≤ 500); "
         f"(b) = {rate_b / rate_c:.0%} of (c) (goal ≥ 80%), {rate_b / rate_d:.0f}× (d) "
         f"(goal ≥ 3×), {rate_b / rate_d2:.1f}× (d')"
     )
