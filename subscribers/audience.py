@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import ColumnElement, Select, exists, func, not_, select
 from sqlalchemy.orm import Session
@@ -23,8 +24,7 @@ from subscribers.segments import segment_condition
 PAGE = 1000
 
 
-@dataclass(frozen=True)
-class Recipient:
+class Recipient(NamedTuple):
     subscriber_id: int
     email: str
     name: str | None
