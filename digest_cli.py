@@ -763,7 +763,7 @@ def sends_report(app: App, newsletter, date_, as_csv):
         if as_csv:
             click.echo(ledger_csv(session, app.config, nl.id, day), nl=False)
         else:
-            click.echo(format_report(ledger_report(session, app.config, nl.id, day)))
+            click.echo(format_report(ledger_report(session, app.config, nl.id, day), nl))
 
 
 # --- web -------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import os
 import socket
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import NamedTuple, cast
 
@@ -515,6 +515,9 @@ class LedgerReport:
     by_variant: dict[str, dict[str, int]]
     variant_sections: dict[str, tuple[str, ...]]
     failures: list[Failure]
+    # Indexes into the newsletter's blocks each variant shows (two variants can have the same
+    # sections and differ by their blocks).
+    variant_blocks: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 def report(session: Session, edition_id: int, max_failures: int = 200) -> LedgerReport:
@@ -525,6 +528,7 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
     by_segment: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
     by_variant: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
     sections: dict[str, tuple[str, ...]] = {}
+    blocks: dict[str, tuple[int, ...]] = {}
     rows = session.execute(
         select(Delivery.segment, Delivery.variant, Delivery.sections, Delivery.state, func.count())
         .where(Delivery.edition_id == edition_id)
@@ -533,7 +537,7 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
     for segment, variant, secs, state, n in rows:
         by_segment[segment or "(all)"][state] += n
         by_variant[variant][state] += n
-        sections[variant] = decode_variant(secs)[0]
+        sections[variant], blocks[variant] = decode_variant(secs)
     failures = [
         Failure(email, state, attempts, error or "")
         for email, state, attempts, error in session.execute(
@@ -555,6 +559,7 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
         dict(by_variant),
         sections,
         failures,
+        blocks,
     )
 
 

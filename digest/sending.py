@@ -972,6 +972,19 @@ def ledger_report(
     return ledger.report(session, edition.id)
 
 
+def variant_label(r: ledger.LedgerReport, variant: str, nl: NewsletterConfig) -> str:
+    """A variant as a reader of the report knows it: its sections, and the segment blocks it
+    shows (by the segment they are for, as the config names them now)."""
+    label = ", ".join(r.variant_sections.get(variant, ()))
+    shown = [
+        nl.blocks[i].segment if i < len(nl.blocks) else f"block #{i + 1}"
+        for i in r.variant_blocks.get(variant, ())
+    ]
+    if shown:
+        label += f"; block for {', '.join(shown)}"
+    return label
+
+
 def ledger_csv(session: Session, config: Config, newsletter_id: str, edition_date: date) -> str:
     nl = config.newsletter(newsletter_id)
     edition = get_edition(session, nl.id, edition_date)
@@ -982,7 +995,7 @@ def ledger_csv(session: Session, config: Config, newsletter_id: str, edition_dat
     return out.getvalue()
 
 
-def format_report(r: ledger.LedgerReport) -> str:
+def format_report(r: ledger.LedgerReport, nl: NewsletterConfig) -> str:
     def states(counts: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "no rows"
 
@@ -994,7 +1007,7 @@ def format_report(r: ledger.LedgerReport) -> str:
         *(f"  {seg}: {states(c)}" for seg, c in sorted(r.by_segment.items())),
         "by variant:",
         *(
-            f"  {v} ({', '.join(r.variant_sections.get(v, ()))}): {states(c)}"
+            f"  {v} ({variant_label(r, v, nl)}): {states(c)}"
             for v, c in sorted(r.by_variant.items())
         ),
     ]

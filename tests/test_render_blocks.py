@@ -21,7 +21,7 @@ from digest.config import BlockConfig, Config, load_config
 from digest.errors import ConfigError
 from digest.ledger import Delivery, decode_variant, encode_variant
 from digest.render import Personal, Renderer, personalise
-from digest.sending import SendOptions, send_edition
+from digest.sending import SendOptions, format_report, ledger_report, send_edition
 from digest_cli import cli
 from subscribers.audience import audience
 from subscribers.models import Tag
@@ -268,3 +268,21 @@ def test_ledger_rows_written_before_blocks_still_load() -> None:
     assert decode_variant('["Health", "News"]') == (("Health", "News"), ())
     assert encode_variant(["News"], []) == '["News"]'  # rows without blocks look as they did
     assert decode_variant(encode_variant(["News"], [0, 2])) == (("News",), (0, 2))
+
+
+def test_the_sends_report_tells_variants_apart_by_their_blocks(
+    readers: None, config: Config, sessions: sessionmaker[Session], now: datetime, tmp_path: Path
+) -> None:
+    config = _with_block(config)
+    config = dataclasses.replace(
+        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
+    )
+    send_edition(config, sessions, "daily", EDITION_DATE, SendOptions(), clock=fixed(now))
+    with sessions() as session:
+        report = ledger_report(session, config, "daily", EDITION_DATE)
+    text = format_report(report, config.newsletter("daily"))
+    by_variant = text.split("by variant:\n", 1)[1].splitlines()
+    with_block = [line for line in by_variant if "; block for vip)" in line]
+    without = [line for line in by_variant if line.startswith("  v-") and "block" not in line]
+    assert len(with_block) == 1 and "sent 2" in with_block[0]  # vera and vic
+    assert len(without) == 1 and "sent 1" in without[0]  # ana
