@@ -475,9 +475,10 @@ class _Worker:
                 yield conn
 
     def run(self, limit: int | None) -> None:
-        """Claim, prepare and deliver batch after batch. Batch k+1 is claimed and personalised
-        while batch k is with the provider (one delivery thread), so the provider's round
-        trips overlap the CPU work; progress is reported per delivered batch."""
+        """Claim, prepare and deliver batch after batch. The next batch is claimed and
+        personalised while up to `in_flight` batches are with the provider (a delivery thread
+        each), so the provider's round trips overlap the CPU work; progress is reported per
+        delivered batch."""
         with self.sessions() as session:
             self._remaining = ledger.pending(session, self.edition.id)
         if limit is not None:
