@@ -273,18 +273,15 @@ _HANDED = (
     .where(_T.id == bindparam("b_id"), _T.claimed_by == bindparam("b_worker"))
     .values(handed_at=bindparam("b_now"))
 )
-_SENT = (
-    update(DELIVERIES)
-    .where(
-        _T.id == bindparam("b_id"), _T.state == "sending", _T.claimed_by == bindparam("b_worker")
-    )
-    .values(
-        state="sent",
-        provider=bindparam("b_provider"),
-        provider_message_id=bindparam("b_pid"),
-        settled_at=bindparam("b_now"),
-        last_error=None,
-    )
+_MARK_SENT = update(DELIVERIES).values(
+    state="sent",
+    provider=bindparam("b_provider"),
+    provider_message_id=bindparam("b_pid"),
+    settled_at=bindparam("b_now"),
+    last_error=None,
+)
+_SENT = _MARK_SENT.where(
+    _T.id == bindparam("b_id"), _T.state == "sending", _T.claimed_by == bindparam("b_worker")
 )
 # The same for a batch's rows (SendGrid: one request, one provider id): a statement built once
 # with an expanding list, rather than one built per call around a list SQLAlchemy checks
@@ -294,20 +291,10 @@ _HANDED_MANY = (
     .where(_T.id.in_(bindparam("b_ids", expanding=True)), _T.claimed_by == bindparam("b_worker"))
     .values(handed_at=bindparam("b_now"))
 )
-_SENT_MANY = (
-    update(DELIVERIES)
-    .where(
-        _T.id.in_(bindparam("b_ids", expanding=True)),
-        _T.state == "sending",
-        _T.claimed_by == bindparam("b_worker"),
-    )
-    .values(
-        state="sent",
-        provider=bindparam("b_provider"),
-        provider_message_id=bindparam("b_pid"),
-        settled_at=bindparam("b_now"),
-        last_error=None,
-    )
+_SENT_MANY = _MARK_SENT.where(
+    _T.id.in_(bindparam("b_ids", expanding=True)),
+    _T.state == "sending",
+    _T.claimed_by == bindparam("b_worker"),
 )
 _SETTLED = (
     update(DELIVERIES)

@@ -51,7 +51,7 @@ def _config_file(tmp_path: Path, config_path: Path, extra: str) -> Path:
     return path
 
 
-def _with_block(config: Config, position: str = "top") -> Config:
+def _with_block(config: Config, position: str = "top", outbox: Path | None = None) -> Config:
     nl = config.newsletter("daily")
     block = BlockConfig(
         segment="vip",
@@ -61,7 +61,10 @@ def _with_block(config: Config, position: str = "top") -> Config:
         position=position,
     )
     daily = dataclasses.replace(nl, blocks=(block,))
-    return dataclasses.replace(config, newsletters={**config.newsletters, "daily": daily})
+    config = dataclasses.replace(config, newsletters={**config.newsletters, "daily": daily})
+    if outbox is not None:
+        config = dataclasses.replace(config, outbox=dataclasses.replace(config.outbox, dir=outbox))
+    return config
 
 
 def test_blocks_are_read_from_the_config(config_path: Path, tmp_path: Path) -> None:
@@ -196,10 +199,7 @@ def _part(msg: EmailMessage, kind: str) -> str:
 def test_a_rerun_after_a_partial_send_keeps_each_readers_variant(
     readers: None, config: Config, sessions: sessionmaker[Session], now: datetime, tmp_path: Path
 ) -> None:
-    config = _with_block(config)
-    config = dataclasses.replace(
-        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
-    )
+    config = _with_block(config, outbox=tmp_path / "out")
 
     def send(**kw: object) -> None:
         options = SendOptions(**kw)  # type: ignore[arg-type]
@@ -273,10 +273,7 @@ def test_ledger_rows_written_before_blocks_still_load() -> None:
 def test_the_sends_report_tells_variants_apart_by_their_blocks(
     readers: None, config: Config, sessions: sessionmaker[Session], now: datetime, tmp_path: Path
 ) -> None:
-    config = _with_block(config)
-    config = dataclasses.replace(
-        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
-    )
+    config = _with_block(config, outbox=tmp_path / "out")
     send_edition(config, sessions, "daily", EDITION_DATE, SendOptions(), clock=fixed(now))
     with sessions() as session:
         report = ledger_report(session, config, "daily", EDITION_DATE)
