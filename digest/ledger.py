@@ -164,10 +164,21 @@ def existing_subscribers(session: Session, edition_id: int) -> set[int]:
     )
 
 
-def insert_rows(session: Session, rows: Sequence[dict[str, object]]) -> None:
-    """Bulk insert of new rows (dicts of column values); the unique key rejects duplicates."""
-    if rows:
-        session.execute(DELIVERIES.insert(), list(rows))
+def pending_of(
+    session: Session, edition_id: int, subscriber_ids: Sequence[int], segment: str
+) -> list[int]:
+    """Ids of the pending rows these subscribers have in the edition, for this segment."""
+    found: list[int] = []
+    for chunk in _chunks(subscriber_ids):
+        found += session.scalars(
+            select(Delivery.id).where(
+                Delivery.edition_id == edition_id,
+                Delivery.subscriber_id.in_(chunk),
+                Delivery.state == "pending",
+                Delivery.segment == segment,
+            )
+        )
+    return found
 
 
 def recover(session: Session, edition_id: int, now: datetime) -> tuple[int, int]:

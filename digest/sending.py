@@ -54,7 +54,6 @@ from digest.render import (
     Personalised,
     RenderedVariant,
     Renderer,
-    archive_url,
     check_size,
     personal_links,
     personal_values,
@@ -368,8 +367,8 @@ def _create_rows(
         buffered -= len(rows)
 
     for r in audience(session, config, nl, segments):
-        present.add(r.subscriber_id)
         if r.subscriber_id in existing:
+            present.add(r.subscriber_id)
             continue
         if wave is not None and not wave(r):
             left_out += 1
@@ -392,17 +391,7 @@ def _create_rows(
     for variant in list(pending):
         flush(variant)
     # Only rows from an earlier run can belong to someone who has left since.
-    left = sorted(existing - present)
-    gone: list[int] = []
-    for i in range(0, len(left), 900):
-        gone += session.scalars(
-            select(ledger.Delivery.id).where(
-                ledger.Delivery.edition_id == edition_id,
-                ledger.Delivery.subscriber_id.in_(left[i : i + 900]),
-                ledger.Delivery.state == "pending",
-                ledger.Delivery.segment == segment,
-            )
-        )
+    gone = ledger.pending_of(session, edition_id, sorted(existing - present), segment)
     skipped = ledger.leave_audience(session, gone, now)
     return created, skipped, left_out
 
@@ -544,9 +533,8 @@ class _Worker:
         if v is None:
             rendered = self.renderer.variant(sections, blocks)
             message = VariantMessage(self.config, self.nl, self.edition.edition_date, rendered.key)
-            view_url = archive_url(self.config, self.nl, self.edition)
             v = self._variants[(sections, blocks)] = _Variant(
-                rendered, message, view_url, _plain_links(self.config)
+                rendered, message, self._links.view_url, _plain_links(self.config)
             )
         return v
 
@@ -752,7 +740,6 @@ class _Variant:
         self._text_tags = {
             s: self._html_tags[s] if s in plain else f"%%{nonce}t{i}%%" for i, s in enumerate(SLOTS)
         }
-        self._plain = plain
         self.view_url = view_url
         # The web-version link is the same for every reader: it goes into the template itself,
         # two substitutions fewer per recipient (verify() still compares with personalise()).
@@ -930,6 +917,7 @@ def _dry_run(
             session.flush()
         edition = _load(session, edition.id)
         renderer = Renderer(config, nl, edition)
+        links = Links(config, nl, edition)
         when = clock()
         by_variant: dict[str, tuple[VariantMessage, list[Outgoing]]] = {}
         for n, r in enumerate(audience(session, config, nl, options.segments), start=1):
@@ -937,7 +925,7 @@ def _dry_run(
                 break
             rendered = renderer.variant(r.sections, r.blocks)
             check_size(rendered)
-            personal = personal_links(config, nl, edition, r)
+            personal = links.personal(r.subscriber_id, r.email, r.name)
             to = Addressee(
                 r.email,
                 r.name,
