@@ -60,6 +60,10 @@ def send(
     return send_edition(config, sessions, "daily", EDITION_DATE, options, clock=fixed(now))
 
 
+def with_outbox(config: Config, folder: Path) -> Config:
+    return dataclasses.replace(config, outbox=dataclasses.replace(config.outbox, dir=folder))
+
+
 def with_smtp(config: Config, server: SmtpServer) -> Config:
     smtp = SmtpConfig(port=server.port, security="starttls", username=USERNAME, timeout=5)
     return dataclasses.replace(config, smtp=smtp)
@@ -74,9 +78,7 @@ def with_sendgrid(config: Config, server: SendGridStandIn, **kw: object) -> Conf
 def test_outbox_send_writes_each_recipient_once_and_rerun_sends_nothing(
     config: Config, sessions: sessionmaker[Session], edition: Edition, now: datetime, tmp_path: Path
 ) -> None:
-    config = dataclasses.replace(
-        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
-    )
+    config = with_outbox(config, tmp_path / "out")
     populate(sessions, 12, now)
 
     first = send(config, sessions, now)
@@ -267,9 +269,7 @@ def test_stop_finishes_the_batch_in_hand_and_a_rerun_completes(
     now: datetime,
     tmp_path: Path,
 ) -> None:
-    config = dataclasses.replace(
-        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
-    )
+    config = with_outbox(config, tmp_path / "out")
     populate(sessions, 30, now)
     stop = threading.Event()
     seen: list[int] = []
@@ -297,9 +297,7 @@ def test_stop_finishes_the_batch_in_hand_and_a_rerun_completes(
 def test_limit_sends_at_most_n(
     config: Config, sessions: sessionmaker[Session], edition: Edition, now: datetime, tmp_path: Path
 ) -> None:
-    config = dataclasses.replace(
-        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
-    )
+    config = with_outbox(config, tmp_path / "out")
     populate(sessions, 8, now)
     report = send(config, sessions, now, limit=3)
     assert report.sent_now == 3 and report.counts["pending"] == 5
@@ -312,9 +310,7 @@ def test_rows_a_dead_worker_held_are_resent_unless_handed_over(
     now: datetime,
     tmp_path: Path,
 ) -> None:
-    config = dataclasses.replace(
-        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
-    )
+    config = with_outbox(config, tmp_path / "out")
     populate(sessions, 4, now)
     send(config, sessions, now, limit=0)  # creates the rows, sends nothing
     dead = f"{os.uname().nodename[:80]}:999999"  # no such pid on this machine
@@ -337,9 +333,7 @@ def test_people_who_leave_before_their_turn_are_skipped_or_suppressed(
     now: datetime,
     tmp_path: Path,
 ) -> None:
-    config = dataclasses.replace(
-        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
-    )
+    config = with_outbox(config, tmp_path / "out")
     ids = populate(sessions, 4, now)
     send(config, sessions, now, limit=0)
     with sessions.begin() as session:
@@ -361,9 +355,7 @@ def test_sqlite_runs_one_worker_and_says_so(
 ) -> None:
     if sessions.kw["bind"].dialect.name != "sqlite":
         pytest.skip("SQLite behaviour")
-    config = dataclasses.replace(
-        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
-    )
+    config = with_outbox(config, tmp_path / "out")
     populate(sessions, 3, now)
     report = send(config, sessions, now, workers=4)
     assert report.sent_now == 3
@@ -377,9 +369,7 @@ def test_dry_run_writes_messages_without_touching_the_ledger(
     now: datetime,
     tmp_path: Path,
 ) -> None:
-    config = dataclasses.replace(
-        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
-    )
+    config = with_outbox(config, tmp_path / "out")
     populate(sessions, 3, now)
     report = send(config, sessions, now, dry_run=True)
     assert report.sent_now == 3
@@ -411,9 +401,7 @@ def test_forget_erases_the_address_from_the_ledger_and_skips_unsent_rows(
 ) -> None:
     from subscribers.service import forget
 
-    config = dataclasses.replace(
-        config, outbox=dataclasses.replace(config.outbox, dir=tmp_path / "out")
-    )
+    config = with_outbox(config, tmp_path / "out")
     populate(sessions, 4, now)
     send(config, sessions, now, limit=2)  # two sent, two still pending
     before = rows(sessions)
