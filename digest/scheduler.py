@@ -47,7 +47,7 @@ from digest.runs import (
     owner_id,
 )
 from digest.selection import edition_window
-from digest.sending import SendOptions, send_edition
+from digest.sending import RecipientFilter, SendOptions, send_edition
 from subscribers.audience import Recipient
 
 log = logging.getLogger("digest.scheduler")
@@ -74,7 +74,7 @@ class SendFn(Protocol):
         *,
         clock: Clock,
         stop: threading.Event | None,
-        recipients: Callable[[Recipient], bool] | None,
+        recipients: RecipientFilter | None,
         options: SendOptions,
     ) -> Report: ...
 
@@ -87,7 +87,7 @@ def _send(
     *,
     clock: Clock,
     stop: threading.Event | None,
-    recipients: Callable[[Recipient], bool] | None,
+    recipients: RecipientFilter | None,
     options: SendOptions,
 ) -> Report:
     if recipients is not None:
@@ -164,18 +164,29 @@ def local_delivery(send_time: time, zone: ZoneInfo, after: datetime) -> datetime
 
 def wave(
     newsletter: NewsletterConfig, edition_date: date, since: datetime, until: datetime
-) -> Callable[[Recipient], bool]:
-    """Recipients whose local delivery instant of this edition lies in (since, until]. Those
-    without a (valid) time zone get the newsletter's."""
+) -> RecipientFilter:
+    """This run's recipients: those whose local delivery instant of this edition lies in
+    (since, until]; later ones are left for a later run, and for earlier ones (their instant
+    passed while nothing ran, since being the catch-up limit) it says why they are skipped.
+    Recipients without a (valid) time zone get the newsletter's."""
     start = send_instant(newsletter, edition_date)
-    instants: dict[str | None, datetime] = {}
+    verdicts: dict[str | None, tuple[datetime, str]] = {}
 
-    def due(recipient: Recipient) -> bool:
+    def due(recipient: Recipient) -> bool | str:
         tz = recipient.timezone
-        if tz not in instants:
+        known = verdicts.get(tz)
+        if known is None:
             zone = (_zone(tz) if tz else None) or newsletter.tz
-            instants[tz] = local_delivery(newsletter.send_time, zone, start)
-        return since < instants[tz] <= until
+            at = local_delivery(newsletter.send_time, zone, start)
+            missed = (
+                f"missed: local send time {at:%Y-%m-%d %H:%M} UTC passed more than "
+                f"catch_up_hours = {newsletter.catch_up_hours:g} before a run"
+            )
+            known = verdicts[tz] = (at, missed)
+        at, missed = known
+        if at <= since:
+            return missed
+        return at <= until
 
     return due
 
@@ -281,7 +292,7 @@ def _run_edition(
             nl.id,
             d,
             f"recipients due before {now - grace:%Y-%m-%d %H:%M} UTC are beyond "
-            f"catch_up_hours = {nl.catch_up_hours:g} and skipped",
+            f"catch_up_hours = {nl.catch_up_hours:g} and skipped (recorded in the ledger)",
         )
     _event(logging.INFO, "start", nl.id, d, f"sending (due {at:%Y-%m-%d %H:%M} UTC)")
     status, outcome, level = "failed", "failed", logging.ERROR

@@ -68,6 +68,11 @@ _ROW_COLUMNS = ("subscriber_id", "email", "name", "sections", "variant")  # what
 _TEXT: TypeEngine[str] = DELIVERIES.c.email.type
 _HANDED_WAIT = 0.02  # seconds; SendGrid checkpoints within a few ms of a batch's start
 
+# A local-time wave's verdict on a recipient: True, theirs is this run; False, a later run's;
+# a string, their send time passed while nothing ran: the reason their row is `skipped` with,
+# so the ledger answers why they did not get this edition.
+RecipientFilter = Callable[[Recipient], bool | str]
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -90,8 +95,8 @@ class SendOptions:
     resend_unknown: bool = False
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     batch_size: int | None = None  # default: the provider's own
-    # Local-time delivery (the scheduler's waves): only recipients it accepts get rows now.
-    recipient_filter: Callable[[Recipient], bool] | None = None
+    # Local-time delivery (the scheduler's waves): which recipients get rows now.
+    recipient_filter: RecipientFilter | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class SendReport:
     unknown_now: int = 0
     created: int = 0
     skipped_now: int = 0
+    missed_now: int = 0
     recovered: int = 0
     elapsed: float = 0.0
     dry_run: bool = False
@@ -143,6 +149,13 @@ class SendReport:
             ]
             if self.created:
                 lines.append(f"{self.created} new recipient(s) added to the ledger")
+            if self.skipped_now:
+                lines.append(f"{self.skipped_now} row(s) skipped: no longer in the audience")
+            if self.missed_now:
+                lines.append(
+                    f"{self.missed_now} recipient(s) missed their local send time by more than "
+                    "catch_up_hours: recorded as skipped"
+                )
             if self.recovered:
                 lines.append(f"{self.recovered} row(s) recovered from an interrupted send")
             if self.stopped:
@@ -185,8 +198,8 @@ def send_edition(
     every pending row, settle each, and mark the edition sent once nothing is left.
 
     Safe to run concurrently (PostgreSQL) and to re-run after a crash. Content gates are the
-    caller's business. `options.recipient_filter` limits the new rows to recipients it accepts
-    (local-time waves); the edition is marked sent only once a run leaves nobody out."""
+    caller's business. `options.recipient_filter` chooses whom new rows are for (local-time
+    waves); the edition is marked sent only once a run leaves nobody out."""
     nl = config.newsletter(newsletter_id)
     name = options.provider or nl.provider
     stop = stop or threading.Event()
@@ -213,9 +226,8 @@ def send_edition(
             report.notes.append(f"edition {nl.id} {edition_date} was already sent to everyone")
         else:
             with _collector_paused():
-                report.created, report.skipped_now, left_out = _create_rows(
-                    session, config, nl, edition.id, renderer, options, clock
-                )
+                created = _create_rows(session, config, nl, edition.id, renderer, options, clock)
+                report.created, report.skipped_now, report.missed_now, left_out = created
 
     workers = max(1, options.workers)
     bind = sessions.kw.get("bind")
@@ -320,10 +332,11 @@ def _create_rows(
     renderer: Renderer,
     options: SendOptions,
     clock: Clock,
-) -> tuple[int, int, int]:
-    """One pending row per audience member not yet in the ledger; pending rows of people who
-    left the audience since become skipped/suppressed. Returns (created, skipped, left out by
-    the recipient filter)."""
+) -> tuple[int, int, int, int]:
+    """One pending row per audience member not yet in the ledger (a skipped one for those the
+    recipient filter says missed their send time); pending rows of people who left the
+    audience since become skipped/suppressed. Returns (created pending, skipped, missed, left
+    out by the recipient filter for a later run)."""
     existing = ledger.existing_subscribers(session, edition_id)
     segments, wave = options.segments, options.recipient_filter
     segment = ",".join(segments)
@@ -336,6 +349,7 @@ def _create_rows(
     pending: dict[str, list[tuple[object, ...]]] = {}
     buffered = 0
     present: set[int] = set()
+    missed: list[dict[str, object]] = []
     created = 0
     # What every new row shares is rendered into the statement once: bound per row, SQLAlchemy
     # would process it 100,000 times (the timestamp's conversion alone was 10% of the insert).
@@ -370,7 +384,8 @@ def _create_rows(
         if r.subscriber_id in existing:
             present.add(r.subscriber_id)
             continue
-        if wave is not None and not wave(r):
+        verdict = True if wave is None else wave(r)
+        if verdict is False:
             left_out += 1
             continue
         v = variants.get((r.sections, r.blocks))
@@ -381,8 +396,13 @@ def _create_rows(
                 rendered.key,
                 ledger.encode_variant(rendered.sections, rendered.blocks),
             )
+        row = (r.subscriber_id, r.email, r.name, v[1], v[0])
+        if verdict is not True:  # rare (a scheduler that was down): plain bound rows
+            settled = {"state": "skipped", "settled_at": now, "last_error": verdict}
+            missed.append(shared | dict(zip(_ROW_COLUMNS, row, strict=True)) | settled)
+            continue
         rows = pending.setdefault(v[0], [])
-        rows.append((r.subscriber_id, r.email, r.name, v[1], v[0]))
+        rows.append(row)
         buffered += 1
         if len(rows) >= _INSERT_CHUNK:
             flush(v[0])
@@ -390,10 +410,12 @@ def _create_rows(
             flush(max(pending, key=lambda k: len(pending[k])))
     for variant in list(pending):
         flush(variant)
+    if missed:
+        conn.execute(_insert(session), missed)
     # Only rows from an earlier run can belong to someone who has left since.
     gone = ledger.pending_of(session, edition_id, sorted(existing - present), segment)
     skipped = ledger.leave_audience(session, gone, now)
-    return created, skipped, left_out
+    return created, skipped, len(missed), left_out
 
 
 # --- one worker ------------------------------------------------------------------------------

@@ -196,3 +196,61 @@ def test_local_time_waves_reach_each_recipient_once_at_their_send_time(
         assert s.scalar(select(Edition.status).where(Edition.edition_date == EDITION_DATE)) == (
             "sent"
         )
+
+
+def test_readers_whose_local_time_passed_while_nothing_ran_are_recorded_as_skipped(
+    sessions: sessionmaker[Session], config: Config, tmp_path: Path
+) -> None:
+    """The scheduler comes up 8 hours after the New York send time (catch_up_hours = 6):
+    readers due more than 6 hours ago get a `skipped` ledger row saying why, later zones get
+    their wave, and the edition still ends `sent`."""
+    zones = [None, "America/New_York", "America/Los_Angeles", "Asia/Tokyo", "Europe/London"]
+    cfg = setup(sessions, config, tmp_path, len(zones), local_time_delivery=True)
+    with sessions.begin() as s:
+        ids = s.scalars(select(Subscriber.id).order_by(Subscriber.id)).all()
+        for sid, zone in zip(ids, zones, strict=True):
+            s.execute(update(Subscriber).where(Subscriber.id == sid).values(timezone=zone))
+    for other in (EDITION_DATE - timedelta(days=1), EDITION_DATE + timedelta(days=1)):
+        claim = claim_run(sessions, "daily", other, owner="other:1", clock=lambda: DUE)
+        assert claim is not None
+        finish_run(sessions, claim, "done", "elsewhere", clock=lambda: DUE)
+    seen: Counter[str] = Counter()
+    clock = MovingClock(DUE + timedelta(hours=8))
+    runner = Runner(
+        cfg,
+        sessions,
+        clock,
+        send=real_send(lambda: CountingOutbox(tmp_path / "out", seen)),
+        force=True,
+    )
+    (first,) = [r for r in run_due(runner, "daily") if r.edition_date == EDITION_DATE]
+    assert first.outcome == "waiting"
+    assert "2 recipient(s) missed their local send time" in first.message
+    while clock.now <= DUE + timedelta(hours=36):
+        clock.now += timedelta(hours=1)
+        run_due(runner, "daily")
+    with sessions() as s:
+        zone_of = {e: z for e, z in s.execute(select(Subscriber.email, Subscriber.timezone))}
+        rows = {zone_of[d.email]: d for d in s.scalars(select(Delivery))}
+        assert {z: d.state for z, d in rows.items()} == {
+            None: "skipped",
+            "America/New_York": "skipped",
+            "America/Los_Angeles": "sent",  # 13:30 UTC: 5 hours ago when the scheduler came up
+            "Asia/Tokyo": "sent",
+            "Europe/London": "sent",
+        }
+        missed = rows["America/New_York"]
+        assert missed.last_error == (
+            "missed: local send time 2026-03-10 10:30 UTC passed more than "
+            "catch_up_hours = 6 before a run"
+        )
+        assert missed.settled_at == DUE + timedelta(hours=8) and missed.attempts == 0
+        assert s.scalar(select(Edition.status).where(Edition.edition_date == EDITION_DATE)) == (
+            "sent"
+        )
+    assert sorted(zone_of[e] or "" for e in seen) == [
+        "America/Los_Angeles",
+        "Asia/Tokyo",
+        "Europe/London",
+    ]
+    assert set(seen.values()) == {1}
