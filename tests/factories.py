@@ -21,7 +21,9 @@ def make_article(published_at: datetime, **fields: Any) -> Article:
         "guid": fields.pop("guid", url),
         "url": url,
         "title": f"Story number {n}",
-        "dek": f"A one-sentence summary of story {n} about topic {n * 7919 % 1000}.",
+        # The topic is not a bare number: it could equal another story's number, and the two
+        # deks would then look alike enough for selection to drop one as a duplicate.
+        "dek": f"A one-sentence summary of story {n} about topic t{n * 7919 % 1000}.",
         "section": "News",
         "byline": "By A. Reporter",
         "published_at": published_at,
