@@ -103,6 +103,37 @@ class EditionItem(Base):
 
     __table_args__ = (UniqueConstraint("edition_id", "article_id"),)
 
+    @classmethod
+    def snapshot(
+        cls,
+        article: Article,
+        *,
+        section: str,
+        section_position: int,
+        rank: int,
+        score: float,
+        reason: str,
+    ) -> EditionItem:
+        """The story as it is now, for an edition: later edits of the article do not change
+        an edition already previewed or sent."""
+        return cls(
+            article_id=article.id,
+            section=section,
+            section_position=section_position,
+            rank=rank,
+            score=score,
+            reason=reason,
+            title=article.title,
+            dek=article.dek,
+            url=article.url,
+            byline=article.byline,
+            source=article.source,
+            published_at=article.published_at,
+            image_url=article.image_url,
+            image_alt=article.image_alt,
+            image_caption=article.image_caption,
+        )
+
 
 @dataclass(frozen=True)
 class EditionRef:
@@ -235,24 +266,14 @@ def _items(session: Session, picks: list[Pick], newsletter: NewsletterConfig) ->
     order = {s.name: i for i, s in enumerate(newsletter.sections)}
     items = []
     for p in picks:
-        a = articles[p.candidate.id]
         items.append(
-            EditionItem(
-                article_id=a.id,
+            EditionItem.snapshot(
+                articles[p.candidate.id],
                 section=p.section,
                 section_position=order[p.section],
                 rank=p.rank,
                 score=p.score,
                 reason=p.reason,
-                title=a.title,
-                dek=a.dek,
-                url=a.url,
-                byline=a.byline,
-                source=a.source,
-                published_at=a.published_at,
-                image_url=a.image_url,
-                image_alt=a.image_alt,
-                image_caption=a.image_caption,
             )
         )
     return items

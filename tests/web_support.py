@@ -69,19 +69,8 @@ def add_edition(
         fingerprint=f"fp-{day}",
     )
     edition.items.append(
-        EditionItem(
-            article_id=article.id,
-            section=article.section,
-            section_position=0,
-            rank=0,
-            score=1.0,
-            reason="test",
-            title=article.title,
-            dek=article.dek,
-            url=article.url,
-            byline=article.byline,
-            source=article.source,
-            published_at=article.published_at,
+        EditionItem.snapshot(
+            article, section=article.section, section_position=0, rank=0, score=1.0, reason="test"
         )
     )
     session.add(edition)
