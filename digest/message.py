@@ -110,6 +110,12 @@ def _fold(name: str, value: str) -> bytes:
 _header_line = lru_cache(maxsize=1024)(_fold)
 
 
+@lru_cache(maxsize=16)
+def _date_line(when: datetime) -> bytes:
+    # A batch's messages share their time: formatted once, not once a message.
+    return b"Date: " + format_datetime(when).encode("ascii") + b"\r\n"
+
+
 def _address_header(name: str, display: str | None, email: str) -> bytes:
     display = (display or "").strip()[:_MAX_NAME] or None
     # formataddr quotes specials and RFC 2047-encodes non-ASCII names.
@@ -275,7 +281,7 @@ class VariantMessage:
                 self._head,
                 _address_header("To", to.name, to.email),
                 _header_line("Subject", subject),
-                b"Date: " + format_datetime(when).encode("ascii") + b"\r\n",
+                _date_line(when),
                 b"Message-ID: <" + to.message_id.encode("ascii") + b">\r\n",
                 _list_unsubscribe_line(
                     list_unsubscribe(to.unsubscribe_url, self.config.site.unsubscribe_mailto)
@@ -370,7 +376,7 @@ class TransactionalMessage:
                 self._head,
                 _address_header("To", to.name, to.email),
                 _fold("Subject", content.subject),
-                b"Date: " + format_datetime(when).encode("ascii") + b"\r\n",
+                _date_line(when),
                 b"Message-ID: <" + to.message_id.encode("ascii") + b">\r\n",
                 self._frame,
                 b"\r\n",
