@@ -26,6 +26,7 @@ worker processes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import multiprocessing
@@ -163,6 +164,16 @@ def populate(url: str, n: int) -> float:
 # --- (a) and (b): send_edition in a child process, for its own peak RSS ------------------------
 
 
+def _peak_rss_kb() -> int:
+    """This process's own peak RSS. getrusage's ru_maxrss is not: Linux carries the high-water
+    mark over fork and exec, so a spawned child reports at least its parent's size then."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _send(url: str, config: Config, options: SendOptions, conn: Any) -> None:
     os.environ["SENDGRID_API_KEY"] = API_KEY
     engine = make_engine(url)
@@ -171,10 +182,7 @@ def _send(url: str, config: Config, options: SendOptions, conn: Any) -> None:
         config, session_factory(engine), "daily", EDITION_DATE, options, clock=fixed(NOW)
     )
     elapsed = time.perf_counter() - started
-    peak_kb = max(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-    )
+    peak_kb = _peak_rss_kb()
     conn.send((report.sent_now, report.counts, elapsed, peak_kb / 1024))
 
 
