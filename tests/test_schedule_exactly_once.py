@@ -94,6 +94,30 @@ def setup(
     return dataclasses.replace(cfg, outbox=dataclasses.replace(cfg.outbox, dir=tmp_path / "out"))
 
 
+def local_time_readers(
+    sessions: sessionmaker[Session], config: Config, tmp_path: Path, zones: list[str | None]
+) -> Config:
+    """One reader per zone on a local-time newsletter; the runs of the days around
+    EDITION_DATE are done already (these tests follow one edition's waves)."""
+    cfg = setup(sessions, config, tmp_path, len(zones), local_time_delivery=True)
+    with sessions.begin() as s:
+        ids = s.scalars(select(Subscriber.id).order_by(Subscriber.id)).all()
+        for sid, zone in zip(ids, zones, strict=True):
+            s.execute(update(Subscriber).where(Subscriber.id == sid).values(timezone=zone))
+    for other in (EDITION_DATE - timedelta(days=1), EDITION_DATE + timedelta(days=1)):
+        claim = claim_run(sessions, "daily", other, owner="other:1", clock=lambda: DUE)
+        assert claim is not None
+        finish_run(sessions, claim, "done", "elsewhere", clock=lambda: DUE)
+    return cfg
+
+
+def wave_runner(
+    cfg: Config, sessions: sessionmaker[Session], clock: Clock, tmp_path: Path, seen: Counter[str]
+) -> Runner:
+    send = real_send(lambda: CountingOutbox(tmp_path / "out", seen))
+    return Runner(cfg, sessions, clock, send=send, force=True)
+
+
 def test_sigterm_mid_send_then_restart_delivers_each_recipient_once(
     sessions: sessionmaker[Session], config: Config, tmp_path: Path
 ) -> None:
@@ -146,26 +170,11 @@ def test_local_time_waves_reach_each_recipient_once_at_their_send_time(
         "Asia/Kolkata",
         "Not/AZone",
     ]
-    cfg = setup(sessions, config, tmp_path, len(zones), local_time_delivery=True)
-    with sessions.begin() as s:
-        ids = s.scalars(select(Subscriber.id).order_by(Subscriber.id)).all()
-        for sid, zone in zip(ids, zones, strict=True):
-            s.execute(update(Subscriber).where(Subscriber.id == sid).values(timezone=zone))
-    for other in (EDITION_DATE - timedelta(days=1), EDITION_DATE + timedelta(days=1)):
-        # This test follows one edition's waves; the days around it are someone else's.
-        claim = claim_run(sessions, "daily", other, owner="other:1", clock=lambda: DUE)
-        assert claim is not None
-        finish_run(sessions, claim, "done", "elsewhere", clock=lambda: DUE)
+    cfg = local_time_readers(sessions, config, tmp_path, zones)
     seen: Counter[str] = Counter()
     first_wave: dict[str, datetime] = {}
     clock = MovingClock(DUE)
-    runner = Runner(
-        cfg,
-        sessions,
-        clock,
-        send=real_send(lambda: CountingOutbox(tmp_path / "out", seen)),
-        force=True,
-    )
+    runner = wave_runner(cfg, sessions, clock, tmp_path, seen)
     statuses = []
     # The hourly wave job, at :30 past each hour, for a day and a half.
     while clock.now <= DUE + timedelta(hours=36):
@@ -205,24 +214,10 @@ def test_readers_whose_local_time_passed_while_nothing_ran_are_recorded_as_skipp
     readers due more than 6 hours ago get a `skipped` ledger row saying why, later zones get
     their wave, and the edition still ends `sent`."""
     zones = [None, "America/New_York", "America/Los_Angeles", "Asia/Tokyo", "Europe/London"]
-    cfg = setup(sessions, config, tmp_path, len(zones), local_time_delivery=True)
-    with sessions.begin() as s:
-        ids = s.scalars(select(Subscriber.id).order_by(Subscriber.id)).all()
-        for sid, zone in zip(ids, zones, strict=True):
-            s.execute(update(Subscriber).where(Subscriber.id == sid).values(timezone=zone))
-    for other in (EDITION_DATE - timedelta(days=1), EDITION_DATE + timedelta(days=1)):
-        claim = claim_run(sessions, "daily", other, owner="other:1", clock=lambda: DUE)
-        assert claim is not None
-        finish_run(sessions, claim, "done", "elsewhere", clock=lambda: DUE)
+    cfg = local_time_readers(sessions, config, tmp_path, zones)
     seen: Counter[str] = Counter()
     clock = MovingClock(DUE + timedelta(hours=8))
-    runner = Runner(
-        cfg,
-        sessions,
-        clock,
-        send=real_send(lambda: CountingOutbox(tmp_path / "out", seen)),
-        force=True,
-    )
+    runner = wave_runner(cfg, sessions, clock, tmp_path, seen)
     (first,) = [r for r in run_due(runner, "daily") if r.edition_date == EDITION_DATE]
     assert first.outcome == "waiting"
     assert "2 recipient(s) missed their local send time" in first.message
