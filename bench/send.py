@@ -38,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
@@ -148,6 +148,21 @@ def drop_database(base: str | None, url: str) -> None:
     with admin.connect() as c:
         c.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
     admin.dispose()
+
+
+@contextlib.contextmanager
+def run_copy(url: str, folder: Path, name: str, run: int) -> Iterator[str]:
+    """SQLite: a fresh copy of the populated database `name` for one run. PostgreSQL (one run):
+    the database itself."""
+    if not url.startswith("sqlite"):
+        yield url
+        return
+    copy = folder / f"{name}-run{run}.db"
+    shutil.copy(folder / f"{name}.db", copy)
+    try:
+        yield f"sqlite:///{copy}"
+    finally:
+        copy.unlink()
 
 
 def populate(url: str, n: int) -> float:
@@ -295,15 +310,11 @@ def main() -> None:
     rss_a = 0.0
     runs = args.runs if args.database is None else 1
     for run in range(1, runs + 1):
-        url = url_a
-        if args.database is None:
-            copy = folder / f"sendgrid-run{run}.db"
-            shutil.copy(folder / "sendgrid.db", copy)
-            url = f"sqlite:///{copy}"
         sg = Server(_sendgrid_server)
         config_a = config_for(sendgrid=SendGridConfig(host=sg.address, timeout=60))
         options = SendOptions(provider="sendgrid", workers=args.workers)
-        sent_a, counts_a, secs_a, rss = run_send(url, config_a, options)
+        with run_copy(url_a, folder, "sendgrid", run) as url:
+            sent_a, counts_a, secs_a, rss = run_send(url, config_a, options)
         received, most, rejected = sg.stop()
         rates.append(sent_a / secs_a)
         rss_a = max(rss_a, rss)
@@ -312,8 +323,6 @@ def main() -> None:
             f"{rates[-1]:,.0f} recipients/s, peak RSS {rss:.0f} MB; stand-in got {received:,} "
             f"(max {most} per address), {rejected} rejected; ledger {counts_a['sent']:,} sent"
         )
-        if url != url_a:
-            Path(copy).unlink()
     rate_a = statistics.median(rates)
     print(f"(a) median {rate_a:,.0f} recipients/s, best {max(rates):,.0f} of {runs} run(s)")
     drop_database(args.database, url_a)
@@ -328,14 +337,10 @@ def main() -> None:
     pairs: list[tuple[float, float]] = []
     rss_b = 0.0
     for run in range(1, runs + 1):
-        url = url_b
-        if args.database is None:
-            copy = folder / f"smtp-run{run}.db"
-            shutil.copy(folder / "smtp.db", copy)
-            url = f"sqlite:///{copy}"
         smtp.reset()
         options = SendOptions(provider="smtp", workers=args.workers)
-        sent_b, counts_b, secs_b, rss = run_send(url, config_b, options)
+        with run_copy(url_b, folder, "smtp", run) as url:
+            sent_b, counts_b, secs_b, rss = run_send(url, config_b, options)
         received, most = smtp.counts()
         rss_b = max(rss_b, rss)
         rate_c = prebuilt_rate(smtp.address, messages, args.prebuilt)
@@ -346,8 +351,6 @@ def main() -> None:
             f"{received:,} (max {most} per address); (c) right after: {rate_c:,.0f} "
             f"messages/s; (b) = {pairs[-1][0] / rate_c:.0%} of (c)"
         )
-        if url != url_b:
-            Path(copy).unlink()
     ratio = statistics.median(b / c for b, c in pairs)
     rate_b = statistics.median(b for b, _ in pairs)
     rate_c = statistics.median(c for _, c in pairs)
