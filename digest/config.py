@@ -119,6 +119,9 @@ class SmtpConfig:
     password_env: str = "DIGEST_SMTP_PASSWORD"
     timeout: float = 30.0
     rate: float = 0.0  # messages per second; 0 = unlimited
+    # Connections a worker keeps open at once, each delivering its own batch: four round
+    # trips a message make one connection slow against a distant relay.
+    connections: int = 1
 
     @property
     def password(self) -> str | None:
@@ -282,6 +285,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         password_env=smtp_t.string("password_env", "DIGEST_SMTP_PASSWORD"),
         timeout=smtp_t.number("timeout", 30.0, minimum=0.1),
         rate=smtp_t.number("rate", 0.0, minimum=0.0),
+        connections=smtp_t.integer("connections", 1, minimum=1, maximum=32),
     )
     sg_t = prov.table("sendgrid")
     sg_t.allow(*SendGridConfig.__dataclass_fields__)

@@ -4,9 +4,9 @@ Exactly-once rests on the ledger (digest.ledger): a row is claimed (committed) b
 provider call, marked `handed` the moment its message leaves for the provider, and settled after
 the answer. A re-run — after Ctrl-C, kill -9 or a power cut — recovers rows a dead worker held:
 never handed → sent again; handed without an answer → `unknown`, not resent unless asked. The
-residual window is one message per SMTP worker (final dot written, reply not yet recorded) and
-up to `in_flight` requests per SendGrid worker; those rows say `unknown`, they are never
-silently resent.
+residual window is one message per SMTP connection (final dot written, reply not yet
+recorded) and up to `in_flight` requests per SendGrid worker; those rows say `unknown`, they
+are never silently resent.
 """
 
 from __future__ import annotations

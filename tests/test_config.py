@@ -125,3 +125,21 @@ def test_a_config_path_that_does_not_exist_is_an_error_even_for_db_only_commands
     assert result.output.strip().endswith(
         f"Error: Invalid value for --config: {tmp_path / 'typo.toml'}: no such config file"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "providers.smtp.connections: must be at least 1, got 0"),
+        ('"two"', "providers.smtp.connections: must be a whole number, not 'two'"),
+    ],
+)
+def test_smtp_connections_out_of_range_is_one_error(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    path = write(tmp_path, GOOD + f"\n[providers.smtp]\nconnections = {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert message in str(err.value)
+    assert load_config(write(tmp_path, GOOD)).smtp.connections == 1

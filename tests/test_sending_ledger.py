@@ -136,6 +136,28 @@ def test_smtp_send_delivers_personalised_messages_over_starttls_and_auth(
         assert max(len(line) for line in raw.split(b"\r\n")) <= 998
 
 
+def test_smtp_connections_deliver_batches_side_by_side_each_recipient_once(
+    config: Config,
+    sessions: sessionmaker[Session],
+    edition: Edition,
+    now: datetime,
+    smtp_server: SmtpServer,  # noqa: F811
+) -> None:
+    config = with_smtp(config, smtp_server)
+    config = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, connections=3))
+    populate(sessions, 60, now)
+
+    report = send(config, sessions, now, provider="smtp", batch_size=10)
+
+    assert report.sent_now == 60 and report.counts["sent"] == 60
+    assert smtp_server.counts() == Counter({email_for(i): 1 for i in range(1, 61)})
+    # A connection per delivery thread, each logged in once (a thread reuses its own).
+    assert 2 <= len(smtp_server.logins) <= 3
+    with sessions() as session:
+        ids = session.scalars(select(Delivery.provider_message_id)).all()
+    assert len(set(ids)) == 60  # each its own queue id
+
+
 def test_sendgrid_send_batches_with_substitutions_that_match_personalise(
     config: Config,
     sessions: sessionmaker[Session],

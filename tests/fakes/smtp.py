@@ -6,6 +6,7 @@ SSL_CERT_FILE (OpenSSL's default verify paths read it), so digest needs no test-
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import random
@@ -100,6 +101,8 @@ class Handler:
 
     async def handle_DATA(self, smtp: Any, session: Any, envelope: Any) -> str:
         s = self.server
+        if s.delay:
+            await asyncio.sleep(s.delay)  # a distant or busy relay; other sessions go on
         with s.lock:
             if s.fail_rate and s.random.random() < s.fail_rate:
                 return "451 4.3.0 stand-in temporary failure"
@@ -127,6 +130,7 @@ class SmtpServer:
         self.received: list[tuple[list[str], bytes]] = []
         self.refuse: dict[str, str] = {}  # address -> SMTP reply to RCPT
         self.fail_rate = 0.0
+        self.delay = 0.0  # seconds before each DATA reply
         self.random = random.Random(7)
         self.on_message: Callable[[int], None] | None = None
         self.lock = threading.Lock()
