@@ -17,6 +17,9 @@
 (d) baseline: each message built from scratch as mail-merge tools do — template rendered and
     CSS-inlined, personalised, built with the stdlib (EmailMessage), sent over its own
     connection (a sample of --render-baseline messages); (d') the same without the render.
+(e) a relay that answers each message after 20 ms (as a distant or busy one does): the first
+    --relay-sample messages of `send_edition` over one SMTP connection, then over four
+    (`providers.smtp.connections`).
 Goals: (b) ≥ 80% of (c) and ≥ 3× (d).
 
 SQLite by default (one worker); --database postgresql+psycopg://... with --workers N runs N
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import gc
 import multiprocessing
 import os
@@ -63,6 +67,7 @@ from tests.render_support import EDITION_DATE, store_edition  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
 API_KEY = "SG.bench-key"
+RELAY_DELAY = 0.02  # (e): seconds the relay takes to answer each message
 
 
 def config_for(**changes: Any) -> Config:
@@ -87,10 +92,11 @@ def _sendgrid_server(conn: Any) -> None:
         conn.send((sum(counts.values()), max(counts.values(), default=0), len(server.rejected)))
 
 
-def _smtp_server(conn: Any) -> None:
+def _smtp_server(conn: Any, delay: float = 0.0) -> None:
     from tests.fakes.smtp import SmtpServer
 
     with SmtpServer(auth=False, keep=False) as server:
+        server.delay = delay
         conn.send(server.port)
         while (command := conn.recv()) != "stop":
             if command == "reset":  # a new run: forget what was received
@@ -289,6 +295,7 @@ def main() -> None:
     ap.add_argument("--prebuilt", type=int, default=5_000)
     ap.add_argument("--baseline", type=int, default=300)
     ap.add_argument("--render-baseline", type=int, default=30)
+    ap.add_argument("--relay-sample", type=int, default=400, help="messages per run of (e)")
     ap.add_argument("--database", help="PostgreSQL URL (an admin URL: databases are created)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument(
@@ -369,11 +376,27 @@ def main() -> None:
         f"({args.baseline} sampled): {rate_d2:,.0f} messages/s"
     )
     smtp.stop()
+
+    # (e) a relay that takes 20 ms to answer each message: one connection against several
+    relay = Server(functools.partial(_smtp_server, delay=RELAY_DELAY))
+    relay_rates: dict[int, float] = {}
+    for connections in (1, 4):
+        smtp_config = SmtpConfig(port=relay.address, timeout=60, connections=connections)
+        options = SendOptions(provider="smtp", limit=args.relay_sample)
+        with run_copy(url_b, folder, "smtp", connections) as url:
+            sent_e, _, secs_e, _ = run_send(url, config_for(smtp=smtp_config), options)
+        relay_rates[connections] = sent_e / secs_e
+        print(
+            f"(e) relay answering after {RELAY_DELAY * 1000:.0f} ms, connections = {connections}: "
+            f"{sent_e:,} sent in {secs_e:.1f}s = {relay_rates[connections]:,.0f} recipients/s"
+        )
+    relay.stop()
     drop_database(args.database, url_b)
     print(
         f"summary: (a) median {rate_a:,.0f}/s (goal 20,000), {rss_a:.0f} MB (goal ≤ 500); "
         f"(b) = {ratio:.0%} of (c) (goal ≥ 80%), {rate_b / rate_d:.0f}× (d) "
-        f"(goal ≥ 3×), {rate_b / rate_d2:.1f}× (d')"
+        f"(goal ≥ 3×), {rate_b / rate_d2:.1f}× (d'); (e) 4 connections = "
+        f"{relay_rates[4] / relay_rates[1]:.1f}× one"
     )
 
 
