@@ -102,7 +102,12 @@ class Handler:
     async def handle_DATA(self, smtp: Any, session: Any, envelope: Any) -> str:
         s = self.server
         if s.delay:
+            with s.lock:
+                s.busy += 1
+                s.most_busy = max(s.most_busy, s.busy)
             await asyncio.sleep(s.delay)  # a distant or busy relay; other sessions go on
+            with s.lock:
+                s.busy -= 1
         with s.lock:
             if s.fail_rate and s.random.random() < s.fail_rate:
                 return "451 4.3.0 stand-in temporary failure"
@@ -131,6 +136,7 @@ class SmtpServer:
         self.refuse: dict[str, str] = {}  # address -> SMTP reply to RCPT
         self.fail_rate = 0.0
         self.delay = 0.0  # seconds before each DATA reply
+        self.busy = self.most_busy = 0  # messages being answered at once (with a delay)
         self.random = random.Random(7)
         self.on_message: Callable[[int], None] | None = None
         self.lock = threading.Lock()
