@@ -10,6 +10,7 @@ from collections import Counter
 from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event, select
@@ -64,8 +65,8 @@ def with_outbox(config: Config, folder: Path) -> Config:
     return dataclasses.replace(config, outbox=dataclasses.replace(config.outbox, dir=folder))
 
 
-def with_smtp(config: Config, server: SmtpServer) -> Config:
-    smtp = SmtpConfig(port=server.port, security="starttls", username=USERNAME, timeout=5)
+def with_smtp(config: Config, server: SmtpServer, **kw: Any) -> Config:
+    smtp = SmtpConfig(port=server.port, security="starttls", username=USERNAME, timeout=5, **kw)
     return dataclasses.replace(config, smtp=smtp)
 
 
@@ -143,8 +144,7 @@ def test_smtp_connections_deliver_batches_side_by_side_each_recipient_once(
     now: datetime,
     smtp_server: SmtpServer,  # noqa: F811
 ) -> None:
-    config = with_smtp(config, smtp_server)
-    config = dataclasses.replace(config, smtp=dataclasses.replace(config.smtp, connections=3))
+    config = with_smtp(config, smtp_server, connections=3)
     populate(sessions, 60, now)
     smtp_server.delay = 0.03  # a relay that takes its time: batches overlap
 
