@@ -18,7 +18,7 @@ from digest.db import transaction
 from digest.errors import ProviderError
 from digest.message import Addressee, TransactionalMessage, domain_of
 from digest.providers.base import Batch, Kind, Outgoing, Provider, no_checkpoint
-from digest.render import template_environment
+from digest.render import Personalised, template_environment
 from digest.sending import make_provider
 from subscribers.service import Subscription, subscribe
 from subscribers.tokens import CONFIRM_MAX_AGE
@@ -27,19 +27,14 @@ PURPOSE = "confirm"
 
 
 @dataclass(frozen=True)
-class Letter:
-    subject: str
-    text: str
-    html: str
-
-
-@dataclass(frozen=True)
 class SignUp:
     subscription: Subscription
     sent_via: str | None  # the provider that took the confirmation email; None if none was sent
 
 
-def confirmation_letter(config: Config, newsletter: NewsletterConfig, confirm_url: str) -> Letter:
+def confirmation_letter(
+    config: Config, newsletter: NewsletterConfig, confirm_url: str
+) -> Personalised:
     """The confirmation email from templates/confirm.txt and confirm.html (overridable in
     templates_dir like every template)."""
     env = template_environment(config.templates_dir)
@@ -49,7 +44,7 @@ def confirmation_letter(config: Config, newsletter: NewsletterConfig, confirm_ur
         "confirm_url": confirm_url,
         "days": CONFIRM_MAX_AGE.days,
     }
-    return Letter(
+    return Personalised(
         subject=f"Confirm your subscription to {newsletter.title}",
         text=env.get_template("confirm.txt").render(context),
         html=env.get_template("confirm.html").render(context),
