@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
 
+import premailer
 from sqlalchemy.orm import Session
 
 from digest.editions import Edition, EditionItem
 from tests.factories import add_article
+
+if TYPE_CHECKING:  # bench/render.py imports this module too
+    import pytest
 
 EDITION_DATE = date(2026, 3, 10)
 BUILT = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
@@ -131,3 +136,16 @@ def store_edition(session: Session) -> Edition:
     session.add(edition)
     session.flush()
     return edition
+
+
+def count_inlining(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Premailer runs from now on, one entry each (the costly step a render must not repeat)."""
+    calls: list[int] = []
+    original = premailer.Premailer.transform
+
+    def counting(self: premailer.Premailer, *args: object, **kwargs: object) -> str:
+        calls.append(1)
+        return str(original(self, *args, **kwargs))
+
+    monkeypatch.setattr(premailer.Premailer, "transform", counting)
+    return calls

@@ -10,7 +10,6 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
-import premailer
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete, select
@@ -26,7 +25,7 @@ from digest_cli import cli
 from subscribers.audience import audience
 from subscribers.models import Tag
 from subscribers.service import add_subscriber
-from tests.render_support import EDITION_DATE, make_edition, store_edition
+from tests.render_support import EDITION_DATE, count_inlining, make_edition, store_edition
 
 BLOCK = """
 [[newsletters.daily.blocks]]
@@ -145,14 +144,7 @@ def test_the_archive_shows_no_block(config: Config) -> None:
 def test_variants_differing_only_by_block_are_inlined_once_each(
     config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = []
-    original = premailer.Premailer.transform
-
-    def counting(self: premailer.Premailer, *args: object, **kwargs: object) -> str:
-        calls.append(1)
-        return str(original(self, *args, **kwargs))
-
-    monkeypatch.setattr(premailer.Premailer, "transform", counting)
+    calls = count_inlining(monkeypatch)
     config = _with_block(config)
     renderer = Renderer(config, config.newsletter("daily"), make_edition())
     keys = {renderer.variant(("News",), blocks).key for blocks in [(), (0,)] * 50}

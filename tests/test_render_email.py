@@ -13,7 +13,6 @@ import os
 import re
 from pathlib import Path
 
-import premailer
 import pytest
 
 from digest.config import Config
@@ -28,7 +27,7 @@ from digest.render import (
     personalise,
     truncate,
 )
-from tests.render_support import STORIES, make_edition
+from tests.render_support import STORIES, count_inlining, make_edition
 
 GOLDEN = Path(__file__).parent / "golden"
 PERSON = Personal(
@@ -241,14 +240,7 @@ def test_recipient_name_is_escaped_and_falls_back(config: Config) -> None:
 
 
 def test_premailer_runs_once_per_variant(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    original = premailer.Premailer.transform
-
-    def counting(self: premailer.Premailer, *args: object, **kwargs: object) -> str:
-        calls.append(1)
-        return str(original(self, *args, **kwargs))
-
-    monkeypatch.setattr(premailer.Premailer, "transform", counting)
+    calls = count_inlining(monkeypatch)
     renderer = Renderer(config, config.newsletter("daily"), make_edition())
     recipients_sections = [(), ("News",), ("Health", "News"), ("News",), ("health", "news"), ()]
     for n in range(300):
