@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.clock import Clock
 from digest.config import Config
 from digest.scheduler import Runner
-from digest.sending import SendOptions
+from digest.sending import RecipientFilter, SendOptions
 from subscribers.audience import Recipient
 
 
@@ -56,7 +56,7 @@ class FakeSend:
         *,
         clock: Clock,
         stop: threading.Event | None,
-        recipients: Callable[[Recipient], bool] | None,
+        recipients: RecipientFilter | None,
         options: SendOptions,
     ) -> Summary:
         with self.lock:

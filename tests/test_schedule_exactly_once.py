@@ -23,8 +23,7 @@ from digest.providers.base import Batch, Checkpoint, Outcome
 from digest.providers.outbox import OutboxProvider
 from digest.runs import claim_run, finish_run, get_run
 from digest.scheduler import Report, Runner, run_due, serve
-from digest.sending import SendOptions, send_edition
-from subscribers.audience import Recipient
+from digest.sending import RecipientFilter, SendOptions, send_edition
 from subscribers.models import Subscriber
 from tests.fakes.population import add_population
 from tests.render_support import EDITION_DATE, store_edition
@@ -66,7 +65,7 @@ def real_send(
         *,
         clock: Clock,
         stop: threading.Event | None,
-        recipients: Callable[[Recipient], bool] | None,
+        recipients: RecipientFilter | None,
         options: SendOptions,
     ) -> Report:
         options = dataclasses.replace(options, recipient_filter=recipients)
