@@ -201,4 +201,3 @@ class SmtpProvider:
             with contextlib.suppress(smtplib.SMTPException, OSError):
                 conn.quit()
             conn.close()
-        self._conn = None
