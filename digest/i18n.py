@@ -19,7 +19,13 @@ from io import BytesIO
 from pathlib import Path
 
 from babel import Locale, UnknownLocaleError
-from babel.dates import format_date, format_time, get_timezone_name
+from babel.dates import (
+    format_date,
+    format_skeleton,
+    format_time,
+    get_datetime_format,
+    get_timezone_name,
+)
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
@@ -190,4 +196,7 @@ def story_time(local: datetime, edition_date: date, language: Language) -> str:
     when = f"{clock} {zone}".strip()
     if local.date() == edition_date:
         return when
-    return f"{format_date(local.date(), 'MMMd', locale=language.locale)}, {when}"
+    day = format_skeleton("MMMd", local, locale=language.locale)
+    # The locale's own way of joining a date and a time ('{1}, {0}', '{1}، {0}').
+    joined = str(get_datetime_format("medium", locale=language.locale))
+    return joined.replace("{1}", day).replace("{0}", when).replace("'", "")

@@ -553,6 +553,7 @@ class _Block:
     text: str
     url: str
     link_text: str
+    dir: str = "ltr"
 
 
 @dataclass(frozen=True)
@@ -755,6 +756,7 @@ class Renderer:
                 text=_one_line(b.text),
                 url=add_utm(_safe_url(b.link), nl.utm, nl.id, self.edition.edition_date),
                 link_text=_one_line(b.link_text or self.translations.gettext(_LEARN_MORE)),
+                dir=text_direction(f"{b.title} {b.text}", self.language.dir),
             )
             for b in (nl.blocks[i] for i in blocks)
             if b.position == position
