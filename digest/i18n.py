@@ -102,7 +102,9 @@ def parse_language(tag: str) -> Language:
     try:
         locale = Locale.parse(canonical, sep="-")
     except (UnknownLocaleError, ValueError):
-        raise ValueError(f"{tag!r}: unknown language (Babel/CLDR has no locale {canonical!r})") from None
+        raise ValueError(
+            f"{tag!r}: unknown language (Babel/CLDR has no locale {canonical!r})"
+        ) from None
     return Language(canonical, locale)
 
 

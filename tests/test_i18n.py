@@ -15,8 +15,10 @@ import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.plurals import get_plural
 from babel.messages.pofile import read_po
+from sqlalchemy.orm import Session, sessionmaker
 
 from digest import i18n
+from digest.clock import fixed
 from digest.config import Config, load_config
 from digest.confirmations import confirmation_letter
 from digest.errors import ConfigError
@@ -28,7 +30,8 @@ from digest.render import (
     rtl_line,
     text_direction,
 )
-from tests.render_support import ARABIC_STORIES, make_edition, with_newsletter
+from digest.web import create_app
+from tests.render_support import ARABIC_STORIES, make_edition, store_edition, with_newsletter
 
 ROOT = Path(__file__).parent.parent
 LANGUAGES = ("en", "es", "de", "ar", "he")
@@ -92,9 +95,11 @@ def test_every_string_is_translated_with_its_placeholders(language: str) -> None
             assert set(_PLACEHOLDER.findall(forms[-1])) == names, (language, key)
         else:
             assert message.string, f"{language}: {key!r} is not translated"
-            assert set(_PLACEHOLDER.findall(message.string)) == set(
-                _PLACEHOLDER.findall(msgid)
-            ), (language, key, message.string)
+            assert set(_PLACEHOLDER.findall(message.string)) == set(_PLACEHOLDER.findall(msgid)), (
+                language,
+                key,
+                message.string,
+            )
             # No stray % that would break %-formatting.
             assert "%" not in _PLACEHOLDER.sub("", message.string), (language, key)
 
@@ -314,3 +319,18 @@ def test_english_story_times_keep_ap_style() -> None:
     at = datetime(2026, 3, 10, 11, 15, tzinfo=UTC).astimezone(ZoneInfo("America/New_York"))
     assert i18n.story_time(at, date(2026, 3, 10), en) == "7:15 a.m. EDT"
     assert i18n.story_time(at, date(2026, 3, 11), en) == "March 10, 7:15 a.m. EDT"
+
+
+def test_the_web_archive_lists_editions_in_the_newsletters_language(
+    config: Config, sessions: sessionmaker[Session], now: datetime
+) -> None:
+    config = with_newsletter(config, language="ar")
+    with sessions() as session, session.begin():
+        store_edition(session).status = "sent"
+    client = create_app(config, sessions, clock=fixed(now)).test_client()
+    index = client.get("/archive/daily/").get_data(as_text=True)
+    assert '<p class="masthead" lang="ar" dir="auto">The Test Gazette</p>' in index
+    assert '<ul class="editions" lang="ar" dir="rtl">' in index
+    assert "الثلاثاء، 10 مارس 2026" in index
+    edition = client.get("/archive/daily/2026-03-10").get_data(as_text=True)
+    assert '<html lang="ar" dir="rtl"' in edition

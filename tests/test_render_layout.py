@@ -188,7 +188,9 @@ def test_images_never_float_and_every_block_has_a_dark_colour(config: Config) ->
     assert not re.search(r"<img[^>]* align=", html)
     style = re.findall(r"<style[^>]*>(.*?)</style>", html, re.S)[0]
     dark = style[style.index("prefers-color-scheme: dark") :]
-    lit = set(re.findall(r"class=\"([\w-]+)\"[^>]*style=[\"'][^\"']*background-color:#(?!fff)", html))
+    lit = set(
+        re.findall(r"class=\"([\w-]+)\"[^>]*style=[\"'][^\"']*background-color:#(?!fff)", html)
+    )
     assert {"footer", "hero", "thumb", "brand-bar"} <= lit
     for cls in lit - {"page", "brand-bar"}:  # the brand bar keeps its colour
         assert re.search(rf"\.{cls}\b[^{{}}]*{{[^}}]*background-color", dark), cls
