@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck install install-dev bench clean
+.PHONY: demo test lint typecheck install install-dev bench messages clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ test: lint typecheck
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/selection.py
+
+# After changing a template's or the package's translatable strings: extract them into
+# digest/locales/digest.pot and merge them into every catalog (then translate the new entries;
+# tests/test_i18n.py fails until every catalog has them). Catalogs are compiled at first use.
+messages: $(VENV)/.installed
+	$(BIN)/pybabel extract -F babel.cfg -k N_ -k gettext -k ngettext:1,2 --no-location \
+	    --sort-output --project=digest --version=0.1.0 --copyright-holder=digest -w 100 \
+	    -o digest/locales/digest.pot .
+	$(BIN)/pybabel update -i digest/locales/digest.pot -d digest/locales -D digest \
+	    --no-location -w 100 --ignore-obsolete
 
 clean:
 	rm -rf .var test-artifacts build *.egg-info

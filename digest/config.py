@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from digest.errors import ConfigError
+from digest.i18n import Language, has_catalog, parse_language, shipped_languages
 
 DEFAULT_DATABASE_URL = "sqlite:///.var/digest.db"
 PROVIDERS = ("outbox", "smtp", "sendgrid")
@@ -66,10 +67,22 @@ class BlockConfig:
     text: str
     link: str | None = None
     position: str = "top"  # top | bottom
-    link_text: str = "Learn more"
+    link_text: str | None = None  # None: "Learn more" in the newsletter's language
 
 
 BLOCK_POSITIONS = ("top", "bottom")
+_COLOUR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
+_HTTP_URL = re.compile(r"^https?://[^/\s]+\S*$")
+
+
+@dataclass(frozen=True)
+class LogoConfig:
+    """The masthead logo, shown instead of the title (which becomes its alt text)."""
+
+    url: str
+    width: int
+    height: int | None = None  # None: scaled from width (give it so clients reserve the space)
+    alt: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,14 @@ class NewsletterConfig:
     gates: GateConfig = field(default_factory=GateConfig)
     catch_up_hours: float = 6.0
     blocks: tuple[BlockConfig, ...] = ()
+    language: str = "en"  # BCP 47
+    in_brief: bool = False
+    brand_color: str | None = None  # "#rrggbb"
+    logo: LogoConfig | None = None
+
+    @property
+    def lang(self) -> Language:
+        return parse_language(self.language)
 
     @property
     def section_names(self) -> tuple[str, ...]:
@@ -191,6 +212,7 @@ class Config:
     segments: dict[str, str] = field(default_factory=dict)
     templates_dir: Path | None = None
     web: WebConfig = field(default_factory=WebConfig)
+    locales_dir: Path | None = None
 
     @property
     def database_url(self) -> str:
@@ -236,7 +258,16 @@ def load_config(path: str | Path | None = None) -> Config:
 
 def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     r = _Reader(str(path) if path else "config", raw, "")
-    r.allow("newsletters", "selection", "site", "providers", "segments", "templates_dir", "web")
+    r.allow(
+        "newsletters",
+        "selection",
+        "site",
+        "providers",
+        "segments",
+        "templates_dir",
+        "locales_dir",
+        "web",
+    )
     newsletters_tbl = r.table("newsletters", required=True)
     if not newsletters_tbl.raw:
         raise newsletters_tbl.error("", "declare at least one newsletter")
@@ -314,14 +345,16 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
                     f"unknown segment {block.segment!r} (configured in [segments]: {known})",
                 )
 
-    templates_dir = r.optional_string("templates_dir")
-    tdir = None
-    if templates_dir:
-        tdir = Path(templates_dir)
-        if path is not None and not tdir.is_absolute():
-            tdir = path.parent / tdir
-        if not tdir.is_dir():
-            raise r.error("templates_dir", f"{tdir} is not a folder")
+    tdir = r.folder("templates_dir", path)
+    ldir = r.folder("locales_dir", path)
+    for nl in newsletters.values():
+        if not has_catalog(nl.lang, ldir):
+            raise r.error(
+                f"newsletters.{nl.id}.language",
+                f"no translations for {nl.language!r} (shipped: "
+                f"{', '.join(shipped_languages())}; add {nl.lang.locale.language}/LC_MESSAGES/"
+                "digest.po under locales_dir)",
+            )
     web_t = r.table("web")
     web_t.allow(*WebConfig.__dataclass_fields__)
     web = WebConfig(
@@ -346,6 +379,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         segments=segments,
         templates_dir=tdir,
         web=web,
+        locales_dir=ldir,
     )
 
 
@@ -370,6 +404,10 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
         "gates",
         "catch_up_hours",
         "blocks",
+        "language",
+        "in_brief",
+        "brand_color",
+        "logo",
     )
     title = t.string("title", required=True)
     from_email = t.string("from_email", required=True)
@@ -452,6 +490,46 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
         gates=gates,
         catch_up_hours=t.number("catch_up_hours", 6.0, minimum=0.0),
         blocks=_blocks(t),
+        language=_language(t),
+        in_brief=t.boolean("in_brief", False),
+        brand_color=_colour(t, "brand_color"),
+        logo=_logo(t, title),
+    )
+
+
+def _language(t: _Reader) -> str:
+    try:
+        return parse_language(t.string("language", "en")).tag
+    except ValueError as e:
+        raise t.error("language", str(e)) from None
+
+
+def _colour(t: _Reader, key: str) -> str | None:
+    """#rgb or #rrggbb, returned as lower-case #rrggbb (it goes into CSS: nothing else may)."""
+    value = t.optional_string(key)
+    if value is None:
+        return None
+    if not _COLOUR.match(value):
+        raise t.error(key, f"{value!r} is not a colour like #9b1c1c or #c00")
+    digits = value[1:].lower()
+    return "#" + (digits if len(digits) == 6 else "".join(c * 2 for c in digits))
+
+
+def _logo(t: _Reader, title: str) -> LogoConfig | None:
+    if "logo" not in t.raw:
+        return None
+    g = t.table("logo")
+    g.allow(*LogoConfig.__dataclass_fields__)
+    url = g.string("url", required=True)
+    if not _HTTP_URL.match(url):
+        raise g.error("url", f"{url!r} is not an http:// or https:// URL")
+    if "width" not in g.raw:
+        raise g.error("width", "missing (required: the width to show it at, in CSS pixels)")
+    return LogoConfig(
+        url=url,
+        width=g.integer("width", 0, minimum=16, maximum=536),
+        height=g.integer("height", 1, minimum=1, maximum=400) if "height" in g.raw else None,
+        alt=g.string("alt", title),
     )
 
 
@@ -467,7 +545,7 @@ def _blocks(t: _Reader) -> tuple[BlockConfig, ...]:
         b = _Reader(t.file, item, f"{t.prefix}{where}.")
         b.allow("segment", "title", "text", "link", "link_text", "position")
         link = b.optional_string("link")
-        if link is not None and not re.match(r"^https?://[^/\s]+\S*$", link):
+        if link is not None and not _HTTP_URL.match(link):
             raise b.error("link", f"{link!r} is not an http:// or https:// URL")
         position = b.string("position", "top")
         if position not in BLOCK_POSITIONS:
@@ -478,7 +556,7 @@ def _blocks(t: _Reader) -> tuple[BlockConfig, ...]:
                 title=b.string("title", required=True),
                 text=b.string("text", required=True),
                 link=link,
-                link_text=b.string("link_text", "Learn more"),
+                link_text=b.optional_string("link_text"),
                 position=position,
             )
         )
@@ -521,6 +599,18 @@ class _Reader:
         if not isinstance(v, str):
             raise self.error(key, f"must be a string, not {type(v).__name__}")
         return v
+
+    def folder(self, key: str, config_path: Path | None) -> Path | None:
+        """An existing folder, relative to the config file."""
+        raw = self.optional_string(key)
+        if not raw:
+            return None
+        folder = Path(raw)
+        if config_path is not None and not folder.is_absolute():
+            folder = config_path.parent / folder
+        if not folder.is_dir():
+            raise self.error(key, f"{folder} is not a folder")
+        return folder
 
     def optional_string(self, key: str) -> str | None:
         v = self.raw.get(key)

@@ -11,19 +11,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from markupsafe import Markup
 from sqlalchemy.orm import Session, sessionmaker
 
+from digest import i18n
 from digest.config import Config, NewsletterConfig
 from digest.db import transaction
 from digest.errors import ProviderError
+from digest.i18n import N_
 from digest.message import Addressee, TransactionalMessage, domain_of
 from digest.providers.base import Batch, Kind, Outgoing, Provider, no_checkpoint
-from digest.render import Personalised, template_environment
+from digest.render import Personalised, rtl_line, template_environment
 from digest.sending import make_provider
 from subscribers.service import Subscription, subscribe
 from subscribers.tokens import CONFIRM_MAX_AGE
 
 PURPOSE = "confirm"
+_SUBJECT = N_("Confirm your subscription to %(title)s")
 
 
 @dataclass(frozen=True)
@@ -37,15 +41,21 @@ def confirmation_letter(
 ) -> Personalised:
     """The confirmation email from templates/confirm.txt and confirm.html (overridable in
     templates_dir like every template)."""
-    env = template_environment(config.templates_dir)
+    language = newsletter.lang
+    translations = i18n.translations(language, config.locales_dir)
+    env = template_environment(config.templates_dir, translations)
     context = {
         "newsletter": newsletter,
         "site": config.site,
         "confirm_url": confirm_url,
         "days": CONFIRM_MAX_AGE.days,
+        "lang": language.tag,
+        "dir": language.dir,
+        "title_html": Markup("<strong>%s</strong>") % newsletter.title,
     }
+    subject = translations.gettext(_SUBJECT) % {"title": newsletter.title}
     return Personalised(
-        subject=f"Confirm your subscription to {newsletter.title}",
+        subject=rtl_line(subject) if language.rtl else subject,
         text=env.get_template("confirm.txt").render(context),
         html=env.get_template("confirm.html").render(context),
     )

@@ -12,6 +12,7 @@ precomputed split, no parsing and no regex per recipient.
 
 from __future__ import annotations
 
+import gettext
 import hashlib
 import html
 import logging
@@ -30,9 +31,12 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import jinja2
 from markupsafe import Markup
 
-from digest.config import Config, NewsletterConfig, UtmConfig
+from digest import i18n
+from digest.brand import Brand
+from digest.config import Config, LogoConfig, NewsletterConfig, UtmConfig
 from digest.editions import Edition, EditionItem
 from digest.errors import ConfigError, DigestError
+from digest.i18n import N_, Language
 from subscribers.tokens import make_tokens, site_secret
 
 if TYPE_CHECKING:
@@ -46,7 +50,7 @@ TEXT_WIDTH = 78
 SUBJECT_MAX = 90
 PREHEADER_MAX = 140
 FIRST_NAME_MAX = 40
-NAME_FALLBACK = "reader"
+NAME_FALLBACK = N_("reader")  # translated per newsletter (RenderedVariant.name_fallback)
 # Gmail clips HTML beyond about 102 KB; warn well before that.
 SIZE_WARN_BYTES = 90 * 1024
 SIZE_LIMIT_BYTES = 102 * 1024
@@ -57,35 +61,13 @@ SLOTS = ("first_name", "email", "unsubscribe_url", "preferences_url", "view_url"
 _LINK_PURPOSES = ("unsubscribe", "preferences")
 _SUBJECT_FIELDS = frozenset({"title", "lead", "date", "headlines"})
 _UTM_FIELDS = frozenset({"newsletter", "date"})
-_MONTHS = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-]
-_AP_MONTHS = [
-    "Jan.",
-    "Feb.",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "Aug.",
-    "Sept.",
-    "Oct.",
-    "Nov.",
-    "Dec.",
-]
-_WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+IN_BRIEF_MAX = 5
+ENGLISH = i18n.parse_language("en")
+# Stories of a section after its first: this many in a row of cards, the rest in a list.
+ROW_SIZE = 2
+_RLM = "\u200f"
+_INTRO = N_("Here is what you need to know today.")
+_LEARN_MORE = N_("Learn more")
 # C0/C1 controls (except tab and newline) and bidi overrides that could reorder surrounding
 # markup text; C1 characters also make Gmail clip a message.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -106,6 +88,8 @@ class RenderedVariant:
     """One variant of an edition, inlined and ready to personalise.
 
     html and text contain placeholders `%%dg<nonce>.<slot>%%`; personalise() fills them.
+    name_fallback is what slot.first_name shows for a reader without a name, in the
+    newsletter's language.
     """
 
     key: str
@@ -116,6 +100,7 @@ class RenderedVariant:
     text: str
     nonce: str = ""
     blocks: tuple[int, ...] = ()  # indexes into the newsletter's blocks
+    name_fallback: str = NAME_FALLBACK
     _html_fill: _Fill = field(init=False, repr=False, compare=False)
     _text_fill: _Fill = field(init=False, repr=False, compare=False)
 
@@ -200,8 +185,12 @@ def _shipped_loader() -> jinja2.BaseLoader:
         return jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates")
 
 
-def template_environment(templates_dir: Path | None = None) -> jinja2.Environment:
-    """Jinja2 environment: files in templates_dir override the shipped templates one by one."""
+def template_environment(
+    templates_dir: Path | None = None, translations: gettext.NullTranslations | None = None
+) -> jinja2.Environment:
+    """Jinja2 environment: files in templates_dir override the shipped templates one by one.
+    Templates translate their fixed strings with `_()` / `ngettext()` (Jinja2's i18n extension,
+    new style: `_("Hello %(name)s", name=x)` escapes `x`, never the translation's markup)."""
     loaders: list[jinja2.BaseLoader] = []
     if templates_dir is not None:
         loaders.append(jinja2.FileSystemLoader(templates_dir))
@@ -214,6 +203,10 @@ def template_environment(templates_dir: Path | None = None) -> jinja2.Environmen
         lstrip_blocks=True,
         keep_trailing_newline=True,
         finalize=_finalize,
+        extensions=["jinja2.ext.i18n"],
+    )
+    env.install_gettext_translations(  # type: ignore[attr-defined]
+        translations or gettext.NullTranslations(), newstyle=True
     )
     env.filters["wrap"] = wrap
     env.filters["width"] = display_width
@@ -240,7 +233,7 @@ def _one_line(value: str) -> str:
 
 
 def _char_width(ch: str) -> int:
-    if unicodedata.combining(ch) or ch in "\u200b\u200c\u200d\ufe0e\ufe0f":
+    if unicodedata.combining(ch) or ch in "\u200b\u200c\u200d\u200e\u200f\ufe0e\ufe0f":
         return 0
     return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
 
@@ -300,31 +293,57 @@ def _joins(ch: str) -> bool:
     return ch in "\u200d\ufe0e\ufe0f" or "\U0001f3fb" <= ch <= "\U0001f3ff"
 
 
-def long_date(d: date) -> str:
-    return f"{_WEEKDAYS[d.weekday()]}, {_MONTHS[d.month - 1]} {d.day}, {d.year}"
-
-
-def _short_date(d: date) -> str:
-    return f"{_MONTHS[d.month - 1]} {d.day}, {d.year}"
-
-
-def _clock_time(t: datetime) -> str:
-    hour = t.hour % 12 or 12
-    minute = "" if t.minute == 0 else f":{t.minute:02d}"
-    return f"{hour}{minute} {'a.m.' if t.hour < 12 else 'p.m.'}"
+def long_date(d: date, language: Language = ENGLISH) -> str:
+    return i18n.long_date(d, language)
 
 
 def story_time(published_at: datetime, newsletter: NewsletterConfig, edition_date: date) -> str:
-    """AP style, in the newsletter's time zone: '7:15 a.m. EDT' or 'March 9, 11:40 p.m. EDT'."""
-    local = published_at.astimezone(newsletter.tz)
-    zone = local.tzname() or ""
-    day = "" if local.date() == edition_date else f"{_AP_MONTHS[local.month - 1]} {local.day}, "
-    return f"{day}{_clock_time(local)} {zone}".strip()
+    """In the newsletter's time zone and language: '7:15 a.m. EDT' (AP style in English),
+    'March 9, 11:40 p.m. EDT', '07:15 MEZ'."""
+    return i18n.story_time(published_at.astimezone(newsletter.tz), edition_date, newsletter.lang)
 
 
-def _greeting(newsletter: NewsletterConfig) -> str:
+def _daypart(newsletter: NewsletterConfig) -> str:
     hour = newsletter.send_time.hour
-    return "Good morning" if hour < 12 else "Good afternoon" if hour < 18 else "Good evening"
+    return "morning" if hour < 12 else "afternoon" if hour < 18 else "evening"
+
+
+_GREETINGS = {
+    "morning": N_("Good morning"),
+    "afternoon": N_("Good afternoon"),
+    "evening": N_("Good evening"),
+}
+
+
+def _first_strong_is_ltr(text: str) -> bool:
+    """UAX #9 rule P2: the first strong character sets a paragraph's direction."""
+    for ch in text:
+        kind = unicodedata.bidirectional(ch)
+        if kind == "L":
+            return True
+        if kind in ("R", "AL"):
+            return False
+    return False
+
+
+def text_direction(text: str, default: str) -> str:
+    """'rtl' or 'ltr', by the majority of strong characters: a headline that opens with a Latin
+    name but is Arabic ('iPhone وسواه: ...') reads right to left, which dir="auto" (first
+    strong character) gets wrong. `default` when there is nothing to count."""
+    ltr = rtl = 0
+    for ch in text:
+        kind = unicodedata.bidirectional(ch)
+        if kind == "L":
+            ltr += 1
+        elif kind in ("R", "AL"):
+            rtl += 1
+    return default if ltr == rtl else "rtl" if rtl > ltr else "ltr"
+
+
+def rtl_line(text: str) -> str:
+    """A line of a right-to-left edition that would be shown left to right because it begins
+    with a Latin word (a brand, a number with a unit) gets a RIGHT-TO-LEFT MARK in front."""
+    return _RLM + text if _first_strong_is_ltr(text) else text
 
 
 # --- links ---------------------------------------------------------------------------------
@@ -412,22 +431,33 @@ def personal_links(
     )
 
 
-def first_name(name: str | None) -> str:
+def first_name(name: str | None, fallback: str = NAME_FALLBACK) -> str:
     """The first word of the name, or the fallback; runs per recipient, so no regex on the
     common path."""
     words = name.split(None, 1) if name else None
     word = _CONTROL.sub("", words[0]) if words else ""
     if not word:
-        return NAME_FALLBACK
+        return fallback
     return word if len(word) <= FIRST_NAME_MAX else truncate(word, FIRST_NAME_MAX)
 
 
 def personal_values(
-    name: str | None, email: str, unsubscribe_url: str, preferences_url: str, view_url: str
+    name: str | None,
+    email: str,
+    unsubscribe_url: str,
+    preferences_url: str,
+    view_url: str,
+    name_fallback: str = NAME_FALLBACK,
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The value of each of SLOTS for one recipient: (as the text shows them, escaped for
     HTML). The one place that decides how personal values are shown."""
-    raw = (first_name(name), _CONTROL.sub("", email), unsubscribe_url, preferences_url, view_url)
+    raw = (
+        first_name(name, name_fallback),
+        _CONTROL.sub("", email),
+        unsubscribe_url,
+        preferences_url,
+        view_url,
+    )
     # html.escape, skipped where there is nothing to escape (nearly always: runs per recipient).
     return raw, tuple([html.escape(v, quote=True) if _ESCAPED(v) else v for v in raw])
 
@@ -440,6 +470,7 @@ def personalise(variant: RenderedVariant, personal: Personal) -> Personalised:
         personal.unsubscribe_url,
         personal.preferences_url,
         personal.view_url,
+        variant.name_fallback,
     )
     return Personalised(
         subject=variant.subject,
@@ -513,6 +544,7 @@ class _Story:
     image_url: str
     image_alt: str
     lead: bool
+    dir: str = "ltr"  # the direction its title and dek read in (text_direction)
 
 
 @dataclass(frozen=True)
@@ -521,12 +553,29 @@ class _Block:
     text: str
     url: str
     link_text: str
+    dir: str = "ltr"
 
 
 @dataclass(frozen=True)
 class _Section:
+    """A section's stories, and the same stories as the layout shows them: the first one
+    featured (the edition's lead with a wide photo, others with a thumbnail), the next ROW_SIZE
+    as a row of cards, the rest as a compact list. A section of two has no row."""
+
     name: str
     stories: tuple[_Story, ...]
+
+    @property
+    def feature(self) -> _Story | None:
+        return self.stories[0] if self.stories else None
+
+    @property
+    def row(self) -> tuple[_Story, ...]:
+        return self.stories[1 : 1 + ROW_SIZE] if len(self.stories) > ROW_SIZE else ()
+
+    @property
+    def rest(self) -> tuple[_Story, ...]:
+        return self.stories[1 + len(self.row) :]
 
 
 class Renderer:
@@ -544,7 +593,10 @@ class Renderer:
         self.newsletter = newsletter
         self.edition = edition
         self.nonce = secrets.token_hex(8)
-        self.env = template_environment(templates_dir or config.templates_dir)
+        self.language = newsletter.lang
+        self.translations = i18n.translations(self.language, config.locales_dir)
+        self.env = template_environment(templates_dir or config.templates_dir, self.translations)
+        self.brand = Brand.of(newsletter.brand_color)
         self._sections = self._edition_sections()
         self._cache: dict[tuple[tuple[str, ...], tuple[int, ...], bool], RenderedVariant] = {}
         self._requested: dict[tuple[tuple[str, ...], tuple[int, ...]], RenderedVariant] = {}
@@ -622,15 +674,22 @@ class Renderer:
             # Without blocks the key stays what it was before blocks existed.
             identity += "\x1e" + ",".join(map(str, blocks))
         key = "v-" + hashlib.sha1(identity.encode()).hexdigest()[:10]
+        text = _tidy_text(text_doc)
+        if self.language.rtl:
+            text = "\n".join(
+                line if line.lstrip().startswith(("http://", "https://")) else rtl_line(line)
+                for line in text.split("\n")
+            )
         variant = RenderedVariant(
             key="archive" if archive else key,
             sections=sections,
             subject=context["subject"],
             preheader=context["preheader"],
             html=inlined,
-            text=_tidy_text(text_doc),
+            text=text,
             nonce=self.nonce,
             blocks=blocks,
+            name_fallback=self.translations.gettext(NAME_FALLBACK),
         )
         self._cache[(sections, blocks, archive)] = variant
         return variant
@@ -659,22 +718,34 @@ class Renderer:
         subject, preheader = self._subject_and_preheader(out)
         slot = {s: Markup(_placeholder(self.nonce, s)) for s in SLOTS}
         count = sum(len(s.stories) for s in out)
+        lang, gettext_ = self.language, self.translations.gettext
         return {
             "newsletter": nl,
             "edition_date": self.edition.edition_date,
-            "date_long": long_date(self.edition.edition_date),
-            "greeting": _greeting(nl),
-            "intro": "Here is what you need to know today." if count else "",
+            "date_long": long_date(self.edition.edition_date, lang),
+            "daypart": _daypart(nl),
+            "greeting": gettext_(_GREETINGS[_daypart(nl)]),
+            "intro": gettext_(_INTRO) if count else "",
             "preheader": preheader,
             "subject": subject,
             "sections": out,
+            "in_brief": _in_brief(out) if nl.in_brief else [],
             "top_blocks": self._blocks(blocks, "top"),
             "bottom_blocks": self._blocks(blocks, "bottom"),
-            "count_label": f"{count} {'story' if count == 1 else 'stories'}" if count else "",
+            "count_label": self.translations.ngettext("%(num)s story", "%(num)s stories", count)
+            % {"num": i18n.number(count, lang)}
+            if count
+            else "",
             "site": self.config.site,
             "slot": slot,
             "archive": archive,
-            "lang": "en",
+            "lang": lang.tag,
+            "dir": lang.dir,
+            "rtl": lang.rtl,
+            "start": lang.start,
+            "end": lang.end,
+            "brand": self.brand,
+            "logo": _logo(nl.logo),
         }
 
     def _blocks(self, blocks: tuple[int, ...], position: str) -> list[_Block]:
@@ -684,7 +755,8 @@ class Renderer:
                 title=_one_line(b.title),
                 text=_one_line(b.text),
                 url=add_utm(_safe_url(b.link), nl.utm, nl.id, self.edition.edition_date),
-                link_text=_one_line(b.link_text),
+                link_text=_one_line(b.link_text or self.translations.gettext(_LEARN_MORE)),
+                dir=text_direction(f"{b.title} {b.text}", self.language.dir),
             )
             for b in (nl.blocks[i] for i in blocks)
             if b.position == position
@@ -696,20 +768,21 @@ class Renderer:
         meta = " · ".join(
             p
             for p in (
-                _one_line(item.byline or ""),
-                _one_line(item.source or ""),
+                *_credit(_one_line(item.byline or ""), _one_line(item.source or ""), nl),
                 story_time(item.published_at, nl, self.edition.edition_date),
             )
             if p
         )
+        title, dek = _one_line(item.title), _one_line(item.dek or "")
         return _Story(
-            title=_one_line(item.title),
+            title=title,
             url=url,
-            dek=_one_line(item.dek or ""),
+            dek=dek,
             meta=meta,
             image_url=_safe_url(item.image_url),
             image_alt=_one_line(item.image_alt or ""),
             lead=lead,
+            dir=text_direction(f"{title} {dek}", self.language.dir),
         )
 
     def _subject_and_preheader(self, sections: list[_Section]) -> tuple[str, str]:
@@ -720,13 +793,63 @@ class Renderer:
         values = {
             "title": _one_line(nl.title),
             "lead": lead,
-            "date": _short_date(self.edition.edition_date),
+            "date": i18n.short_date(self.edition.edition_date, self.language),
             "headlines": " · ".join(tops[1:] if shown_lead and len(tops) > 1 else tops),
         }
         where = f"newsletters.{nl.id}"
         subject = _format_fields(nl.subject, _SUBJECT_FIELDS, f"{where}.subject", **values)
         pre = _format_fields(nl.preheader, _SUBJECT_FIELDS, f"{where}.preheader", **values)
-        return truncate(subject, SUBJECT_MAX), truncate(pre, PREHEADER_MAX)
+        subject, pre = truncate(subject, SUBJECT_MAX), truncate(pre, PREHEADER_MAX)
+        if self.language.rtl:
+            subject, pre = rtl_line(subject), rtl_line(pre)
+        return subject, pre
+
+
+def _words(name: str) -> tuple[str, ...]:
+    words = re.findall(r"\w+", name.casefold())
+    return tuple(words[1:] if words[:1] == ["the"] else words)
+
+
+def _within(short: tuple[str, ...], long: tuple[str, ...]) -> bool:
+    """`short` appears in `long` as whole consecutive words ('AP' is not inside 'Tampa')."""
+    n = len(short)
+    return n > 0 and any(long[i : i + n] == short for i in range(len(long) - n + 1))
+
+
+def _credit(byline: str, source: str, newsletter: NewsletterConfig) -> tuple[str, str]:
+    """Byline and source, each shown once: a source the byline already names ('NewsFinale
+    Journal' / 'NewsFinale') or that is the newsletter's own publisher is left out."""
+    words = _words(source)
+    house = (_words(newsletter.from_name), _words(newsletter.title))
+    if _within(words, _words(byline)) or any(words == h for h in house):
+        source = ""
+    elif byline and _within(_words(byline), words):
+        byline = ""
+    return byline, source
+
+
+def _in_brief(sections: list[_Section]) -> list[_Story]:
+    """The top headlines: each section's first story, then each one's second..., at most
+    IN_BRIEF_MAX."""
+    out: list[_Story] = []
+    depth = max((len(s.stories) for s in sections), default=0)
+    for rank in range(depth):
+        out += [s.stories[rank] for s in sections if rank < len(s.stories)]
+    return out[:IN_BRIEF_MAX]
+
+
+@dataclass(frozen=True)
+class _Logo:
+    url: str
+    width: int
+    height: int | None
+    alt: str
+
+
+def _logo(logo: LogoConfig | None) -> _Logo | None:
+    if logo is None:
+        return None
+    return _Logo(_safe_url(logo.url), logo.width, logo.height, _one_line(logo.alt))
 
 
 def _tidy_text(text: str) -> str:

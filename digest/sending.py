@@ -779,7 +779,14 @@ class _Variant:
         self, name: str | None, email: str, unsubscribe_url: str, preferences_url: str
     ) -> dict[str, str]:
         # personal_values() decides how each value is shown and escaped, as for personalise().
-        raw, escaped = personal_values(name, email, unsubscribe_url, preferences_url, self.view_url)
+        raw, escaped = personal_values(
+            name,
+            email,
+            unsubscribe_url,
+            preferences_url,
+            self.view_url,
+            self.rendered.name_fallback,
+        )
         out: dict[str, str] = {}
         for html_tag, text_tag, i in self._tags:
             out[html_tag] = escaped[i]

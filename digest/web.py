@@ -499,8 +499,11 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
                     .limit(400)
                 )
             )
-        editions = [{"href": d.isoformat(), "label": long_date(d)} for d in dates]
-        response = web.page("web/archive.html", masthead=nl.title, editions=editions)
+        # The page's own words are English; the newsletter's title and dates are in its language.
+        editions = [{"href": d.isoformat(), "label": long_date(d, nl.lang)} for d in dates]
+        response = web.page(
+            "web/archive.html", masthead=nl.title, editions=editions, language=nl.lang
+        )
         response.headers["Cache-Control"] = "public, max-age=300"
         return response
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import premailer
 from sqlalchemy.orm import Session
 
+from digest.config import Config
 from digest.editions import Edition, EditionItem
 from tests.factories import add_article
 
@@ -17,8 +19,9 @@ if TYPE_CHECKING:  # bench/render.py imports this module too
 EDITION_DATE = date(2026, 3, 10)
 BUILT = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
 
-STORIES: list[tuple[str, str, str, str | None, str | None, str | None]] = [
-    # section, title, dek, byline, source, image
+# section, title, dek, byline, source, image
+Story = tuple[str, str, str, str | None, str | None, str | None]
+STORIES: list[Story] = [
     (
         "News",
         "City council approves $2.1 billion transit plan after a nine-hour session",
@@ -82,7 +85,7 @@ STORIES: list[tuple[str, str, str, str | None, str | None, str | None]] = [
 
 
 def make_edition(
-    stories: list[tuple[str, str, str, str | None, str | None, str | None]] | None = None,
+    stories: list[Story] | None = None,
     newsletter: str = "daily",
     url_query: str = "",
     edition_id: int | None = 1,
@@ -149,3 +152,95 @@ def count_inlining(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(premailer.Premailer, "transform", counting)
     return calls
+
+
+# The same edition's shape in Arabic: right-to-left text, a Latin brand name in one headline
+# and digits, as an Arabic newsroom's feed carries them.
+ARABIC_STORIES: list[Story] = [
+    (
+        "أخبار",
+        "مجلس المدينة يقرّ خطة نقل بقيمة 2.1 مليار دولار بعد جلسة استمرت تسع ساعات",
+        "يمهّد التصويت الطريق لخطّين جديدين للقطار الخفيف وإعادة تصميم شبكة الحافلات، ما يضع "
+        "300 ألف ساكن إضافي على بُعد عشر دقائق سيرًا من خدمة منتظمة.",
+        "بقلم مريم الأحمد",
+        "الجريدة التجريبية",
+        "https://img.news.example/transit.jpg",
+    ),
+    (
+        "أخبار",
+        "عاصفة تقطع الكهرباء عن 40 ألف منزل والفرق تتوقع إصلاح الأعطال بحلول الخميس",
+        "قال مسؤولو شركة الكهرباء إن الأحياء الأكثر تضررًا تقع على طول الخليج.",
+        "بقلم سامي عقل",
+        "وكالة الأنباء",
+        "https://img.news.example/storm.jpg",
+    ),
+    (
+        "أخبار",
+        "مجلس التعليم يؤجل التصويت على تأخير بدء الدوام المدرسي",
+        "امتلأت القاعة بأولياء الأمور، وسيعود المجلس إلى المسألة في أبريل.",
+        None,
+        "الجريدة التجريبية",
+        None,
+    ),
+    (
+        "اقتصاد",
+        "حركة الميناء تسجل رقمًا قياسيًا مع تعجّل تجار التجزئة في تجديد مخزونهم",
+        "ارتفعت أحجام الحاويات 14 في المئة عن العام الماضي، بحسب سلطة الميناء.",
+        "بقلم لينا فيشر",
+        "مكتب الاقتصاد",
+        "https://img.news.example/port.jpg",
+    ),
+    (
+        "اقتصاد",
+        "iPhone وسواه: سلسلة مخابز محلية تتوسع إلى ثلاث مدن جديدة",
+        "ستوظف الشركة العائلية 120 شخصًا هذا الربيع.",
+        "بقلم رافي باتيل",
+        None,
+        None,
+    ),
+    (
+        "صحة",
+        "ماذا تعني إرشادات الفحص الجديدة لمن هم في الأربعينيات؟",
+        "يقول الأطباء إن التغيير قد يكشف آلاف حالات السرطان مبكرًا.",
+        "بقلم د. آنا كوستا",
+        "مكتب الصحة",
+        None,
+    ),
+    (
+        "فنون",
+        "مهرجان الجاز يعود إلى الواجهة البحرية بعد خمس سنوات",
+        "تُطرح التذاكر للبيع يوم الجمعة، مع حفلات مجانية للعائلات بعد الظهر.",
+        "بقلم كريس دويل",
+        "فنون",
+        "https://img.news.example/jazz.jpg",
+    ),
+]
+
+
+def with_newsletter(config: Config, newsletter: str = "daily", **changes: object) -> Config:
+    """The config with some settings of one newsletter changed (language, in_brief, ...)."""
+    nl = dataclasses.replace(config.newsletter(newsletter), **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(config, newsletters={**config.newsletters, newsletter: nl})
+
+
+def front_page(
+    sections: int = 9, per_section: int = 3, stories: list[Story] | None = None
+) -> list[Story]:
+    """A big front page: `sections` × `per_section` stories with long headlines and deks, each
+    with a photo, cycling through `stories` (default STORIES) for their text."""
+    base = stories or STORIES
+    out: list[Story] = []
+    for s in range(sections):
+        for r in range(per_section):
+            _, title, dek, byline, source, _ = base[(s * per_section + r) % len(base)]
+            out.append(
+                (
+                    f"{base[0][0]} {s + 1}",
+                    f"{title} ({s + 1}.{r + 1})",
+                    f"{dek} {dek}",
+                    byline,
+                    source,
+                    f"https://img.news.example/{s}-{r}.jpg",
+                )
+            )
+    return out

@@ -148,7 +148,9 @@ def test_content_has_header_sections_stories_and_footer(config: Config) -> None:
     for url in (PERSON.unsubscribe_url, PERSON.preferences_url, PERSON.view_url):
         assert f'href="{url}"' in html
         assert f"\n{url}\n" in mail.text
-    assert "By Maria Alvarez · The Test Gazette · 4 a.m. EDT" in html
+    # The newsletter's own publisher is not repeated on every story; other sources are named.
+    assert "By Maria Alvarez · 4 a.m. EDT" in html
+    assert "By Sam Okafor · Wire · 12:45 a.m. EDT" in html
     # The preheader is hidden, first in the body, and tells the truth about the content.
     body = html.split("<body", 1)[1]
     assert variant.preheader in body[: body.index("<table")]
