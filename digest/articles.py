@@ -59,6 +59,10 @@ class Article(Base):
     source: Mapped[str | None] = mapped_column(String(200))
     priority: Mapped[str] = mapped_column(String(10), default="normal")
     popularity: Mapped[float] = mapped_column(Float, default=0.0)
+    # The newsroom's order: `rank` from a CMS export (1 = top of its section), and the item's
+    # place in its feed at the last ingest (a weaker signal: feeds are often just newest first).
+    rank: Mapped[int | None] = mapped_column(Integer)
+    feed_position: Mapped[int | None] = mapped_column(Integer)
     content_hash: Mapped[str] = mapped_column(String(64))
     ingested_at: Mapped[datetime] = mapped_column(UTCDateTime)
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import (
+    Boolean,
     Date,
     Float,
     ForeignKey,
@@ -19,6 +20,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    func,
     select,
     update,
 )
@@ -31,6 +34,7 @@ from digest.config import Config, NewsletterConfig
 from digest.db import Base
 from digest.errors import EditionFrozen, NotFound
 from digest.selection import (
+    BODY_HEAD_CHARS,
     Candidate,
     Pick,
     edition_window,
@@ -54,11 +58,22 @@ class Edition(Base):
     window_start: Mapped[datetime] = mapped_column(UTCDateTime)
     window_end: Mapped[datetime] = mapped_column(UTCDateTime)
     fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    # The editor's desk (digest.desk): a note above the stories (short Markdown), subject and
+    # preheader overrides (the newsletter's templates when None), and who signed it off.
+    note: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(Text)
+    preheader: Mapped[str | None] = mapped_column(Text)
+    approved_by: Mapped[str | None] = mapped_column(String(100))
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     items: Mapped[list[EditionItem]] = relationship(
         back_populates="edition",
         cascade="all, delete-orphan",
         order_by="(EditionItem.section_position, EditionItem.rank)",
+    )
+
+    edits: Mapped[list[EditionEdit]] = relationship(
+        cascade="all, delete-orphan", order_by="EditionEdit.id"
     )
 
     __table_args__ = (UniqueConstraint("newsletter", "edition_date"),)
@@ -98,8 +113,24 @@ class EditionItem(Base):
     image_url: Mapped[str | None] = mapped_column(String(2048))
     image_alt: Mapped[str | None] = mapped_column(Text)
     image_caption: Mapped[str | None] = mapped_column(Text)
+    # The editor's overrides for the email (the snapshot and the stored article stay as they
+    # are), and a pin that keeps the story at its place when the edition is rebuilt.
+    headline: Mapped[str | None] = mapped_column(Text)
+    blurb: Mapped[str | None] = mapped_column(Text)
+    pinned: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
 
     edition: Mapped[Edition] = relationship(back_populates="items")
+
+    @property
+    def shown_title(self) -> str:
+        """The headline as the email shows it."""
+        return self.headline or self.title
+
+    @property
+    def shown_dek(self) -> str:
+        return self.dek if self.blurb is None else self.blurb
 
     __table_args__ = (UniqueConstraint("edition_id", "article_id"),)
 
@@ -133,6 +164,28 @@ class EditionItem(Base):
             image_alt=article.image_alt,
             image_caption=article.image_caption,
         )
+
+
+class EditionEdit(Base):
+    """One change an editor made to a draft (or its approval), with who and when: the desk's
+    log, shown by `edition show` and replayed on the fresh picks when the draft is rebuilt."""
+
+    __tablename__ = "edition_edits"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    edition_id: Mapped[int] = mapped_column(
+        ForeignKey("editions.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    by: Mapped[str] = mapped_column(String(100))
+    # drop, add, move, pin, unpin, headline, blurb, note, subject, preheader, approve,
+    # withdraw, rebuild
+    action: Mapped[str] = mapped_column(String(20))
+    article_id: Mapped[int | None] = mapped_column(Integer)
+    section: Mapped[str | None] = mapped_column(String(100))
+    position: Mapped[int | None] = mapped_column(Integer)
+    value: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text)
 
 
 @dataclass(frozen=True)
@@ -180,8 +233,10 @@ def load_already_sent(
             EditionItem.dek,
             EditionItem.url,
             EditionItem.published_at,
+            func.coalesce(func.substr(Article.body, 1, BODY_HEAD_CHARS), ""),
         )
         .join(Edition, Edition.id == EditionItem.edition_id)
+        .outerjoin(Article, Article.id == EditionItem.article_id)
         .where(
             Edition.newsletter == newsletter.id,
             Edition.edition_date < edition_date,
@@ -189,7 +244,7 @@ def load_already_sent(
             Edition.status != "draft",
         )
     ).all()
-    return [Candidate(*row) for row in rows]
+    return [Candidate(*row[:6], body_head=row[6]) for row in rows]
 
 
 def build_edition(
