@@ -147,10 +147,24 @@ def db_upgrade() -> None:
     default="auto",
     show_default=True,
 )
+@click.option(
+    "--timezone",
+    help="Zone of dates given without a time (default: the newsletters' own, when they share one).",
+)
 @pass_app
-def ingest(app: App, files: tuple[str, ...], section: str | None, source: str | None, fmt: str):
+def ingest(
+    app: App,
+    files: tuple[str, ...],
+    section: str | None,
+    source: str | None,
+    fmt: str,
+    timezone: str | None,
+):
     """Load articles from RSS/Atom feeds, JSON (array or lines) or CSV files."""
+    from zoneinfo import ZoneInfo
+
     from digest.ingest import ingest_files
+    from subscribers.service import check_timezone
 
     strict = {s.casefold(): s for nl in app.config.newsletters.values() for s in nl.section_names}
     strict_on = any(nl.strict_sections for nl in app.config.newsletters.values())
@@ -161,6 +175,9 @@ def ingest(app: App, files: tuple[str, ...], section: str | None, source: str | 
         source=source,
         fmt=fmt,
         known_sections=strict if strict_on else None,
+        timezone=ZoneInfo(check_timezone(zone))
+        if (zone := timezone or app.config.common_timezone)
+        else None,
         clock=utcnow,
     )
     for report in reports:

@@ -208,6 +208,13 @@ class Config:
     def database_url(self) -> str:
         return database_url()
 
+    @property
+    def common_timezone(self) -> str | None:
+        """The newsletters' time zone when they all share one (ingest reads a date without a
+        time as midnight there), else None."""
+        zones = {nl.timezone for nl in self.newsletters.values()}
+        return zones.pop() if len(zones) == 1 else None
+
     def newsletter(self, newsletter_id: str) -> NewsletterConfig:
         try:
             return self.newsletters[newsletter_id]
