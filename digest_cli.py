@@ -7,6 +7,7 @@ Each command parses flags, calls one library function and prints its result. Lib
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -303,10 +304,10 @@ def _editor(by: str | None, *, required: bool = False) -> str:
     return check_editor(by)
 
 
-def _desk_command(name: str, help_: str) -> Any:
+def _desk_command(name: str, help_: str) -> Callable[[Callable[..., None]], click.Command]:
     """An `edition` subcommand that changes the draft: NEWSLETTER, --date and --by."""
 
-    def wrap(fn: Any) -> Any:
+    def wrap(fn: Callable[..., None]) -> click.Command:
         fn = click.option(
             "--by", envvar="DIGEST_EDITOR", help="Who makes the change ($DIGEST_EDITOR)."
         )(fn)

@@ -242,7 +242,12 @@ def load_already_sent(
             Edition.status != "draft",
         )
     ).all()
-    return [Candidate(*row[:6], body_head=row[6]) for row in rows]
+    return [
+        Candidate(
+            id=r[0], section=r[1], title=r[2], dek=r[3], url=r[4], published_at=r[5], body_head=r[6]
+        )
+        for r in rows
+    ]
 
 
 def build_edition(

@@ -259,20 +259,20 @@ def _deliver(
     )
     message = VariantMessage(config, nl, edition.edition_date, v.rendered.key, proof=True)
     batch = Batch(message, [Outgoing(to, content)], clock())
+    provider_id: str | None = None
     try:
         (outcome,) = provider.send(batch, no_checkpoint)
     except ProviderError as e:
-        outcome = None
-        error: str | None = str(e)
+        ok, error = False, str(e)
     else:
-        error = outcome.error
-    ok = outcome is not None and outcome.kind is Kind.ACCEPTED
+        ok, provider_id = outcome.kind is Kind.ACCEPTED, outcome.provider_id
+        error = outcome.error or str(outcome.kind)
     with transaction(sessions) as session:
         proof = session.get(Proof, proof_id)
         assert proof is not None
         proof.state = "sent" if ok else "failed"
-        proof.provider_message_id = outcome.provider_id if outcome is not None else None
-        proof.error = None if ok else (error or (outcome.kind if outcome else "failed"))
+        proof.provider_message_id = provider_id
+        proof.error = None if ok else error
     if ok:
         report.sent += 1
         report.lines.append(f"  sent to {address}: {v.label}")

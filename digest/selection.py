@@ -200,8 +200,8 @@ def rank_order(
     best: dict[str, float] = {}
     if ranking == "blend":
         for c, s in zip(candidates, scores, strict=True):
-            key = c.section.casefold()
-            best[key] = max(best.get(key, 0.0), s)
+            name = c.section.casefold()
+            best[name] = max(best.get(name, 0.0), s)
     for c, s in zip(candidates, scores, strict=True):
         head = {"pin": "pinned by editor; "}.get(c.priority, "")
         age = f"{_age_hours(c, window_end):.1f} h old"
@@ -209,7 +209,7 @@ def rank_order(
         pin = c.priority != "pin"
         if ranking == "editorial":
             why = f"{head}{_rank_words(c)}, {age}"
-            key: tuple[object, ...] = (
+            editorial: tuple[object, ...] = (
                 pin,
                 c.rank is None,
                 c.rank or 0,
@@ -217,7 +217,7 @@ def rank_order(
                 c.feed_position or 0,
                 *tail,
             )
-            rows.append((key, c, s, why))
+            rows.append((editorial, c, s, why))
         elif ranking == "blend":
             w = weights.editorial_weight
             rv = _rank_value(c)

@@ -28,9 +28,7 @@ def upgrade() -> None:
     with op.batch_alter_table("edition_items") as t:
         t.add_column(sa.Column("headline", sa.Text(), nullable=True))
         t.add_column(sa.Column("blurb", sa.Text(), nullable=True))
-        t.add_column(
-            sa.Column("pinned", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
+        t.add_column(sa.Column("pinned", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.create_table(
         "edition_edits",
         sa.Column("id", sa.Integer(), nullable=False),
