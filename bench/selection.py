@@ -51,21 +51,20 @@ END = datetime(2026, 1, 15, tzinfo=UTC)
 DAYS = 730
 
 
-_TEXT = """the council said on tuesday that a vote on the new budget would come after weeks
-of debate over schools roads police parks water taxes and the harbor plan which residents
-have argued about since spring while the mayor urged patience and officials in the county
-warned of delays"""
-WORDS = _TEXT.split()
+def paragraphs(rng: random.Random, count: int = 20_000) -> list[str]:
+    """A pool of distinct paragraphs over a large vocabulary, so two bodies share few words
+    unless they are the same copy (as real ones)."""
+    vocab = [f"w{rng.randrange(36**4):x}" for _ in range(50_000)]
+    return ["<p>" + " ".join(rng.choice(vocab) for _ in range(40)) + ".</p>" for _ in range(count)]
 
 
-def body(rng: random.Random, size: int) -> str:
-    """An HTML body of about `size` bytes: a few paragraphs of random words."""
-    parts: list[str] = []
-    length = 0
+def body(rng: random.Random, pool: list[str], i: int, size: int) -> str:
+    """An HTML body of about `size` bytes: a lead of its own, then paragraphs from the pool."""
+    parts = [f"<p>Story {i} begins in town {rng.randrange(500)} on day {rng.randrange(10**6)}.</p>"]
+    length = len(parts[0])
     while length < size:
-        para = " ".join(rng.choice(WORDS) for _ in range(40))
-        parts.append(f"<p>{para}.</p>")
-        length += len(para) + 8
+        parts.append(rng.choice(pool))
+        length += len(parts[-1])
     return "".join(parts)
 
 
@@ -73,6 +72,7 @@ def populate(url: str, n: int, body_bytes: int) -> None:
     engine = make_engine(url)
     upgrade(engine)
     rng = random.Random(42)
+    pool = paragraphs(rng)
     span = DAYS * 86400
     batch = []
     started = time.perf_counter()
@@ -86,7 +86,7 @@ def populate(url: str, n: int, body_bytes: int) -> None:
                     "url": url_,
                     "title": f"Story {i} on topic {rng.randrange(100000)} in town {rng.randrange(500)}",
                     "dek": f"Summary {i}: words {rng.randrange(10**6)} {rng.randrange(10**6)}.",
-                    "body": body(rng, body_bytes),
+                    "body": body(rng, pool, i, body_bytes),
                     "section": SECTIONS[i % len(SECTIONS)],
                     "byline": "By Bench",
                     "published_at": published,

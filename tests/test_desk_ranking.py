@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -232,3 +233,36 @@ def test_body_dedupe_reads_only_the_first_words_from_the_store(
         (c,) = load_candidates(session, END - timedelta(days=1), END)
     assert len(c.body_head) == BODY_HEAD_CHARS
     assert c.body_head.startswith("<p>WASHINGTON (AP)")
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('approval = "maybe"', "newsletters.front.approval: 'maybe' is not one of none, required"),
+        ('approvers = "ana"', "newsletters.front.approvers: must be an array of non-empty strings"),
+        (
+            'proof_to = ["desk@"]',
+            "newsletters.front.proof_to: 'desk@' is not a valid email address",
+        ),
+    ],
+)
+def test_config_checks_the_desk_keys(tmp_path: Path, line: str, problem: str) -> None:
+    from digest.errors import ConfigError
+
+    path = front_page_config(tmp_path, "editorial", 2)
+    path.write_text(
+        path.read_text().replace('ranking = "editorial"', f'ranking = "editorial"\n{line}')
+    )
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load_config(path)
+
+
+def test_example_config_loads_with_the_desk_keys() -> None:
+    config = load_config(Path(__file__).parent.parent / "digest.example.toml")
+    nl = config.newsletter("morning")
+    assert (nl.ranking, nl.approval, nl.proof_to) == (
+        "popularity",
+        "none",
+        ("desk@ledger.example",),
+    )
+    assert config.selection.editorial_weight == 0.5
