@@ -6,8 +6,8 @@ Each command parses flags, calls one library function and prints its result. Lib
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
 from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 

@@ -296,19 +296,7 @@ def set_headline(
     clock: Clock,
 ) -> DeskResult:
     """The story's headline in this email (None: the stored one again)."""
-    edition = open_draft(session, newsletter, edition_date)
-    item = find_item(edition, ref)
-    value = _text(text, "headline", HEADLINE_MAX, allow_empty=False)
-    old = _title(item)
-    item.headline = value
-    summary = (
-        f"headline of {old} ({_where(item)}) is now {value!r}"
-        if value
-        else f"headline of {old} ({_where(item)}) back to the stored {item.title!r}"
-    )
-    return DeskResult(
-        edition, _log(edition, "headline", summary, by=by, clock=clock, item=item, value=value)
-    )
+    return _story_text(session, newsletter, edition_date, ref, "headline", text, by, clock)
 
 
 def set_blurb(
@@ -322,14 +310,30 @@ def set_blurb(
     clock: Clock,
 ) -> DeskResult:
     """The story's blurb (dek) in this email; "" shows none, None the stored one again."""
+    return _story_text(session, newsletter, edition_date, ref, "blurb", text, by, clock)
+
+
+def _story_text(
+    session: Session,
+    newsletter: NewsletterConfig,
+    edition_date: date,
+    ref: str,
+    field: str,
+    text: str | None,
+    by: str,
+    clock: Clock,
+) -> DeskResult:
     edition = open_draft(session, newsletter, edition_date)
     item = find_item(edition, ref)
-    value = _text(text, "blurb", BLURB_MAX, allow_empty=True)
-    item.blurb = value
-    what = "the stored one" if value is None else repr(value) if value else "none"
-    summary = f"blurb of {_title(item)} ({_where(item)}) is now {what}"
+    headline = field == "headline"
+    value = _text(text, field, HEADLINE_MAX if headline else BLURB_MAX, allow_empty=not headline)
+    old = _title(item)
+    setattr(item, field, value)
+    stored = item.title if headline else item.dek
+    shown = repr(value) if value else "none" if value == "" else f"the stored {stored!r}"
+    summary = f"{field} of {old} ({_where(item)}) is now {shown}"
     return DeskResult(
-        edition, _log(edition, "blurb", summary, by=by, clock=clock, item=item, value=value)
+        edition, _log(edition, field, summary, by=by, clock=clock, item=item, value=value)
     )
 
 

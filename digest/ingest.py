@@ -523,12 +523,7 @@ def parse_rank(value: object) -> int | None:
     means none."""
     if _blank(value):
         return None
-    number: float | None = None
-    if isinstance(value, int | float | str) and not isinstance(value, bool):
-        try:
-            number = float(value.strip() if isinstance(value, str) else value)
-        except (ValueError, OverflowError):
-            number = None
+    number = _as_number(value)
     if number is None or not number.is_integer() or not 1 <= number <= 1_000_000:
         raise FieldError(f"rank {_quote(value)} is not a whole number from 1 (1 = top story)")
     return int(number)
@@ -563,16 +558,21 @@ def parse_priority(value: object) -> str:
     raise FieldError(f"priority {_quote(value)} is not one of {', '.join(PRIORITIES)}")
 
 
+def _as_number(value: object) -> float | None:
+    """A JSON number or the text of one (CSV cells), else None."""
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:
+            return float(value.strip() if isinstance(value, str) else value)
+        except (ValueError, OverflowError):
+            return None
+    return None
+
+
 def parse_popularity(value: object) -> float:
     """A finite number >= 0 (views, clicks); empty means 0."""
     if _blank(value):
         return 0.0
-    number: float | None = None
-    if isinstance(value, int | float | str) and not isinstance(value, bool):
-        try:
-            number = float(value.strip() if isinstance(value, str) else value)
-        except (ValueError, OverflowError):
-            number = None
+    number = _as_number(value)
     if number is None or not math.isfinite(number) or number < 0:
         raise FieldError(f"popularity {_quote(value)} is not a number of 0 or more")
     return number

@@ -22,12 +22,12 @@ from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
 from digest.db import Base, transaction
 from digest.editions import Edition, load_edition
-from digest.errors import InputError, NotFound, ProviderError
+from digest.errors import InputError, ProviderError
 from digest.message import Addressee, VariantMessage, domain_of
-from digest.preview import audience_variants, sample_personal
+from digest.preview import audience_variants, chosen_reader, sample_personal
 from digest.providers.base import Batch, Kind, Outgoing, Provider, no_checkpoint
 from digest.render import Personal, Personalised, RenderedVariant, Renderer, check_size, personalise
-from subscribers.audience import Recipient, audience, recipient
+from subscribers.audience import Recipient
 from subscribers.service import check_email
 
 PREFIX = "[PROOF] "
@@ -113,15 +113,7 @@ def _variants(
 ) -> list[_Variant]:
     """Every variant the audience gets (the whole edition when nobody is subscribed yet), or
     the one of `subscriber` / of the first member of `segment`."""
-    if segment and subscriber:
-        raise InputError("choose either --segment or --subscriber, not both")
-    who: Recipient | None = None
-    if subscriber:
-        who = recipient(session, config, newsletter, subscriber)
-    elif segment:
-        who = next(iter(audience(session, config, newsletter, [segment])), None)
-        if who is None:
-            raise NotFound(f"segment {segment!r} has no active member of {newsletter.id}")
+    who = chosen_reader(session, config, newsletter, segment=segment, subscriber=subscriber)
     if who is not None:
         pairs = [(who.sections, who.blocks)]
     else:
