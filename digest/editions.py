@@ -313,9 +313,9 @@ def build_edition(
     message = (
         f"{verb} edition {newsletter.id} {edition_date}: {count} stories in {sections} sections"
     )
-    if edits:
-        applied = sum(1 for e in edits if e.action in STORY_ACTIONS) - stale
-        message += f"; {applied} editor's change(s) re-applied"
+    story_edits = sum(1 for e in edits if e.action in STORY_ACTIONS)
+    if story_edits:
+        message += f"; {story_edits - stale} editor's change(s) re-applied"
         if stale:
             message += f", {stale} no longer apply (story not in the edition)"
     if existing is not None and existing.approved_by:

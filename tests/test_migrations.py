@@ -39,9 +39,9 @@ def test_an_old_database_is_upgraded_in_place_keeping_its_data(
         article = make_article(datetime(2026, 3, 10, 9, tzinfo=UTC), title="Kept across upgrades")
         old_columns = {c["name"] for c in inspect(old).get_columns("articles")}
         values = {
-            k: getattr(article, k)
-            for k in Article.__table__.columns.keys()  # noqa: SIM118
-            if k in old_columns and k != "id"
+            c.name: getattr(article, c.name)
+            for c in Article.__table__.columns
+            if c.name in old_columns and c.name != "id"
         }
         session.execute(insert(Article.__table__).values(values))
         session.commit()
