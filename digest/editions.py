@@ -37,6 +37,7 @@ from digest.selection import (
     BODY_HEAD_CHARS,
     Candidate,
     Pick,
+    body_loader,
     edition_window,
     load_candidates,
     pick,
@@ -284,6 +285,7 @@ def build_edition(
         config.selection,
         end,
         load_already_sent(session, newsletter, edition_date),
+        bodies=body_loader(session),
     )
     edition = existing or Edition(newsletter=newsletter.id, edition_date=edition_date)
     if existing is not None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from functools import cached_property
 
@@ -50,9 +50,9 @@ class Candidate:
     priority: str = "normal"
     popularity: float = 0.0
     source: str | None = None
-    body_head: str = ""  # the body's first BODY_HEAD_CHARS characters, HTML as stored
     rank: int | None = None
     feed_position: int | None = None
+    body_head: str = ""  # the body's first BODY_HEAD_CHARS characters, HTML as stored
 
     @cached_property
     def title_words(self) -> frozenset[str]:
@@ -154,30 +154,53 @@ def _body_similarity(c: Candidate, o: Candidate) -> float:
     return jaccard(a, b)
 
 
+# Given the ids of candidates, the first BODY_HEAD_CHARS characters of their bodies.
+BodyLoader = Callable[[Sequence[int]], Mapping[int, str]]
+_BODY_BATCH = 64
+
+
 def pick(
     candidates: Sequence[Candidate],
     newsletter: NewsletterConfig,
     weights: SelectionWeights,
     window_end: datetime,
     already_sent: Sequence[Candidate] = (),
+    bodies: BodyLoader | None = None,
 ) -> list[Pick]:
     """Top stories per section in the newsletter's section order; empty sections omitted.
-    Within a section the newsletter's `ranking` orders them (see rank_order)."""
+    Within a section the newsletter's `ranking` orders them (see Ranker).
+
+    With `bodies`, a candidate's body head is read only when it comes up for the duplicate
+    check (a few dozen of the window's thousand or so), a batch at a time."""
     states = {s.name.casefold(): _SectionState(s.name, s.stories) for s in newsletter.sections}
     sent_ids = {s.id for s in already_sent}
     eligible = [c for c in candidates if c.section.casefold() in states and c.id not in sent_ids]
+    ranker = Ranker(newsletter.ranking, weights, window_end)
+    ordered = ranker.order(eligible)
+    heads: dict[int, str] = {}
+
+    def is_open(c: Candidate) -> bool:
+        state = states[c.section.casefold()]
+        return len(state.picks) < state.limit
+
     accepted: list[Candidate] = []
     open_sections = len(states)
-    for c, value, reason in rank_order(eligible, newsletter.ranking, weights, window_end):
+    for n, (c, value) in enumerate(ordered):
         state = states[c.section.casefold()]
         if len(state.picks) >= state.limit:
             continue
+        if bodies is not None and not c.body_head:
+            if c.id not in heads:
+                ahead = [x.id for x, _ in ordered[n:] if x.id not in heads and is_open(x)]
+                heads.update(dict.fromkeys(ahead[:_BODY_BATCH], ""))
+                heads.update(bodies(ahead[:_BODY_BATCH]))
+            c = replace(c, body_head=heads[c.id])
         if duplicate_of(c, already_sent, weights) is not None:
             continue
         if duplicate_of(c, accepted, weights) is not None:
             continue
         accepted.append(c)
-        state.picks.append(Pick(c, state.name, len(state.picks) + 1, value, reason))
+        state.picks.append(Pick(c, state.name, len(state.picks) + 1, value, ranker.why(c, value)))
         if len(state.picks) == state.limit:
             open_sections -= 1
             if open_sections == 0:
@@ -185,53 +208,73 @@ def pick(
     return [p for st in states.values() for p in st.picks]
 
 
-def rank_order(
-    candidates: Sequence[Candidate], ranking: str, weights: SelectionWeights, window_end: datetime
-) -> list[tuple[Candidate, float, str]]:
-    """(candidate, value, why) best first. Pins come first in every mode; ties are broken by
-    recency and id, so the order is total.
+@dataclass
+class Ranker:
+    """Orders a section's candidates by the newsletter's `ranking`. Pins come first in every
+    mode; ties are broken by recency and id, so the order is total.
 
     popularity: the score (popularity with recency decay, boosts).
     editorial: the newsroom's rank (1 first), then the feed's order, then recency.
     blend: editorial_weight × rank value + (1 − editorial_weight) × the score relative to the
     best in its section; rank value 1/rank, or FEED_RANK_FACTOR/feed position."""
-    scores = [score(c, window_end, weights) for c in candidates]
-    rows: list[tuple[tuple[object, ...], Candidate, float, str]] = []
-    best: dict[str, float] = {}
-    if ranking == "blend":
+
+    ranking: str
+    weights: SelectionWeights
+    window_end: datetime
+    _best: dict[str, float] = field(default_factory=dict)
+
+    def order(self, candidates: Sequence[Candidate]) -> list[tuple[Candidate, float]]:
+        """(candidate, value) best first; `value` is the score, or the blend."""
+        scores = [score(c, self.window_end, self.weights) for c in candidates]
+        rows: list[tuple[tuple[object, ...], Candidate, float]] = []
+        if self.ranking == "blend":
+            for c, s in zip(candidates, scores, strict=True):
+                name = c.section.casefold()
+                self._best[name] = max(self._best.get(name, 0.0), s)
         for c, s in zip(candidates, scores, strict=True):
-            name = c.section.casefold()
-            best[name] = max(best.get(name, 0.0), s)
-    for c, s in zip(candidates, scores, strict=True):
-        head = {"pin": "pinned by editor; "}.get(c.priority, "")
-        age = f"{_age_hours(c, window_end):.1f} h old"
-        tail = (-c.published_at.timestamp(), c.id)
-        pin = c.priority != "pin"
-        if ranking == "editorial":
-            why = f"{head}{_rank_words(c)}, {age}"
-            editorial: tuple[object, ...] = (
-                pin,
-                c.rank is None,
-                c.rank or 0,
-                c.feed_position is None,
-                c.feed_position or 0,
-                *tail,
-            )
-            rows.append((editorial, c, s, why))
-        elif ranking == "blend":
-            w = weights.editorial_weight
-            rv = _rank_value(c)
-            pv = s / best[c.section.casefold()] if best[c.section.casefold()] else 0.0
-            value = round(w * rv + (1 - w) * pv, 6)
-            why = (
-                f"{head}blend {value:.2f} = {w:g} × {_rank_words(c)} ({rv:.2f}) + {1 - w:g} × "
-                f"popularity {c.popularity:g} ({pv:.2f} of the section's best), {age}"
-            )
-            rows.append(((pin, -value, *tail), c, value, why))
-        else:
-            rows.append(((pin, -s, *tail), c, s, _reason(c, s, window_end)))
-    rows.sort(key=lambda r: r[0])
-    return [(c, v, why) for _, c, v, why in rows]
+            tail = (-c.published_at.timestamp(), c.id)
+            pin = c.priority != "pin"
+            if self.ranking == "editorial":
+                r, f = c.rank, c.feed_position
+                rows.append(((pin, r is None, r or 0, f is None, f or 0, *tail), c, s))
+            elif self.ranking == "blend":
+                value = self._blend(c, s)
+                rows.append(((pin, -value, *tail), c, value))
+            else:
+                rows.append(((pin, -s, *tail), c, s))
+        rows.sort(key=lambda r: r[0])
+        return [(c, v) for _, c, v in rows]
+
+    def _relative(self, c: Candidate, s: float) -> float:
+        best = self._best.get(c.section.casefold(), 0.0)
+        return s / best if best else 0.0
+
+    def _blend(self, c: Candidate, s: float) -> float:
+        w = self.weights.editorial_weight
+        return round(w * _rank_value(c) + (1 - w) * self._relative(c, s), 6)
+
+    def why(self, c: Candidate, value: float) -> str:
+        """The pick explained in the ranking's own terms (only picks are explained)."""
+        if self.ranking == "popularity":
+            return _reason(c, value, self.window_end)
+        head = "pinned by editor; " if c.priority == "pin" else ""
+        age = f"{_age_hours(c, self.window_end):.1f} h old"
+        if self.ranking == "editorial":
+            return f"{head}{_rank_words(c)}, {age}"
+        w = self.weights.editorial_weight
+        pv = self._relative(c, score(c, self.window_end, self.weights))
+        return (
+            f"{head}blend {value:.2f} = {w:g} × {_rank_words(c)} ({_rank_value(c):.2f}) + "
+            f"{1 - w:g} × popularity {c.popularity:g} ({pv:.2f} of the section's best), {age}"
+        )
+
+
+def rank_order(
+    candidates: Sequence[Candidate], ranking: str, weights: SelectionWeights, window_end: datetime
+) -> list[tuple[Candidate, float, str]]:
+    """Every candidate as Ranker orders it, with its value and why (for inspection)."""
+    ranker = Ranker(ranking, weights, window_end)
+    return [(c, v, ranker.why(c, v)) for c, v in ranker.order(candidates)]
 
 
 def _rank_value(c: Candidate) -> float:
@@ -260,9 +303,25 @@ def _reason(c: Candidate, s: float, window_end: datetime) -> str:
     return f"{head}popularity {c.popularity:g}, {age:.1f} h old"
 
 
+def body_loader(session: Session) -> BodyLoader:
+    """Reads the first BODY_HEAD_CHARS characters of the given articles' bodies."""
+
+    def load(ids: Sequence[int]) -> Mapping[int, str]:
+        if not ids:
+            return {}
+        rows = session.execute(
+            select(Article.id, func.substr(Article.body, 1, BODY_HEAD_CHARS)).where(
+                Article.id.in_(list(ids))
+            )
+        )
+        return {i: head or "" for i, head in rows}
+
+    return load
+
+
 def load_candidates(session: Session, start: datetime, end: datetime) -> list[Candidate]:
-    """Articles published in [start, end). Reads only the columns selection needs (of the body,
-    its first BODY_HEAD_CHARS characters)."""
+    """Articles published in [start, end). Reads only the columns selection needs; the bodies
+    are read later, for the few candidates the duplicate check reaches (body_loader)."""
     rows = session.execute(
         select(
             Article.id,
@@ -274,7 +333,6 @@ def load_candidates(session: Session, start: datetime, end: datetime) -> list[Ca
             Article.priority,
             Article.popularity,
             Article.source,
-            func.coalesce(func.substr(Article.body, 1, BODY_HEAD_CHARS), ""),
             Article.rank,
             Article.feed_position,
         ).where(Article.published_at >= start, Article.published_at < end)

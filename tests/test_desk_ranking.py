@@ -221,18 +221,34 @@ def test_re_headlined_wire_copy_with_different_deks_is_caught_by_its_body() -> N
     assert len(pick([a, b], newsletter("popularity"), weights, END)) == 2
 
 
-def test_body_dedupe_reads_only_the_first_words_from_the_store(
+def test_an_edition_build_dedupes_on_the_stored_bodies_reading_only_their_start(
     sessions: sessionmaker[Session],
 ) -> None:
-    from digest.selection import BODY_HEAD_CHARS, load_candidates
+    from digest.clock import fixed
+    from digest.config import load_config
+    from digest.editions import build_edition
+    from digest.selection import BODY_HEAD_CHARS, body_loader
+    from tests.conftest import DATA
     from tests.factories import add_article
 
+    config = load_config(DATA / "digest.toml")
+    nl = config.newsletter("daily")
+    day = datetime(2026, 3, 10).date()
+    at = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
+    long_body = BODY + "<p>" + "more " * 5000 + "</p>"
     with sessions.begin() as session:
-        add_article(session, END - timedelta(hours=1), body=BODY + "<p>" + "more " * 5000 + "</p>")
-    with sessions() as session:
-        (c,) = load_candidates(session, END - timedelta(days=1), END)
-    assert len(c.body_head) == BODY_HEAD_CHARS
-    assert c.body_head.startswith("<p>WASHINGTON (AP)")
+        wire = add_article(session, at, title="Senate averts shutdown", dek="A stopgap passes.",
+                           body=long_body, popularity=500)  # fmt: skip
+        add_article(session, at, title="What the deal means for local firms", section="Business",
+                    dek="Contractors can breathe easier.", body=long_body)  # fmt: skip
+        add_article(
+            session, at, title="Library hours", section="Business", body="<p>Open late.</p>"
+        )
+    with sessions.begin() as session:
+        edition = build_edition(session, config, nl, day, clock=fixed(at)).edition
+        assert sorted(i.title for i in edition.items) == ["Library hours", "Senate averts shutdown"]
+        (head,) = body_loader(session)([wire.id]).values()
+    assert len(head) == BODY_HEAD_CHARS and head.startswith("<p>WASHINGTON (AP)")
 
 
 @pytest.mark.parametrize(
