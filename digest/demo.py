@@ -99,7 +99,7 @@ def demo_anchor(newsletter: NewsletterConfig, now: datetime) -> datetime:
 DEMO_EDITOR = "demo-editor"
 DEMO_DESK = "desk@ledger.example"
 DEMO_NOTE = (
-    "Good morning from the desk. Today's top story: **the council's transit vote**. Our "
+    "Good morning from the desk. The top story today: **the council vote on transit**. Our "
     "[live coverage](https://ledger.example/live) runs all day.\n\n"
     "Have a tip? *Reply to this email.*"
 )
