@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -59,6 +60,10 @@ class Article(Base):
     source: Mapped[str | None] = mapped_column(String(200))
     priority: Mapped[str] = mapped_column(String(10), default="normal")
     popularity: Mapped[float] = mapped_column(Float, default=0.0)
+    # The newsroom's order: `rank` from a CMS export (1 = top of its section), and the item's
+    # place in its feed at the last ingest (a weaker signal: feeds are often just newest first).
+    rank: Mapped[int | None] = mapped_column(Integer)
+    feed_position: Mapped[int | None] = mapped_column(Integer)
     content_hash: Mapped[str] = mapped_column(String(64))
     ingested_at: Mapped[datetime] = mapped_column(UTCDateTime)
     modified_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -72,11 +77,15 @@ class Article(Base):
 
 _TRACKING_PREFIXES = ("utm_",)
 _TRACKING_KEYS = {"fbclid", "gclid", "mc_cid", "mc_eid"}
+# Fragments that only track (AT Internet's #xtor=RSS-3, #utm_source=...) are dropped; any other
+# fragment names a place in the page (a live-blog entry, a comment) and is kept.
+_TRACKING_FRAGMENT = re.compile(r"(?i)(xtor|utm_[a-z]+|at_[a-z]+|ns_[a-z]+)=")
 
 
 def normalise_url(url: str) -> str:
     """Canonical form used for uniqueness: lower-case scheme and host, default port, tracking
-    parameters (utm_*, fbclid, ...) and the fragment dropped; the rest is kept as published."""
+    parameters (utm_*, fbclid, ...) and tracking fragments (#xtor=...) dropped; the rest, with
+    the fragment, is kept as published: two anchors of one live blog are two stories."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
@@ -91,7 +100,8 @@ def normalise_url(url: str) -> str:
         if not k.lower().startswith(_TRACKING_PREFIXES) and k.lower() not in _TRACKING_KEYS
     ]
     path = parts.path or "/"
-    return urlunsplit((scheme, host, path, urlencode(query, doseq=True), ""))
+    fragment = "" if _TRACKING_FRAGMENT.match(parts.fragment) else parts.fragment
+    return urlunsplit((scheme, host, path, urlencode(query, doseq=True), fragment))
 
 
 def list_articles(

@@ -39,6 +39,9 @@ class SelectionWeights:
     popularity_floor: float = 10.0
     title_similarity: float = 0.6
     dek_similarity: float = 0.75
+    # ranking = "blend": the share of the newsroom's rank in the blended value (the rest is
+    # the popularity score, relative to the section's best).
+    editorial_weight: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,11 @@ class LogoConfig:
     alt: str = ""
 
 
+# How a section's stories are ordered: see README "Editions: how stories are picked".
+RANKINGS = ("popularity", "editorial", "blend")
+APPROVALS = ("none", "required")
+
+
 @dataclass(frozen=True)
 class NewsletterConfig:
     id: str
@@ -115,6 +123,13 @@ class NewsletterConfig:
     @property
     def lang(self) -> Language:
         return parse_language(self.language)
+
+    ranking: str = "popularity"
+    # "required": unattended sends wait for `digest edition approve` (only by `approvers`,
+    # when listed).
+    approval: str = "none"
+    approvers: tuple[str, ...] = ()
+    proof_to: tuple[str, ...] = ()  # default addresses of `digest proof`
 
     @property
     def section_names(self) -> tuple[str, ...]:
@@ -218,6 +233,13 @@ class Config:
     def database_url(self) -> str:
         return database_url()
 
+    @property
+    def common_timezone(self) -> str | None:
+        """The newsletters' time zone when they all share one (ingest reads a date without a
+        time as midnight there), else None."""
+        zones = {nl.timezone for nl in self.newsletters.values()}
+        return zones.pop() if len(zones) == 1 else None
+
     def newsletter(self, newsletter_id: str) -> NewsletterConfig:
         try:
             return self.newsletters[newsletter_id]
@@ -287,6 +309,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         popularity_floor=sel.number("popularity_floor", 10.0, minimum=0.0),
         title_similarity=sel.number("title_similarity", 0.6, minimum=0.0, maximum=1.0),
         dek_similarity=sel.number("dek_similarity", 0.75, minimum=0.0, maximum=1.0),
+        editorial_weight=sel.number("editorial_weight", 0.5, minimum=0.0, maximum=1.0),
     )
 
     site_t = r.table("site")
@@ -408,6 +431,10 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
         "in_brief",
         "brand_color",
         "logo",
+        "ranking",
+        "approval",
+        "approvers",
+        "proof_to",
     )
     title = t.string("title", required=True)
     from_email = t.string("from_email", required=True)
@@ -490,6 +517,10 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
         gates=gates,
         catch_up_hours=t.number("catch_up_hours", 6.0, minimum=0.0),
         blocks=_blocks(t),
+        ranking=t.choice("ranking", RANKINGS, "popularity"),
+        approval=t.choice("approval", APPROVALS, "none"),
+        approvers=t.strings("approvers"),
+        proof_to=tuple(_address(t, "proof_to", a) for a in t.strings("proof_to")),
         language=_language(t),
         in_brief=t.boolean("in_brief", False),
         brand_color=_colour(t, "brand_color"),
@@ -531,6 +562,15 @@ def _logo(t: _Reader, title: str) -> LogoConfig | None:
         height=g.integer("height", 1, minimum=1, maximum=400) if "height" in g.raw else None,
         alt=g.string("alt", title),
     )
+
+
+def _address(t: _Reader, key: str, address: str) -> str:
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        return validate_email(address, check_deliverability=False).normalized
+    except EmailNotValidError as e:
+        raise t.error(key, f"{address!r} is not a valid email address: {e}") from None
 
 
 def _blocks(t: _Reader) -> tuple[BlockConfig, ...]:
@@ -611,6 +651,18 @@ class _Reader:
         if not folder.is_dir():
             raise self.error(key, f"{folder} is not a folder")
         return folder
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.string(key, default)
+        if value not in choices:
+            raise self.error(key, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        v = self.raw.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
+            raise self.error(key, 'must be an array of non-empty strings (["a", "b"])')
+        return tuple(x.strip() for x in v)
 
     def optional_string(self, key: str) -> str | None:
         v = self.raw.get(key)

@@ -10,8 +10,9 @@ import csv
 import io
 import json
 import re
+import shlex
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import format_datetime, parsedate_to_datetime
@@ -23,8 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
 from digest.db import transaction
-from digest.editions import build_edition, format_edition, get_edition
+from digest.desk import approve, drop_story, set_note, show_edition
+from digest.editions import build_edition, get_edition
 from digest.ingest import ingest_files
+from digest.proofs import send_proof
 from digest.selection import edition_window
 from digest.sending import SendOptions, send_edition
 from subscribers.importing import import_csv
@@ -93,30 +96,45 @@ def demo_anchor(newsletter: NewsletterConfig, now: datetime) -> datetime:
     return min(now, end) - timedelta(minutes=30)
 
 
+DEMO_EDITOR = "demo-editor"
+DEMO_DESK = "desk@ledger.example"
+DEMO_NOTE = (
+    "Good morning from the desk. The top story today: **the council vote on transit**. Our "
+    "[live coverage](https://ledger.example/live) runs all day.\n\n"
+    "Have a tip? *Reply to this email.*"
+)
+
+
 def run_demo(config: Config, sessions: sessionmaker[Session], *, clock: Clock) -> Iterator[str]:
-    """Ingest the sample newsroom and readers, build today's edition, send it to the outbox.
+    """Ingest the sample newsroom and readers, build today's edition, shape it at the desk
+    (an editor's note, one story dropped), proof and approve it, and send it to the outbox.
+    Each step first prints the `digest` command that does the same.
 
     Re-runnable: a second run the same day finds the edition already sent and says where it is;
     a run on another day gets that day's copy of the sample (dated URLs) and a new edition."""
     newsletter = next(iter(config.newsletters.values()))
+    nid = newsletter.id
     now = clock()
     today = now.astimezone(newsletter.tz).date()
     files = shifted_sample(WORK_DIR, demo_anchor(newsletter, now))
+    yield _command("ingest", *map(str, files))
     for report in ingest_files(sessions, files, section=None, source=None, fmt="auto", clock=clock):
         yield report.summary()
+    readers = resources.files("digest.sample") / "subscribers.csv"
+    with resources.as_file(readers) as path, transaction(sessions) as session:
+        yield _command("subscribers", "import", str(path), "-n", nid)
+        yield import_csv(session, newsletter, path, at=now).summary()
+    day = ["--date", today.isoformat()]
     with transaction(sessions) as session:
-        readers = resources.files("digest.sample") / "subscribers.csv"
-        with resources.as_file(readers) as path:
-            yield import_csv(session, newsletter, path, at=now).summary()
-    with transaction(sessions) as session:
-        edition = get_edition(session, newsletter.id, today)
+        edition = get_edition(session, nid, today)
+        fresh = edition is None or (not edition.frozen and not edition.edits)
         if edition is None or not edition.frozen:
-            result = build_edition(session, config, newsletter, today, clock=clock, force=True)
-            yield result.message
-            yield format_edition(result.edition)
-    sent = send_edition(
-        config, sessions, newsletter.id, today, SendOptions(provider="outbox"), clock=clock
-    )
+            yield _command("edition", "build", nid, *day, "--force")
+            yield build_edition(session, config, newsletter, today, clock=clock, force=True).message
+    if fresh:
+        yield from _at_the_desk(config, sessions, newsletter, today, clock)
+    yield _command("send", nid, *day)
+    sent = send_edition(config, sessions, nid, today, SendOptions(provider="outbox"), clock=clock)
     yield sent.summary()
     outbox = config.outbox.dir.resolve()
     messages = sorted(outbox.glob(f"*{today:%Y-%m-%d}*.eml")) or sorted(outbox.glob("*.eml"))
@@ -126,6 +144,53 @@ def run_demo(config: Config, sessions: sessionmaker[Session], *, clock: Clock) -
         preview.write_text(_html_part(messages[0]), encoding="utf-8")
         yield f"open {preview.resolve()} in a browser to see the first reader's email"
         yield f"or read the raw message: {messages[0]}"
+
+
+def _at_the_desk(
+    config: Config,
+    sessions: sessionmaker[Session],
+    newsletter: NewsletterConfig,
+    today: date,
+    clock: Clock,
+) -> Iterator[str]:
+    """The editor's morning: a note, one story dropped, a look, a proof, the sign-off."""
+    nid = newsletter.id
+    day = ["--date", today.isoformat()]
+    by = ["--by", DEMO_EDITOR]
+    with transaction(sessions) as session:
+        yield _command("edition", "note", nid, *day, *by, DEMO_NOTE)
+        yield set_note(session, newsletter, today, DEMO_NOTE, by=DEMO_EDITOR, clock=clock).message
+        edition = get_edition(session, nid, today)
+        assert edition is not None
+        # The last story of the first section that has more than one.
+        target = next((items[-1] for _, items in edition.sections() if len(items) > 1), None)
+        if target is not None:
+            ref = f"{target.section}:{target.rank}"
+            yield _command("edition", "drop", nid, *day, *by, ref)
+            yield drop_story(session, newsletter, today, ref, by=DEMO_EDITOR, clock=clock).message
+    with sessions() as session:
+        yield _command("edition", "show", nid, *day)
+        yield show_edition(session, config, newsletter, today).text()
+    # One variant for the demo (the vip readers' copy, with their block); without --segment
+    # the desk gets every variant the audience receives.
+    yield _command("proof", nid, *day, "--to", DEMO_DESK, "--segment", "vip", *by)
+    yield send_proof(
+        config,
+        sessions,
+        newsletter,
+        today,
+        [DEMO_DESK],
+        by=DEMO_EDITOR,
+        clock=clock,
+        segment="vip" if "vip" in config.segments else None,
+    ).summary()
+    with transaction(sessions) as session:
+        yield _command("edition", "approve", nid, *day, *by)
+        yield approve(session, newsletter, today, by=DEMO_EDITOR, clock=clock).message
+
+
+def _command(*args: str) -> str:
+    return "$ digest " + " ".join(shlex.quote(a) for a in args)
 
 
 def _html_part(eml: Path) -> str:

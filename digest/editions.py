@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import (
+    Boolean,
     Date,
     Float,
     ForeignKey,
@@ -19,6 +20,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    func,
     select,
     update,
 )
@@ -29,10 +32,12 @@ from digest.articles import Article, UTCDateTime
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
 from digest.db import Base
-from digest.errors import EditionFrozen, NotFound
+from digest.errors import EditionFrozen, InputError, NotFound
 from digest.selection import (
+    BODY_HEAD_CHARS,
     Candidate,
     Pick,
+    body_loader,
     edition_window,
     load_candidates,
     pick,
@@ -54,11 +59,22 @@ class Edition(Base):
     window_start: Mapped[datetime] = mapped_column(UTCDateTime)
     window_end: Mapped[datetime] = mapped_column(UTCDateTime)
     fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    # The editor's desk (digest.desk): a note above the stories (short Markdown), subject and
+    # preheader overrides (the newsletter's templates when None), and who signed it off.
+    note: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(Text)
+    preheader: Mapped[str | None] = mapped_column(Text)
+    approved_by: Mapped[str | None] = mapped_column(String(100))
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     items: Mapped[list[EditionItem]] = relationship(
         back_populates="edition",
         cascade="all, delete-orphan",
         order_by="(EditionItem.section_position, EditionItem.rank)",
+    )
+
+    edits: Mapped[list[EditionEdit]] = relationship(
+        cascade="all, delete-orphan", order_by="EditionEdit.id"
     )
 
     __table_args__ = (UniqueConstraint("newsletter", "edition_date"),)
@@ -70,7 +86,7 @@ class Edition(Base):
     def sections(self) -> list[tuple[str, list[EditionItem]]]:
         """Sections in edition order with their ranked items."""
         out: list[tuple[str, list[EditionItem]]] = []
-        for item in self.items:
+        for item in sorted(self.items, key=lambda i: (i.section_position, i.rank)):
             if not out or out[-1][0] != item.section:
                 out.append((item.section, []))
             out[-1][1].append(item)
@@ -98,8 +114,22 @@ class EditionItem(Base):
     image_url: Mapped[str | None] = mapped_column(String(2048))
     image_alt: Mapped[str | None] = mapped_column(Text)
     image_caption: Mapped[str | None] = mapped_column(Text)
+    # The editor's overrides for the email (the snapshot and the stored article stay as they
+    # are), and a pin that keeps the story at its place when the edition is rebuilt.
+    headline: Mapped[str | None] = mapped_column(Text)
+    blurb: Mapped[str | None] = mapped_column(Text)
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     edition: Mapped[Edition] = relationship(back_populates="items")
+
+    @property
+    def shown_title(self) -> str:
+        """The headline as the email shows it."""
+        return self.headline or self.title
+
+    @property
+    def shown_dek(self) -> str:
+        return self.dek if self.blurb is None else self.blurb
 
     __table_args__ = (UniqueConstraint("edition_id", "article_id"),)
 
@@ -133,6 +163,28 @@ class EditionItem(Base):
             image_alt=article.image_alt,
             image_caption=article.image_caption,
         )
+
+
+class EditionEdit(Base):
+    """One change an editor made to a draft (or its approval), with who and when: the desk's
+    log, shown by `edition show` and replayed on the fresh picks when the draft is rebuilt."""
+
+    __tablename__ = "edition_edits"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    edition_id: Mapped[int] = mapped_column(
+        ForeignKey("editions.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    by: Mapped[str] = mapped_column(String(100))
+    # drop, add, move, pin, unpin, headline, blurb, note, subject, preheader, approve,
+    # withdraw, rebuild
+    action: Mapped[str] = mapped_column(String(20))
+    article_id: Mapped[int | None] = mapped_column(Integer)
+    section: Mapped[str | None] = mapped_column(String(100))
+    position: Mapped[int | None] = mapped_column(Integer)
+    value: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text)
 
 
 @dataclass(frozen=True)
@@ -180,8 +232,10 @@ def load_already_sent(
             EditionItem.dek,
             EditionItem.url,
             EditionItem.published_at,
+            func.coalesce(func.substr(Article.body, 1, BODY_HEAD_CHARS), ""),
         )
         .join(Edition, Edition.id == EditionItem.edition_id)
+        .outerjoin(Article, Article.id == EditionItem.article_id)
         .where(
             Edition.newsletter == newsletter.id,
             Edition.edition_date < edition_date,
@@ -189,7 +243,12 @@ def load_already_sent(
             Edition.status != "draft",
         )
     ).all()
-    return [Candidate(*row) for row in rows]
+    return [
+        Candidate(
+            id=r[0], section=r[1], title=r[2], dek=r[3], url=r[4], published_at=r[5], body_head=r[6]
+        )
+        for r in rows
+    ]
 
 
 def build_edition(
@@ -218,12 +277,15 @@ def build_edition(
                 f"{existing.built_at:%Y-%m-%d %H:%M} UTC (use --force to rebuild)",
             )
     start, end = edition_window(newsletter, edition_date)
+    edits = list(existing.edits) if existing is not None else []
+    dropped = _dropped(edits)
     picks = pick(
-        load_candidates(session, start, end),
+        [c for c in load_candidates(session, start, end) if c.id not in dropped],
         newsletter,
         config.selection,
         end,
         load_already_sent(session, newsletter, edition_date),
+        bodies=body_loader(session),
     )
     edition = existing or Edition(newsletter=newsletter.id, edition_date=edition_date)
     if existing is not None:
@@ -234,6 +296,7 @@ def build_edition(
     edition.window_start = start
     edition.window_end = end
     edition.items = _items(session, picks, newsletter)
+    stale = replay_edits(session, edition, newsletter, edits)
     edition.fingerprint = fingerprint(edition.items)
     try:
         # A savepoint: if another process stored this edition since our check, only our insert
@@ -249,11 +312,123 @@ def build_edition(
     verb = "rebuilt" if existing is not None else "built"
     count = len(edition.items)
     sections = len(edition.sections())
-    return BuildResult(
-        edition,
-        True,
-        f"{verb} edition {newsletter.id} {edition_date}: {count} stories in {sections} sections",
+    message = (
+        f"{verb} edition {newsletter.id} {edition_date}: {count} stories in {sections} sections"
     )
+    story_edits = sum(1 for e in edits if e.action in STORY_ACTIONS)
+    if story_edits:
+        message += f"; {story_edits - stale} editor's change(s) re-applied"
+        if stale:
+            message += f", {stale} no longer apply (story not in the edition)"
+    if existing is not None and existing.approved_by:
+        message += f"; approval by {existing.approved_by} withdrawn"
+        existing.approved_by = existing.approved_at = None
+    return BuildResult(edition, True, message)
+
+
+# --- the editor's changes (digest.desk records them; a rebuild replays them) ------------------
+
+# Edits of single stories, replayed in order on a rebuild's fresh picks.
+STORY_ACTIONS = ("drop", "add", "move", "pin", "unpin", "headline", "blurb")
+
+
+def _dropped(edits: list[EditionEdit]) -> set[int]:
+    """Articles the editor's latest word on was `drop`: a rebuild does not pick them."""
+    out: set[int] = set()
+    for e in edits:
+        if e.article_id is None:
+            continue
+        if e.action == "drop":
+            out.add(e.article_id)
+        elif e.action in ("add", "move", "pin"):
+            out.discard(e.article_id)
+    return out
+
+
+def replay_edits(
+    session: Session, edition: Edition, newsletter: NewsletterConfig, edits: list[EditionEdit]
+) -> int:
+    """Apply the editor's story edits to freshly picked items: a story added, moved or pinned
+    stays where it was put (taken from the store again when the pick no longer has it),
+    overrides come back. Returns how many edits found their story gone."""
+    stale = 0
+    for e in edits:
+        if e.action not in STORY_ACTIONS or e.article_id is None:
+            continue
+        item = next((i for i in edition.items if i.article_id == e.article_id), None)
+        if e.action == "drop":
+            if item is not None:
+                remove_item(edition, item)
+            continue
+        if e.action in ("add", "move", "pin"):
+            if item is None:
+                article = session.get(Article, e.article_id)
+                if article is None:
+                    stale += 1
+                    continue
+                item = EditionItem.snapshot(
+                    article,
+                    section=e.section or article.section,
+                    section_position=0,
+                    rank=0,
+                    score=0.0,
+                    reason=f"{'added' if e.action == 'add' else 'placed'} by {e.by}",
+                )
+                edition.items.append(item)
+            place_item(edition, item, newsletter, e.section or item.section, e.position)
+            if e.action == "pin":
+                item.pinned = True
+        elif item is None:
+            stale += 1
+        elif e.action == "unpin":
+            item.pinned = False
+        elif e.action == "headline":
+            item.headline = e.value
+        elif e.action == "blurb":
+            item.blurb = e.value
+    return stale
+
+
+def section_items(edition: Edition, section: str) -> list[EditionItem]:
+    return sorted(
+        (i for i in edition.items if i.section.casefold() == section.casefold()),
+        key=lambda i: i.rank,
+    )
+
+
+def place_item(
+    edition: Edition,
+    item: EditionItem,
+    newsletter: NewsletterConfig,
+    section: str,
+    position: int | None,
+) -> None:
+    """Put `item` at `position` (1-based; None or past the end: last) of `section`, which must
+    be one of the newsletter's, and number both sections' stories 1, 2, 3 ... again."""
+    conf = newsletter.section(section)
+    if conf is None:
+        known = ", ".join(newsletter.section_names)
+        raise InputError(f"{section!r} is not a section of {newsletter.id} (sections: {known})")
+    old = item.section
+    others = [i for i in section_items(edition, conf.name) if i is not item]
+    index = len(others) if position is None else max(0, min(position - 1, len(others)))
+    others.insert(index, item)
+    item.section = conf.name
+    item.section_position = newsletter.section_names.index(conf.name)
+    for rank, i in enumerate(others, 1):
+        i.rank = rank
+    if old.casefold() != conf.name.casefold():
+        _renumber(section_items(edition, old))
+
+
+def remove_item(edition: Edition, item: EditionItem) -> None:
+    edition.items.remove(item)
+    _renumber(section_items(edition, item.section))
+
+
+def _renumber(items: list[EditionItem]) -> None:
+    for rank, i in enumerate(items, 1):
+        i.rank = rank
 
 
 def _items(session: Session, picks: list[Pick], newsletter: NewsletterConfig) -> list[EditionItem]:
@@ -302,14 +477,34 @@ def freeze_edition(session: Session, edition: Edition, *, clock: Clock) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
-def format_edition(edition: Edition) -> str:
-    """The edition as an editor reads it: section, rank, title, source, score and why."""
+def approval_text(edition: Edition) -> str:
+    """Who signed the edition off and when, as `edition show` and `sends report` say it."""
+    if edition.approved_by and edition.approved_at:
+        return f"approved by {edition.approved_by} at {edition.approved_at:%Y-%m-%d %H:%M} UTC"
+    return "not approved"
+
+
+def format_edition(edition: Edition, newsletter: NewsletterConfig | None = None) -> str:
+    """The edition as an editor reads it: section, rank, title, source, score and why; the
+    editor's note, overrides and pins; who approved it; the desk's log of changes."""
+    approval = approval_text(edition)
+    if newsletter is not None and newsletter.approval == "required":
+        approval += " (approval required before an unattended send)"
     lines = [
         f"{edition.newsletter} {edition.edition_date:%A %-d %B %Y}  [{edition.status}]  "
         f"built {edition.built_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC",
         f"window {edition.window_start.astimezone(UTC):%Y-%m-%d %H:%M} → "
-        f"{edition.window_end.astimezone(UTC):%Y-%m-%d %H:%M} UTC",
+        f"{edition.window_end.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+        + (f"; ranking {newsletter.ranking}" if newsletter is not None else ""),
+        approval,
     ]
+    if edition.subject:
+        lines.append(f"subject (this edition): {edition.subject}")
+    if edition.preheader:
+        lines.append(f"preheader (this edition): {edition.preheader}")
+    if edition.note:
+        lines.append("editor's note:")
+        lines += [f"  {line}".rstrip() for line in edition.note.splitlines()]
     sections = edition.sections()
     if not sections:
         lines.append("(no stories in the window)")
@@ -317,6 +512,19 @@ def format_edition(edition: Edition) -> str:
         lines.append("")
         lines.append(name.upper())
         for item in items:
-            lines.append(f"  {item.rank}. {item.title}")
-            lines.append(f"     {item.source or '-'} · score {item.score:.2f} · {item.reason}")
+            pin = "  [pinned]" if item.pinned else ""
+            lines.append(f"  {item.rank}. {item.shown_title}{pin}")
+            lines.append(
+                f"     #{item.article_id} · {item.source or '-'} · score {item.score:.2f} · "
+                f"{item.reason}"
+            )
+            if item.headline:
+                lines.append(f"     headline for the email (stored: {item.title})")
+            if item.blurb is not None:
+                lines.append(f"     blurb for the email: {item.blurb or '(none)'}")
+    if edition.edits:
+        lines.append("")
+        lines.append("CHANGES")
+        for e in edition.edits:
+            lines.append(f"  {e.at.astimezone(UTC):%Y-%m-%d %H:%M} UTC  {e.by}: {e.summary}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from digest.articles import Article
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
+from digest.desk import approval_hold
 from digest.editions import Edition
 from digest.errors import GateClosed
 
@@ -30,7 +31,8 @@ def check_gates(
     *,
     clock: Clock,
 ) -> None:
-    """Raise GateClosed when the edition should not go out unattended.
+    """Raise GateClosed when the edition should not go out unattended (or, with approval
+    required, before someone signed it off).
 
     An edition whose sending already started (frozen or sent) is not judged again: finishing it
     beats leaving half the list without, and its gates were checked (or forced) when it began.
@@ -40,6 +42,8 @@ def check_gates(
     reasons = [
         r
         for r in (
+            # approval = "required": a person signs off first (digest.desk).
+            approval_hold(newsletter, edition),
             _empty(edition),
             # As of the edition's send time: a late send of a past edition judges the store as
             # it was when the edition was due, not today.

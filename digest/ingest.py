@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, tzinfo
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,11 @@ _DEFAULTS: dict[str, Any] = {
     "source": None,
     "priority": "normal",
     "popularity": 0.0,
+    "rank": None,
+    "feed_position": None,
 }
+# Hashed only when set, so articles stored before these fields existed keep their hash.
+_HASHED_IF_SET = ("rank",)
 # JSON/CSV field names (and accepted aliases) -> Article attribute.
 _FIELD_NAMES = {
     "guid": "guid",
@@ -102,6 +106,7 @@ _FIELD_NAMES = {
     "source": "source",
     "priority": "priority",
     "popularity": "popularity",
+    "rank": "rank",
 }
 _FEED_SUFFIXES = {".xml", ".rss", ".atom", ".rdf"}
 _JSON_SUFFIXES = {".json", ".jsonl", ".ndjson"}
@@ -169,6 +174,8 @@ class _Defaults:
     section: str | None
     source: str | None
     known_sections: Mapping[str, str] | None
+    # Date-only `published`/`updated` values are midnight here (the newsletter's zone).
+    timezone: tzinfo | None = None
 
 
 def ingest_files(
@@ -179,17 +186,19 @@ def ingest_files(
     source: str | None = None,
     fmt: str = "auto",
     known_sections: Mapping[str, str] | None = None,
+    timezone: tzinfo | None = None,
     clock: Clock,
 ) -> list[IngestReport]:
     """Upsert the articles of every file; one report per file, in the order given.
 
     `section`/`source` apply to items that carry none. `known_sections` (casefolded name ->
     configured name) makes sections strict: an item whose section is not configured is rejected,
-    and a configured one is stored in its configured spelling.
+    and a configured one is stored in its configured spelling. A date without a time
+    (`2026-01-26`) is midnight in `timezone`; without one such items are rejected.
     """
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
-    defaults = _Defaults(section, source, known_sections)
+    defaults = _Defaults(section, source, known_sections, timezone)
     parsed = [_parse_file(path, fmt, defaults) for path in paths]
     return [_store(sessions, p, clock) for p in parsed]
 
@@ -207,6 +216,9 @@ def content_hash(values: Mapping[str, Any]) -> str:
         elif name == "popularity":
             value = float(value or 0.0)
         canon[name] = value
+    for name in _HASHED_IF_SET:
+        if values.get(name) is not None:
+            canon[name] = values[name]
     return _sha256(json.dumps(canon, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
 
 
@@ -215,7 +227,7 @@ def _sha256(text: str) -> str:
 
 
 def _stored(article: Article) -> dict[str, Any]:
-    return {name: getattr(article, name) for name in _HASHED}
+    return {name: getattr(article, name) for name in (*_HASHED, *_HASHED_IF_SET)}
 
 
 def _store(sessions: sessionmaker[Session], parsed: _Parsed, clock: Clock) -> IngestReport:
@@ -287,8 +299,16 @@ def _upsert(
         return "new"
     # The first guid seen for an article stays its stable id; fields the input does not carry
     # (a feed has no priority or popularity) keep what is stored.
+    values = dict(values)
+    position = values.pop("feed_position", existing.feed_position)
+    if found_by_guid is existing and _same_page(values["url"], existing.url):
+        # Two sources of one story often differ only by an anchor: keep the stored link
+        # rather than flip between them on every ingest.
+        values["url"] = existing.url
     merged = {**_stored(existing), **values, "guid": existing.guid}
     digest = content_hash(merged)
+    # The place in its feed moves as newer items arrive: kept current, not a change of content.
+    existing.feed_position = position
     if digest == existing.content_hash:
         return "unchanged"
     old_url = existing.url
@@ -301,6 +321,10 @@ def _upsert(
         by_url.pop(old_url, None)
         by_url[existing.url] = existing
     return "updated"
+
+
+def _same_page(a: str, b: str) -> bool:
+    return a.partition("#")[0] == b.partition("#")[0]
 
 
 # --- parsing: shared -------------------------------------------------------------------------
@@ -368,7 +392,7 @@ def _validate(raw: Mapping[str, Any], defaults: _Defaults) -> dict[str, Any]:
         raise FieldError(raw["date_error"])
     if raw.get("published_at") is None:
         raise FieldError("no published date")
-    values["published_at"] = parse_datetime(raw["published_at"], "published")
+    values["published_at"] = parse_datetime(raw["published_at"], "published", defaults.timezone)
     guid = clean_text(raw.get("guid"), "guid", allow_number=True)
     # Without a guid the URL is the id; one too long for the guid column is hashed to fit.
     fallback = url if len(url) <= _MAX_LENGTH["guid"] else f"sha256:{_sha256(url)}"
@@ -390,13 +414,19 @@ def _validate(raw: Mapping[str, Any], defaults: _Defaults) -> dict[str, Any]:
         values["source"] = defaults.source
     if "updated_at" in raw:
         updated = raw["updated_at"]
-        values["updated_at"] = None if _blank(updated) else parse_datetime(updated, "updated")
+        values["updated_at"] = (
+            None if _blank(updated) else parse_datetime(updated, "updated", defaults.timezone)
+        )
     if "tags" in raw:
         values["tags"] = parse_tags(raw["tags"])
     if "priority" in raw:
         values["priority"] = parse_priority(raw["priority"])
     if "popularity" in raw:
         values["popularity"] = parse_popularity(raw["popularity"])
+    if "rank" in raw:
+        values["rank"] = parse_rank(raw["rank"])
+    if "feed_position" in raw:
+        values["feed_position"] = raw["feed_position"]
     for name, limit in _MAX_LENGTH.items():
         value = values.get(name)
         if isinstance(value, str) and len(value) > limit:
@@ -444,9 +474,13 @@ def parse_url(value: object, name: str = "url") -> str:
     return normal
 
 
-def parse_datetime(value: object, name: str = "published") -> datetime:
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_datetime(value: object, name: str = "published", zone: tzinfo | None = None) -> datetime:
     """ISO 8601 with a UTC offset (or Z), returned in UTC. Times without an offset are refused:
-    guessing the zone would shift stories across edition windows."""
+    guessing the zone would shift stories across edition windows. A date alone (CMS exports
+    write `2026-01-26`) is midnight of that day in `zone`, the newsletter's time zone."""
     if isinstance(value, datetime) and value.tzinfo is not None:
         parsed = value
     else:
@@ -455,6 +489,8 @@ def parse_datetime(value: object, name: str = "published") -> datetime:
         if not isinstance(value, str):
             raise FieldError(f"{name} date must be ISO 8601 text, not {type(value).__name__}")
         text = value.strip()
+        if _DATE_ONLY.fullmatch(text):
+            return _local_midnight(text, name, zone)
         try:
             parsed = datetime.fromisoformat(text)
         except ValueError:
@@ -467,6 +503,30 @@ def parse_datetime(value: object, name: str = "published") -> datetime:
         return parsed.astimezone(UTC)
     except (OverflowError, ValueError):
         raise FieldError(f"{name} date {_quote(str(value))} is out of range") from None
+
+
+def _local_midnight(text: str, name: str, zone: tzinfo | None) -> datetime:
+    if zone is None:
+        raise FieldError(
+            f"{name} date {_quote(text)} has no time, and the newsletters use several time "
+            "zones: pass --timezone to read it as midnight there"
+        )
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise FieldError(f"{name} date {_quote(text)} is not a calendar date") from None
+    return datetime.combine(day, datetime.min.time(), tzinfo=zone).astimezone(UTC)
+
+
+def parse_rank(value: object) -> int | None:
+    """The story's place in its section on the newsroom's page: a whole number from 1; empty
+    means none."""
+    if _blank(value):
+        return None
+    number = _as_number(value)
+    if number is None or not number.is_integer() or not 1 <= number <= 1_000_000:
+        raise FieldError(f"rank {_quote(value)} is not a whole number from 1 (1 = top story)")
+    return int(number)
 
 
 def parse_tags(value: object) -> list[str]:
@@ -498,16 +558,21 @@ def parse_priority(value: object) -> str:
     raise FieldError(f"priority {_quote(value)} is not one of {', '.join(PRIORITIES)}")
 
 
+def _as_number(value: object) -> float | None:
+    """A JSON number or the text of one (CSV cells), else None."""
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:
+            return float(value.strip() if isinstance(value, str) else value)
+        except (ValueError, OverflowError):
+            return None
+    return None
+
+
 def parse_popularity(value: object) -> float:
     """A finite number >= 0 (views, clicks); empty means 0."""
     if _blank(value):
         return 0.0
-    number: float | None = None
-    if isinstance(value, int | float | str) and not isinstance(value, bool):
-        try:
-            number = float(value.strip() if isinstance(value, str) else value)
-        except (ValueError, OverflowError):
-            number = None
+    number = _as_number(value)
     if number is None or not math.isfinite(number) or number < 0:
         raise FieldError(f"popularity {_quote(value)} is not a number of 0 or more")
     return number
@@ -712,6 +777,7 @@ def _parse_feed(path: Path, data: bytes, defaults: _Defaults) -> _Parsed:
         except FieldError as e:
             _collect(parsed, str(e), where)
             continue
+        raw["feed_position"] = number  # the feed's own order: a weaker editorial rank
         _collect(parsed, _build(where, raw, defaults), where)
     return parsed
 
@@ -783,6 +849,9 @@ def _entry_fields(
     item_source = entry.get("source", {}).get("title") if entry.get("source") else None
     raw["source"] = item_source or source
     image_url, image_alt = _entry_image(entry, media)
+    if image_url is None:
+        # Photo posts (tumblr and the like) carry their picture only in the HTML.
+        image_url, image_alt = first_image(body or entry.get("summary") or "")
     raw["image_url"] = image_url
     raw["image_alt"] = image_alt
     raw["image_caption"] = None
@@ -859,6 +928,35 @@ def _entry_image(entry: Mapping[str, Any], media: _MediaText) -> tuple[str | Non
 
 
 # --- HTML to text ----------------------------------------------------------------------------
+
+
+class _FirstImage(HTMLParser):
+    """The first <img> of an HTML fragment with an http(s) src that is not a tracking pixel."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: tuple[str, str | None] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag != "img" or self.found is not None:
+            return
+        a = dict(attrs)
+        src = (a.get("src") or "").strip()
+        if not src.lower().startswith(("http://", "https://")):
+            return
+        if a.get("width") in ("0", "1") or a.get("height") in ("0", "1"):
+            return
+        self.found = (src, (a.get("alt") or "").strip() or None)
+
+
+def first_image(html: str) -> tuple[str | None, str | None]:
+    """(src, alt) of the first real image in an item's HTML, or (None, None)."""
+    if "<img" not in html.lower():
+        return None, None
+    parser = _FirstImage()
+    parser.feed(html)
+    parser.close()
+    return parser.found or (None, None)
 
 
 class _TextExtractor(HTMLParser):

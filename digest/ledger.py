@@ -516,10 +516,11 @@ class LedgerReport:
     # Indexes into the newsletter's blocks each variant shows (two variants can have the same
     # sections and differ by their blocks).
     variant_blocks: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    approval: str = ""  # who signed the edition off (digest.desk)
 
 
 def report(session: Session, edition_id: int, max_failures: int = 200) -> LedgerReport:
-    from digest.editions import Edition
+    from digest.editions import Edition, approval_text
 
     edition = session.get(Edition, edition_id)
     assert edition is not None
@@ -558,6 +559,7 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
         sections,
         failures,
         blocks,
+        approval_text(edition),
     )
 
 

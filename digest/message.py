@@ -26,6 +26,7 @@ from digest.config import Config, NewsletterConfig
 
 EDITION_HEADER = "X-Digest-Edition"
 VARIANT_HEADER = "X-Digest-Variant"
+PROOF_HEADER = "X-Digest-Proof"
 _MAX_NAME = 200
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*\Z")
 
@@ -230,11 +231,15 @@ class VariantMessage:
         newsletter: NewsletterConfig,
         edition_date: date,
         variant_key: str,
+        *,
+        proof: bool = False,
     ) -> None:
         self.config = config
         self.newsletter = newsletter
         self.edition_date = edition_date
         self.variant_key = variant_key
+        # A proof (digest.proofs) says so in a header and is no ledger row to webhooks.
+        self.proof = proof
         self.campaign = campaign_id(newsletter, edition_date)
         self.list_id = list_id(newsletter)
         seed = f"{self.campaign}\0{variant_key}".encode()
@@ -248,6 +253,7 @@ class VariantMessage:
                 b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
                 _header_line(EDITION_HEADER, self.campaign),
                 _header_line(VARIANT_HEADER, variant_key),
+                _header_line(PROOF_HEADER, "yes") if proof else b"",
                 _header_line("Content-Type", f'multipart/alternative; boundary="{self.boundary}"'),
                 b"\r\n",
             ]
@@ -326,6 +332,8 @@ class VariantMessage:
             EDITION_HEADER: self.campaign,
             VARIANT_HEADER: self.variant_key,
         }
+        if self.proof:
+            body["headers"][PROOF_HEADER] = "yes"
         return body
 
     def sendgrid_personalization(
@@ -341,7 +349,8 @@ class VariantMessage:
                     to.unsubscribe_url, self.config.site.unsubscribe_mailto
                 ),
             },
-            "custom_args": {"delivery_id": str(to.delivery_id)},
+            # The Event Webhook finds ledger rows by delivery_id: a proof must never match one.
+            "custom_args": {"proof_id" if self.proof else "delivery_id": str(to.delivery_id)},
         }
         if subject is not None:
             p["subject"] = subject

@@ -92,19 +92,9 @@ def preview_mail(
     """The email one reader gets: `subscriber` (email or id), else the first member of
     `segment`, else a sample reader of `sections` (default: the whole edition) shown the
     newsletter's `blocks` (indexes)."""
-    if segment and subscriber:
-        raise InputError("choose either --segment or --subscriber, not both")
     edition = load_edition(session, newsletter.id, edition_date)
     renderer = Renderer(config, newsletter, edition)
-    who: Recipient | None = None
-    if subscriber:
-        who = recipient(session, config, newsletter, subscriber)
-    elif segment:
-        who = next(iter(audience(session, config, newsletter, [segment])), None)
-        if who is None:
-            raise NotFound(
-                f"segment {segment!r} has no active member of {newsletter.id} to preview as"
-            )
+    who = chosen_reader(session, config, newsletter, segment=segment, subscriber=subscriber)
     if who is not None:
         variant = renderer.variant(who.sections, who.blocks)
         personal = personal_links(config, newsletter, edition, who)
@@ -112,6 +102,30 @@ def preview_mail(
         variant = renderer.variant(sections or (), blocks)
         personal = sample_personal(config, newsletter, edition)
     return PreviewMail(config, newsletter, edition, who, variant, personalise(variant, personal))
+
+
+def chosen_reader(
+    session: Session,
+    config: Config,
+    newsletter: NewsletterConfig,
+    *,
+    segment: str | None,
+    subscriber: str | None,
+) -> Recipient | None:
+    """`subscriber` (email or id), else the first member of `segment`, else None (a sample
+    reader): whom a preview or a proof shows the email as."""
+    if segment and subscriber:
+        raise InputError("choose either --segment or --subscriber, not both")
+    if subscriber:
+        return recipient(session, config, newsletter, subscriber)
+    if segment:
+        who = next(iter(audience(session, config, newsletter, [segment])), None)
+        if who is None:
+            raise NotFound(
+                f"segment {segment!r} has no active member of {newsletter.id} to preview as"
+            )
+        return who
+    return None
 
 
 def render_preview(mail: PreviewMail, fmt: str) -> str:

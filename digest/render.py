@@ -35,8 +35,9 @@ from digest import i18n
 from digest.brand import Brand
 from digest.config import Config, LogoConfig, NewsletterConfig, UtmConfig
 from digest.editions import Edition, EditionItem
-from digest.errors import ConfigError, DigestError
+from digest.errors import ConfigError, DigestError, InputError
 from digest.i18n import N_, Language
+from digest.notes import Note, render_note
 from subscribers.tokens import make_tokens, site_secret
 
 if TYPE_CHECKING:
@@ -365,6 +366,15 @@ def _format_fields(template: str, allowed: frozenset[str], where: str, **values:
     return template.format(**{n: values[n] for n in names})
 
 
+def check_subject_fields(template: str, what: str) -> None:
+    """InputError when a subject or preheader uses a field other than {title}, {lead}, {date}
+    and {headlines} (or unbalanced braces): caught when the editor sets it, not at the send."""
+    try:
+        _format_fields(template, _SUBJECT_FIELDS, what, **dict.fromkeys(_SUBJECT_FIELDS, ""))
+    except ConfigError as e:
+        raise InputError(str(e)) from None
+
+
 def add_utm(url: str, utm: UtmConfig | None, newsletter_id: str, edition_date: date) -> str:
     """Add utm_source/medium/campaign to an http(s) link, replacing only those keys and keeping
     the rest of the query string (as written) and the fragment."""
@@ -578,6 +588,12 @@ class _Section:
         return self.stories[1 + len(self.row) :]
 
 
+@dataclass(frozen=True)
+class _NoteView:
+    html: Markup
+    text: str  # wrapped for the text twin
+
+
 class Renderer:
     """Renders one edition; each distinct variant is rendered and inlined once and cached."""
 
@@ -730,6 +746,7 @@ class Renderer:
             "subject": subject,
             "sections": out,
             "in_brief": _in_brief(out) if nl.in_brief else [],
+            "note": self._note(),
             "top_blocks": self._blocks(blocks, "top"),
             "bottom_blocks": self._blocks(blocks, "bottom"),
             "count_label": self.translations.ngettext("%(num)s story", "%(num)s stories", count)
@@ -748,13 +765,27 @@ class Renderer:
             "logo": _logo(nl.logo),
         }
 
+    def link(self, url: str | None) -> str:
+        """Every link of the email's content (stories, the editor's note, blocks) is built
+        here: http(s) only, with the newsletter's UTM parameters."""
+        nl = self.newsletter
+        return add_utm(_safe_url(url), nl.utm, nl.id, self.edition.edition_date)
+
+    def _note(self) -> _NoteView | None:
+        if not self.edition.note:
+            return None
+        note: Note = render_note(clean_text(self.edition.note), self.link)
+        if not note.paragraphs:
+            return None
+        return _NoteView(note.html, "\n\n".join(wrap(p) for p in note.paragraphs))
+
     def _blocks(self, blocks: tuple[int, ...], position: str) -> list[_Block]:
         nl = self.newsletter
         return [
             _Block(
                 title=_one_line(b.title),
                 text=_one_line(b.text),
-                url=add_utm(_safe_url(b.link), nl.utm, nl.id, self.edition.edition_date),
+                url=self.link(b.link),
                 link_text=_one_line(b.link_text or self.translations.gettext(_LEARN_MORE)),
                 dir=text_direction(f"{b.title} {b.text}", self.language.dir),
             )
@@ -764,7 +795,7 @@ class Renderer:
 
     def _story(self, item: EditionItem, *, lead: bool) -> _Story:
         nl = self.newsletter
-        url = add_utm(_safe_url(item.url), nl.utm, nl.id, self.edition.edition_date)
+        url = self.link(item.url)
         meta = " · ".join(
             p
             for p in (
@@ -773,7 +804,7 @@ class Renderer:
             )
             if p
         )
-        title, dek = _one_line(item.title), _one_line(item.dek or "")
+        title, dek = _one_line(item.shown_title), _one_line(item.shown_dek or "")
         return _Story(
             title=title,
             url=url,
@@ -789,7 +820,7 @@ class Renderer:
         nl = self.newsletter
         tops = [s.stories[0].title for s in sections if s.stories]
         lead = tops[0] if tops else ""
-        shown_lead = "{lead}" in nl.subject
+        shown_lead = "{lead}" in (self.edition.subject or nl.subject)
         values = {
             "title": _one_line(nl.title),
             "lead": lead,
@@ -797,8 +828,19 @@ class Renderer:
             "headlines": " · ".join(tops[1:] if shown_lead and len(tops) > 1 else tops),
         }
         where = f"newsletters.{nl.id}"
-        subject = _format_fields(nl.subject, _SUBJECT_FIELDS, f"{where}.subject", **values)
-        pre = _format_fields(nl.preheader, _SUBJECT_FIELDS, f"{where}.preheader", **values)
+        # The editor's per-edition wording, checked when it was set (digest.desk).
+        subject_t, subject_w = (
+            (self.edition.subject, "edition subject")
+            if self.edition.subject
+            else (nl.subject, f"{where}.subject")
+        )
+        pre_t, pre_w = (
+            (self.edition.preheader, "edition preheader")
+            if self.edition.preheader
+            else (nl.preheader, f"{where}.preheader")
+        )
+        subject = _format_fields(subject_t, _SUBJECT_FIELDS, subject_w, **values)
+        pre = _format_fields(pre_t, _SUBJECT_FIELDS, pre_w, **values)
         subject, pre = truncate(subject, SUBJECT_MAX), truncate(pre, PREHEADER_MAX)
         if self.language.rtl:
             subject, pre = rtl_line(subject), rtl_line(pre)

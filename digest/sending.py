@@ -1020,6 +1020,7 @@ def format_report(r: ledger.LedgerReport, nl: NewsletterConfig) -> str:
     total = sum(r.counts.values())
     lines = [
         f"{r.newsletter} {r.edition_date} (edition {r.edition_status}): {total} recipient(s)",
+        f"  {r.approval}",
         f"  {states(r.counts)}",
         "by segment:",
         *(f"  {seg}: {states(c)}" for seg, c in sorted(r.by_segment.items())),

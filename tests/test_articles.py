@@ -49,11 +49,16 @@ def test_articles_lists_newest_first_and_filters(
     assert bad.exit_code == 2 and "'yesterday' is not an ISO date or time" in bad.output
 
 
-def test_url_normalisation_drops_tracking_and_fragments_only() -> None:
+def test_url_normalisation_drops_tracking_only_and_keeps_anchors() -> None:
     assert (
         normalise_url("HTTPS://News.Example:443/a/b?id=7&utm_source=x&fbclid=1#top")
-        == "https://news.example/a/b?id=7"
+        == "https://news.example/a/b?id=7#top"
     )
+    # Tracking fragments go; an anchor (a live-blog entry) is part of the link.
+    assert normalise_url("https://news.example/a#xtor=RSS-3208") == "https://news.example/a"
+    assert normalise_url("https://news.example/a#utm_source=feed") == "https://news.example/a"
+    assert normalise_url("https://news.example/live#post-12") == "https://news.example/live#post-12"
+    assert normalise_url("https://news.example/a#") == "https://news.example/a"
     assert (
         normalise_url("http://news.example:8080/x?b=2&a=1") == "http://news.example:8080/x?b=2&a=1"
     )

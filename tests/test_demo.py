@@ -28,6 +28,21 @@ def test_demo_delivers_to_the_outbox_and_reruns_cleanly(
     assert len(outbox) == 25
     msg = message_from_bytes(outbox[0].read_bytes(), policy=policy.default)
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # The desk: the commands it ran, a note added and a story dropped before the send.
+    lines = first.output.splitlines()
+    ran = [line for line in lines if line.startswith("$ digest ")]
+    assert [r.split()[2] for r in ran[:3]] == ["ingest", "subscribers", "edition"]
+    assert any(r.startswith("$ digest edition note morning") for r in ran)
+    drop = next(r for r in ran if r.startswith("$ digest edition drop morning"))
+    dropped = lines[lines.index(drop) + 1]
+    assert " dropped '" in dropped
+    title = dropped.split(" dropped '", 1)[1].rsplit("' (", 1)[0]
+    assert ran[-1].startswith("$ digest send morning")
+    text = msg.get_body(("plain",))
+    assert text is not None
+    assert "Good morning from the desk." in text.get_content()
+    assert title not in text.get_content()
+    assert len(list((tmp_path / ".var" / "outbox" / "proofs").glob("*.eml"))) == 1
     assert (tmp_path / ".var" / "preview.html").read_text().startswith("<!DOCTYPE html>")
 
     again = CliRunner().invoke(cli, ["--config", str(EXAMPLE), "demo"], env=env)

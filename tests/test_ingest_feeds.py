@@ -48,7 +48,7 @@ def test_rss2_with_media_thumbnail_content_and_enclosure(
     (report,) = ingest(sessions, "rss2_media.xml", at=now)
     assert report.summary() == "rss2_media.xml: 3 new, 0 updated, 0 unchanged, 0 rejected"
     rows = by_url(sessions)
-    bridge = rows["https://herald.example/news/bridge-plan"]  # utm_* and #fragment dropped
+    bridge = rows["https://herald.example/news/bridge-plan#top"]  # utm_* dropped, anchor kept
     assert bridge.guid == "herald-1001"
     assert bridge.title == "Council approves bridge & tunnel plan"
     assert bridge.dek == 'The vote was 7–2 after a "long" night.'
@@ -221,7 +221,7 @@ def test_changed_item_is_updated_in_place(
     feed = tmp_path / "herald.xml"
     shutil.copy(FEEDS / "rss2_media.xml", feed)
     ingest(sessions, feed, at=now)
-    old = by_url(sessions)["https://herald.example/news/bridge-plan"]
+    old = by_url(sessions)["https://herald.example/news/bridge-plan#top"]
 
     text = feed.read_text(encoding="utf-8")
     text = text.replace("Council approves bridge", "Council finally approves bridge")
@@ -234,7 +234,7 @@ def test_changed_item_is_updated_in_place(
     assert (report.new, report.updated, report.unchanged) == (0, 1, 2)
     rows = by_url(sessions)
     assert len(rows) == 3
-    moved = rows["https://herald.example/news/2026/bridge-plan"]
+    moved = rows["https://herald.example/news/2026/bridge-plan#top"]
     assert moved.id == old.id
     assert moved.title == "Council finally approves bridge & tunnel plan"
     assert moved.ingested_at == now
@@ -255,7 +255,9 @@ def test_feed_reingest_keeps_editor_priority_and_popularity(
     (report,) = ingest(sessions, pin, at=now)
     assert report.updated == 1
     (again,) = ingest(sessions, "rss2_media.xml", at=now + timedelta(hours=1))
-    bridge = by_url(sessions)["https://herald.example/news/bridge-plan"]
+    # The JSON's link lacks the feed's #top: matched by guid, the stored link stays (no
+    # flip-flop between two sources of one story).
+    bridge = by_url(sessions)["https://herald.example/news/bridge-plan#top"]
     assert (bridge.priority, bridge.popularity) == ("pin", 900.0)
     # Fields the JSON left out (dek, body, image) kept what the feed had stored.
     assert bridge.dek.startswith("The vote was")

@@ -204,7 +204,7 @@ def test_same_story_twice_in_one_file_is_one_article(
         tmp_path / "dupes.json",
         [
             story(title="First headline"),
-            story(url="https://X.example/a?utm_source=nl#c", title="Second headline"),
+            story(url="https://X.example/a?utm_source=nl#xtor=RSS-3", title="Second headline"),
         ],
     )
     (report,) = ingest(sessions, path, at=now)
