@@ -11,6 +11,8 @@
 (b) SMTP: `send_edition` end to end through an aiosmtpd server in its own process (plain SMTP on
     127.0.0.1), over --smtp-subscribers subscribers (a sample: the server's rate does not depend
     on the list size), --runs times.
+    Each run of (b) is followed by the same send DKIM-signed, once with an RSA-2048 key and
+    once with an Ed25519 key (b-dkim): goal ≥ 70% of the unsigned rate of the same run.
 (c) the same server fed pre-built messages over one connection (what the server alone accepts),
     right after each run of (b): the goal is a ratio, so each (b) is compared with a (c) taken
     in the same host state, and the median ratio is reported.
@@ -55,7 +57,14 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from digest.clock import fixed  # noqa: E402
-from digest.config import Config, SendGridConfig, SmtpConfig, load_config  # noqa: E402
+from digest.config import (  # noqa: E402
+    Config,
+    DkimConfig,
+    DkimKeyConfig,
+    SendGridConfig,
+    SmtpConfig,
+    load_config,
+)
 from digest.db import make_engine, session_factory, upgrade  # noqa: E402
 from digest.message import Addressee, VariantMessage, make_message_id  # noqa: E402
 from digest.render import Renderer, personal_links, personalise  # noqa: E402
@@ -219,6 +228,29 @@ def run_send(
     return result  # type: ignore[no-any-return]
 
 
+def dkim_keys(folder: Path) -> dict[str, DkimConfig]:
+    """An RSA-2048 and an Ed25519 key in PEM files, one DkimConfig for each."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    keys: dict[str, Any] = {
+        "rsa": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ed25519": ed25519.Ed25519PrivateKey.generate(),
+    }
+    out = {}
+    for name, key in keys.items():
+        path = folder / f"dkim-{name}.pem"
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        out[name] = DkimConfig(keys=(DkimKeyConfig(selector=f"bench-{name}", key_file=path),))
+    return out
+
+
 # --- (c) and (d) -----------------------------------------------------------------------------
 
 
@@ -297,6 +329,7 @@ def main() -> None:
     ap.add_argument("--render-baseline", type=int, default=30)
     ap.add_argument("--relay-sample", type=int, default=400, help="messages per run of (e)")
     ap.add_argument("--database", help="PostgreSQL URL (an admin URL: databases are created)")
+    ap.add_argument("--skip-sendgrid", action="store_true", help="leave out (a)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument(
         "--runs", type=int, default=3, help="runs of (a) and of (b)+(c) (SQLite); medians reported"
@@ -308,6 +341,14 @@ def main() -> None:
     backend = "PostgreSQL" if args.database else "SQLite"
     print(f"backend {backend}, workers {args.workers}, scratch {folder}")
 
+    runs = args.runs if args.database is None else 1
+    rate_a = rss_a = 0.0
+    if not args.skip_sendgrid:
+        rate_a, rss_a = bench_sendgrid(args, folder, runs)
+    bench_smtp(args, folder, runs, rate_a, rss_a)
+
+
+def bench_sendgrid(args: argparse.Namespace, folder: Path, runs: int) -> tuple[float, float]:
     # (a) SendGrid, --runs times from the same populated database (SQLite: a copy of it; a
     # shared host moves single figures by ±10%, so the median and the best are printed too)
     url_a = fresh_database(args.database, folder, "sendgrid")
@@ -315,7 +356,6 @@ def main() -> None:
     print(f"populated {args.subscribers:,} subscribers in 10 variants in {took:.1f}s")
     rates: list[float] = []
     rss_a = 0.0
-    runs = args.runs if args.database is None else 1
     for run in range(1, runs + 1):
         sg = Server(_sendgrid_server)
         config_a = config_for(sendgrid=SendGridConfig(host=sg.address, timeout=60))
@@ -333,7 +373,12 @@ def main() -> None:
     rate_a = statistics.median(rates)
     print(f"(a) median {rate_a:,.0f} recipients/s, best {max(rates):,.0f} of {runs} run(s)")
     drop_database(args.database, url_a)
+    return rate_a, rss_a
 
+
+def bench_smtp(
+    args: argparse.Namespace, folder: Path, runs: int, rate_a: float, rss_a: float
+) -> None:
     # (b) SMTP end to end, (c) pre-built, (d) baseline: one server process. (b) and (c) are
     # taken in pairs, (c) right after each (b), so each ratio compares the same host state.
     url_b = fresh_database(args.database, folder, "smtp")
@@ -342,14 +387,26 @@ def main() -> None:
     config_b = config_for(smtp=SmtpConfig(port=smtp.address, timeout=60))
     messages = sample_messages(url_b, config_b, max(args.baseline, 200))
     pairs: list[tuple[float, float]] = []
+    signed: dict[str, list[float]] = {"rsa": [], "ed25519": []}
+    dkim = dkim_keys(folder)
     rss_b = 0.0
+    options = SendOptions(provider="smtp", workers=args.workers)
     for run in range(1, runs + 1):
         smtp.reset()
-        options = SendOptions(provider="smtp", workers=args.workers)
         with run_copy(url_b, folder, "smtp", run) as url:
             sent_b, counts_b, secs_b, rss = run_send(url, config_b, options)
         received, most = smtp.counts()
         rss_b = max(rss_b, rss)
+        for name, dkim_config in dkim.items():
+            with run_copy(url_b, folder, "smtp", run) as url:
+                config_s = dataclasses.replace(config_b, dkim=dkim_config)
+                sent_s, _, secs_s, _ = run_send(url, config_s, options)
+            signed[name].append((sent_s / secs_s) / (sent_b / secs_b))
+            print(
+                f"(b-dkim) run {run}: the same send signed with {name}: {sent_s:,} sent in "
+                f"{secs_s:.1f}s = {sent_s / secs_s:,.0f} recipients/s = "
+                f"{signed[name][-1]:.0%} of unsigned"
+            )
         rate_c = prebuilt_rate(smtp.address, messages, args.prebuilt)
         pairs.append((sent_b / secs_b, rate_c))
         print(
@@ -357,6 +414,11 @@ def main() -> None:
             f"{pairs[-1][0]:,.0f} recipients/s, peak RSS {rss:.0f} MB; server got "
             f"{received:,} (max {most} per address); (c) right after: {rate_c:,.0f} "
             f"messages/s; (b) = {pairs[-1][0] / rate_c:.0%} of (c)"
+        )
+    for name, ratios in signed.items():
+        print(
+            f"(b-dkim) {name}: median {statistics.median(ratios):.0%} of the unsigned rate "
+            f"(runs: {', '.join(f'{r:.0%}' for r in ratios)}; goal ≥ 70%)"
         )
     ratio = statistics.median(b / c for b, c in pairs)
     rate_b = statistics.median(b for b, _ in pairs)
@@ -392,8 +454,10 @@ def main() -> None:
         )
     relay.stop()
     drop_database(args.database, url_b)
+    dkim_summary = ", ".join(f"{n} {statistics.median(r):.0%}" for n, r in signed.items())
     print(
         f"summary: (a) median {rate_a:,.0f}/s (goal 20,000), {rss_a:.0f} MB (goal ≤ 500); "
+        f"(b) DKIM-signed = {dkim_summary} of unsigned (goal ≥ 70%); "
         f"(b) = {ratio:.0%} of (c) (goal ≥ 80%), {rate_b / rate_d:.0f}× (d) "
         f"(goal ≥ 3×), {rate_b / rate_d2:.1f}× (d'); (e) 4 connections = "
         f"{relay_rates[4] / relay_rates[1]:.1f}× one"

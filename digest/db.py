@@ -41,6 +41,7 @@ def load_models() -> None:
         "digest.ledger",
         "digest.runs",
         "digest.web_models",
+        "digest.bounces.models",
     ):
         try:
             importlib.import_module(name)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import textwrap
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,7 +33,6 @@ import dkim as dkimpy
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
-from dkim.canonicalization import Relaxed
 
 from digest.config import Config, DkimKeyConfig, NewsletterConfig
 from digest.errors import ConfigError, DigestError
@@ -167,19 +166,36 @@ def _header_pairs(lines: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
+_WSP = re.compile(rb"[ \t]+")
+_SIGNED_BYTES = frozenset(n.encode() for n in SIGNED)
+
+
+def relaxed(pairs: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """RFC 6376 3.4.2 "relaxed" header canonicalisation: dkimpy's Relaxed with its patterns
+    compiled once (dkimpy's looks them up per call, 5 µs a header; tests hold the two equal)."""
+    return [
+        (
+            name.lower().rstrip(),
+            _WSP.sub(b" ", value.replace(b"\r", b"").replace(b"\n", b"")).strip() + b"\r\n",
+        )
+        for name, value in pairs
+    ]
+
+
 def _canonical(lines: Sequence[bytes]) -> tuple[list[bytes], bytes]:
     """(lower-case names, the relaxed canonical form to hash) of the signed headers among
     `lines`; others (X-Digest-*) are left out."""
-    pairs = [(n, v) for n, v in _header_pairs(lines) if n.lower().decode() in SIGNED]
-    canonical = Relaxed.canonicalize_headers(pairs)
+    pairs = [(n, v) for n, v in _header_pairs(lines) if n.lower() in _SIGNED_BYTES]
+    canonical = relaxed(pairs)
     return [n for n, _ in canonical], b"".join(n + b":" + v for n, v in canonical)
 
 
 def _fold_b64(value: str, first: int) -> str:
     """A base64 value wrapped for a header: folding whitespace inside b= and bh= is allowed
     (RFC 6376 3.5), and the b= value is removed with it before hashing."""
-    head, rest = value[:first], value[first:]
-    return "\r\n ".join([head, *textwrap.wrap(rest, _B64_LINE)]) if rest else head
+    lines = [value[:first]]
+    lines += [value[i : i + _B64_LINE] for i in range(first, len(value), _B64_LINE)]
+    return "\r\n ".join(lines)
 
 
 class Signer:
@@ -215,7 +231,7 @@ class Prepared:
                 key,
                 f"v=1; a={key.algorithm}; c=relaxed/simple;",
                 f"d={signer.domain}; s={key.selector};",
-                f"h={h};",
+                _wrap_h(f"h={h};"),
             )
             for key in signer.keys
         ]
@@ -232,7 +248,7 @@ class Prepared:
         for key, head, where, h in self._heads:
             # Folded at the spaces between tags: relaxed canonicalisation reads each fold as
             # the one space it replaces, so the hashed and the written header agree.
-            parts = [head, f"{where} t={timestamp};", *_wrap_h(h), f"bh={_fold_b64(bh, 44)};", "b="]
+            parts = [head, f"{where} t={timestamp};", *h, f"bh={bh};", "b="]
             state = self._state.copy()
             state.update(canonical)
             state.update(b"dkim-signature:" + " ".join(parts).encode("ascii"))

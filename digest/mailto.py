@@ -45,7 +45,9 @@ REASON = "unsubscribe email"
 
 
 @dataclass
-class MailtoReport:
+class MailboxReport:
+    """Counts of what became of each message of a mailbox (`unsubscribe`, `bounces`)."""
+
     path: Path
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -69,24 +71,32 @@ def open_mailbox(path: Path) -> mailbox.Mailbox:
     return mailbox.mbox(path, create=False)
 
 
-def process_mailbox(
-    config: Config, sessions: sessionmaker[Session], path: Path, *, clock: Clock
-) -> MailtoReport:
-    """Apply every unsubscribe request in the mailbox, one transaction per message."""
-    secret = site_secret(config)
+def each_message(path: Path) -> Iterator[email.message.Message | None]:
+    """The messages of an mbox file or a maildir, in order; None for one that cannot be read.
+    The mailbox is only read."""
     box = open_mailbox(path)
-    report = MailtoReport(path)
     try:
         for key in box.iterkeys():
             try:
-                msg = box.get_message(key)
+                yield box.get_message(key)
             except (OSError, ValueError):
-                report.add("unreadable")
-                continue
-            with transaction(sessions) as session:
-                report.add(_process(session, config, secret, msg, clock))
+                yield None
     finally:
         box.close()
+
+
+def process_mailbox(
+    config: Config, sessions: sessionmaker[Session], path: Path, *, clock: Clock
+) -> MailboxReport:
+    """Apply every unsubscribe request in the mailbox, one transaction per message."""
+    secret = site_secret(config)
+    report = MailboxReport(path)
+    for msg in each_message(path):
+        if msg is None:
+            report.add("unreadable")
+            continue
+        with transaction(sessions) as session:
+            report.add(_process(session, config, secret, msg, clock))
     return report
 
 
@@ -95,7 +105,7 @@ def _process(
 ) -> str:
     if _automatic(msg):
         return "automatic (skipped)"
-    subject = _header(msg, "Subject")
+    subject = header_text(msg, "Subject")
     body = _body(msg)
     for text in (subject, body):
         # unquote: a token copied from a mailto: link may still read `unsubscribe%20<token>`.
@@ -107,7 +117,7 @@ def _process(
             if data.newsletter not in config.newsletters:
                 continue
             return _unsubscribe(session, data.subscriber_id, data.newsletter, clock)
-    sender = normalise_email(parseaddr(_header(msg, "From"))[1])
+    sender = normalise_email(parseaddr(header_text(msg, "From"))[1])
     if "unsubscribe" not in f"{subject}\n{body}".lower() or "@" not in sender:
         return "not an unsubscribe request"
     sub_id = session.scalar(select(Subscriber.id).where(Subscriber.email == sender))
@@ -125,9 +135,9 @@ def _unsubscribe(session: Session, subscriber_id: int, newsletter: str | None, c
 
 
 def _automatic(msg: email.message.Message) -> bool:
-    auto = _header(msg, "Auto-Submitted").strip().lower()
-    precedence = _header(msg, "Precedence").strip().lower()
-    sender = parseaddr(_header(msg, "From"))[1].lower()
+    auto = header_text(msg, "Auto-Submitted").strip().lower()
+    precedence = header_text(msg, "Precedence").strip().lower()
+    sender = parseaddr(header_text(msg, "From"))[1].lower()
     return (
         (auto not in ("", "no"))
         or precedence in ("bulk", "junk", "list", "auto_reply")
@@ -136,7 +146,8 @@ def _automatic(msg: email.message.Message) -> bool:
     )
 
 
-def _header(msg: email.message.Message, name: str) -> str:
+def header_text(msg: email.message.Message, name: str) -> str:
+    """A header decoded (RFC 2047) to text; "" when absent."""
     raw = msg.get(name)
     if raw is None:
         return ""
@@ -146,7 +157,8 @@ def _header(msg: email.message.Message, name: str) -> str:
         return str(raw)
 
 
-def _text_parts(msg: email.message.Message) -> Iterator[str]:
+def text_parts(msg: email.message.Message, limit: int = _BODY_LIMIT) -> Iterator[str]:
+    """Each text/* part decoded (by its charset, else UTF-8), at most `limit` bytes of it."""
     for part in msg.walk():
         if part.get_content_maintype() != "text" or part.is_multipart():
             continue
@@ -155,10 +167,10 @@ def _text_parts(msg: email.message.Message) -> Iterator[str]:
             continue
         charset = part.get_content_charset() or "utf-8"
         try:
-            yield payload[:_BODY_LIMIT].decode(charset, errors="replace")
+            yield payload[:limit].decode(charset, errors="replace")
         except LookupError:
-            yield payload[:_BODY_LIMIT].decode("utf-8", errors="replace")
+            yield payload[:limit].decode("utf-8", errors="replace")
 
 
 def _body(msg: email.message.Message) -> str:
-    return "\n".join(_text_parts(msg))[:_BODY_LIMIT]
+    return "\n".join(text_parts(msg))[:_BODY_LIMIT]
