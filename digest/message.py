@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote
 
 from digest import dkim
+from digest.bounces.verp import verp_address
 from digest.config import Config, NewsletterConfig
 
 EDITION_HEADER = "X-Digest-Edition"
@@ -264,6 +265,18 @@ class VariantMessage:
         self._text_open, self._html_open, self._close = _part_frames(self.boundary)
         self._templates: dict[int, _Template] = {}
         self._dkim = _Signing(config, newsletter, [self._head, *frame], _OWN_HEADERS)
+        self._verp_secret: str | None = None
+        if config.bounces.verp:
+            from subscribers.tokens import site_secret
+
+            self._verp_secret = site_secret(config)
+
+    def envelope_sender(self, to: Addressee) -> str | None:
+        """The SMTP envelope sender (MAIL FROM) for this recipient: a VERP address naming
+        the ledger row with `bounces.verp`, else None (the provider's own)."""
+        if self._verp_secret is None or to.delivery_id is None:
+            return None
+        return verp_address(self.config, self._verp_secret, to.delivery_id)
 
     def mime(
         self,
@@ -358,8 +371,9 @@ _OWN_HEADERS = ("To", "Subject", "Date", "Message-ID", "List-Unsubscribe")
 
 
 class _Signing:
-    """DKIM for one variant (digest.dkim): nothing when no key is configured. The first
-    signed message is verified with dkimpy before it is handed out."""
+    """DKIM for one variant (digest.dkim): nothing when no key is configured. The keys are
+    read at the first raw message (SendGrid requests need none), and that first signed
+    message is verified with dkimpy before it is handed out."""
 
     def __init__(
         self,
@@ -368,23 +382,26 @@ class _Signing:
         shared: list[bytes],
         own_names: tuple[str, ...],
     ) -> None:
-        signer = dkim.signer_for(config, newsletter)
-        self._signer = signer
-        self._prepared = signer.prepare(shared, own_names) if signer is not None else None
-        self._checked = False
+        self._args = (config, newsletter, shared, own_names)
+        self._enabled = config.dkim.enabled
+        self._prepared: dkim.Prepared | None = None
 
     def message(self, headers: list[bytes], own: list[bytes], body: bytes, when: datetime) -> bytes:
         """`headers` (own among them, the last ending with the blank line) and `body`, with
         the DKIM-Signature lines on top when signing."""
-        if self._prepared is None:
+        if not self._enabled:
             return b"".join([*headers, body])
-        signature = self._prepared.sign(own, body, int(when.timestamp()))
-        raw = b"".join([signature, *headers, body])
-        if not self._checked:
-            assert self._signer is not None
-            dkim.self_check(self._signer, raw)
-            self._checked = True
-        return raw
+        prepared = self._prepared
+        if prepared is None:
+            config, newsletter, shared, own_names = self._args
+            signer = dkim.signer_for(config, newsletter)
+            assert signer is not None
+            prepared = signer.prepare(shared, own_names)
+            raw = b"".join([prepared.sign(own, body, int(when.timestamp())), *headers, body])
+            dkim.self_check(signer, raw)
+            self._prepared = prepared
+            return raw
+        return b"".join([prepared.sign(own, body, int(when.timestamp())), *headers, body])
 
 
 class TransactionalMessage:
@@ -410,6 +427,9 @@ class TransactionalMessage:
         self._frame = b"".join(frame) + b"\r\n"
         self._text_open, self._html_open, self._close = _part_frames(self.boundary)
         self._dkim = _Signing(config, newsletter, [self._head, *frame], _OWN_HEADERS[:4])
+
+    def envelope_sender(self, to: Addressee) -> str | None:
+        return None  # bounces.return_path, as for every message without a ledger row
 
     def mime(self, content: Content, to: Addressee, when: datetime) -> bytes:
         """The complete RFC 5322 message, CRLF line ends (see VariantMessage.mime)."""

@@ -236,6 +236,39 @@ def test_a_whole_send_over_smtp_is_signed_and_the_ledger_settles(
         assert_signed(raw, cfg)
 
 
+def test_a_send_with_an_unreadable_key_stops_before_anything_changes(
+    config: Config, sessions: sessionmaker[Session], now: datetime, tmp_path: Path
+) -> None:
+    from digest.clock import fixed
+    from digest.ledger import Delivery
+    from tests.fakes.population import add_population
+    from tests.render_support import EDITION_DATE, store_edition
+    from tests.test_sending_ledger import with_outbox
+
+    key = DkimKeyConfig(selector="s1", key_file=tmp_path / "missing.pem")
+    cfg = dataclasses.replace(with_outbox(config, tmp_path / "out"), dkim=DkimConfig(keys=(key,)))
+    with sessions.begin() as session:
+        edition = store_edition(session)
+        add_population(session, 3, now)
+    with pytest.raises(ConfigError, match="missing.pem does not exist"):
+        send_edition(cfg, sessions, "daily", EDITION_DATE, SendOptions(), clock=fixed(now))
+    with sessions() as session:
+        assert session.query(Delivery).count() == 0
+        assert session.get(type(edition), edition.id).status == "draft"  # type: ignore[union-attr]
+    assert not (tmp_path / "out").exists()
+
+
+def test_sendgrid_needs_no_key_even_when_one_is_configured(
+    config: Config, tmp_path: Path
+) -> None:
+    key = DkimKeyConfig(selector="s1", key_file=tmp_path / "missing.pem")
+    cfg = dataclasses.replace(config, dkim=DkimConfig(keys=(key,)))
+    m = outgoing(1)[0]
+    v = variant(cfg)
+    body = v.sendgrid_body(m.content, [v.sendgrid_personalization(m.to)])
+    assert body["headers"]["Feedback-ID"] == "digest:daily:20260310:news.example"
+
+
 def test_preview_eml_is_signed_as_the_send_signs(
     signing: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -298,8 +331,9 @@ def test_unusable_keys_stop_before_anything_is_signed(
     cfg = dataclasses.replace(
         config, dkim=DkimConfig(keys=(DkimKeyConfig(selector="s1", key_file=path),))
     )
+    m = outgoing(1)[0]
     with pytest.raises(ConfigError, match=needle) as e:
-        variant(cfg)
+        variant(cfg).mime(m.content, m.to, WHEN)
     assert str(path) in str(e.value)
 
 
@@ -309,8 +343,9 @@ def test_missing_key_file_and_variable_name_the_source(config: Config, tmp_path:
         DkimKeyConfig(selector="s1", key_env="DIGEST_TEST_NO_SUCH_VARIABLE"),
     ):
         cfg = dataclasses.replace(config, dkim=DkimConfig(keys=(key,)))
+        m = outgoing(1)[0]
         with pytest.raises(ConfigError, match="nope.pem does not exist|NO_SUCH_VARIABLE"):
-            variant(cfg)
+            variant(cfg).mime(m.content, m.to, WHEN)
 
 
 def test_a_pem_in_an_environment_variable_may_carry_escaped_newlines(

@@ -169,7 +169,7 @@ class SmtpProvider:
                 with self._lock:
                     self._open.add(conn)
             message = ahead.pop(i, None) or batch.mime(i)
-            code, reply = conn.mail(self.envelope_from)
+            code, reply = conn.mail(batch.envelope_sender(i) or self.envelope_from)
             if code != 250:
                 conn.rset()
                 return _refusal(rid, code, reply)
