@@ -803,6 +803,32 @@ def unsubscribe_mail(app: App, mbox: str):
     click.echo(process_mailbox(app.config, app.sessions, Path(mbox), clock=utcnow).summary())
 
 
+@cli.command("bounces")
+@click.option(
+    "--from-mbox",
+    "mbox",
+    type=click.Path(),
+    help="mbox file (or maildir folder) the bounces and complaints arrive in.",
+)
+@click.option("--from-maildir", "maildir", type=click.Path(), help="maildir folder of them.")
+@pass_app
+def bounces_cmd(app: App, mbox: str | None, maildir: str | None):
+    """Read bounces (DSNs) and complaints (ARF) from the return path's mailbox.
+
+    Hard bounces and complaints suppress the address; soft bounces are counted and suppress
+    after bounces.soft_bounce_limit. The mailbox is not changed; reading it again changes
+    nothing more.
+    """
+    from digest.bounces.apply import process_bounces
+
+    if (mbox is None) == (maildir is None):
+        raise click.UsageError("give one of --from-mbox FILE or --from-maildir FOLDER")
+    path = Path(mbox or maildir or "")
+    if maildir is not None and not path.is_dir():
+        raise click.BadParameter(f"{path}: not a maildir folder", param_hint="--from-maildir")
+    click.echo(process_bounces(app.config, app.sessions, path, clock=utcnow).summary())
+
+
 # --- scheduling ------------------------------------------------------------------------------
 
 

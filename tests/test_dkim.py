@@ -258,9 +258,7 @@ def test_a_send_with_an_unreadable_key_stops_before_anything_changes(
     assert not (tmp_path / "out").exists()
 
 
-def test_sendgrid_needs_no_key_even_when_one_is_configured(
-    config: Config, tmp_path: Path
-) -> None:
+def test_sendgrid_needs_no_key_even_when_one_is_configured(config: Config, tmp_path: Path) -> None:
     key = DkimKeyConfig(selector="s1", key_file=tmp_path / "missing.pem")
     cfg = dataclasses.replace(config, dkim=DkimConfig(keys=(key,)))
     m = outgoing(1)[0]

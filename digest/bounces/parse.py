@@ -28,7 +28,7 @@ from digest.mailto import header_text, text_parts
 
 FAILING = ("hard", "soft", "blocked")
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-_BASIC = re.compile(r"(?<![\d.])([45])(\d\d)(?:[ -]|$)", re.MULTILINE)
+_BASIC = re.compile(r"(?<![\d.])([45])(\d\d)(?:[ :-]|$)", re.MULTILINE)
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 _SPACES = re.compile(r"\s+")
 _DIAGNOSTIC_LIMIT = 500
@@ -300,12 +300,9 @@ def _plain_failures(human: str, failed: list[str]) -> Iterator[Failure]:
         if not diagnostic and not failed:
             continue  # an address mentioned in passing, not a recipient paragraph
         seen.add(address)
-        if temporary and not _ENHANCED.search(diagnostic) and not _BASIC.search(diagnostic):
-            yield Failure(address, None, diagnostic[:_DIAGNOSTIC_LIMIT], "delayed")
-            continue
         status, kind = classify(None, diagnostic or human)
-        if temporary and kind == "hard" and status is None:
-            kind = "delayed"
+        if temporary:
+            kind = "delayed"  # a warning: the sending server is still trying
         yield Failure(address, status, diagnostic[:_DIAGNOSTIC_LIMIT], kind)
 
 
