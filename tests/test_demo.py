@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from digest.config import load_config
+from digest.dkim import load_key, verify
 from digest_cli import cli
 
 EXAMPLE = Path(__file__).parent.parent / "digest.example.toml"
@@ -18,8 +20,11 @@ def test_demo_delivers_to_the_outbox_and_reruns_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    # A copy beside the demo's .var: the config's demo DKIM key is made next to it.
+    config = tmp_path / "digest.example.toml"
+    config.write_text(EXAMPLE.read_text())
     env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path}/demo.db"}
-    first = CliRunner().invoke(cli, ["--config", str(EXAMPLE), "demo"], env=env)
+    first = CliRunner().invoke(cli, ["--config", str(config), "demo"], env=env)
     assert first.exit_code == 0, first.output
     assert "ledger.json: 30 new, 0 updated, 0 unchanged, 0 rejected" in first.output
     assert "25 added" in first.output
@@ -29,8 +34,12 @@ def test_demo_delivers_to_the_outbox_and_reruns_cleanly(
     msg = message_from_bytes(outbox[0].read_bytes(), policy=policy.default)
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert (tmp_path / ".var" / "preview.html").read_text().startswith("<!DOCTYPE html>")
+    assert "created a demo DKIM key (selector demo2026)" in first.output
+    record = load_key(load_config(config).dkim.keys[0]).record()
+    records = {"demo2026._domainkey.ledger.example": record}
+    assert all(verify(p.read_bytes(), records) == [True] for p in outbox)
 
-    again = CliRunner().invoke(cli, ["--config", str(EXAMPLE), "demo"], env=env)
+    again = CliRunner().invoke(cli, ["--config", str(config), "demo"], env=env)
     assert again.exit_code == 0, again.output
     assert "30 unchanged" in again.output and "sent 0, failed 0" in again.output
     assert len(list((tmp_path / ".var" / "outbox").glob("*.eml"))) == 25
