@@ -20,7 +20,7 @@ from __future__ import annotations
 import email.message
 import mailbox
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from email.utils import parseaddr
@@ -85,19 +85,29 @@ def each_message(path: Path) -> Iterator[email.message.Message | None]:
         box.close()
 
 
-def process_mailbox(
-    config: Config, sessions: sessionmaker[Session], path: Path, *, clock: Clock
+def apply_each(
+    sessions: sessionmaker[Session],
+    path: Path,
+    handle: Callable[[Session, email.message.Message], str],
 ) -> MailboxReport:
-    """Apply every unsubscribe request in the mailbox, one transaction per message."""
-    secret = site_secret(config)
+    """Run `handle` on every message of the mailbox, one transaction each, counting what it
+    says became of them."""
     report = MailboxReport(path)
     for msg in each_message(path):
         if msg is None:
             report.add("unreadable")
             continue
         with transaction(sessions) as session:
-            report.add(_process(session, config, secret, msg, clock))
+            report.add(handle(session, msg))
     return report
+
+
+def process_mailbox(
+    config: Config, sessions: sessionmaker[Session], path: Path, *, clock: Clock
+) -> MailboxReport:
+    """Apply every unsubscribe request in the mailbox, one transaction per message."""
+    secret = site_secret(config)
+    return apply_each(sessions, path, lambda s, msg: _process(s, config, secret, msg, clock))
 
 
 def _process(

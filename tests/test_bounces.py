@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import mailbox
+import re
 from datetime import datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import Message
@@ -24,18 +25,20 @@ from digest.bounces.models import BounceEvent
 from digest.bounces.parse import classify, read_report
 from digest.bounces.verp import read_verp, verp_address
 from digest.clock import fixed
-from digest.config import BounceConfig, Config
+from digest.config import BounceConfig, Config, load_config
+from digest.editions import Edition
 from digest.ledger import Delivery
 from digest.message import make_message_id
 from digest.render import Links
 from digest.sending import SendOptions, send_edition
 from digest_cli import cli
-from subscribers.models import Subscriber, Suppression
+from subscribers.models import Subscriber, Suppression, email_hash
 from subscribers.service import forget
 from tests.fakes.fixtures import smtp_server, tls_cert  # noqa: F401
 from tests.fakes.population import add_population
 from tests.fakes.smtp import SmtpServer
 from tests.render_support import EDITION_DATE, store_edition
+from tests.test_web_mailto import write_mbox
 
 SAMPLES = Path(__file__).parent / "data" / "bounces"
 SECRET = "test-secret-key"
@@ -212,6 +215,29 @@ def test_verp_addresses_name_their_row_and_refuse_forged_tags(config: Config) ->
     assert read_verp(cfg, SECRET, "bounces@news.example") is None
 
 
+@pytest.mark.parametrize(
+    ("table", "needle"),
+    [
+        ({"verp": True}, "bounces.verp: needs return_path"),
+        ({"return_path": "not an address"}, "bounces.return_path: 'not an address' is not a plain"),
+        ({"return_path": "b+x@news.example", "verp": True}, "must not contain the delimiter '+'"),
+        ({"delimiter": "#"}, "bounces.delimiter: must be one of +, - or ="),
+        ({"soft_bounce_limit": 0}, "bounces.soft_bounce_limit: must be at least 1"),
+        ({"colour": "red"}, "bounces.colour: unknown key"),
+    ],
+)
+def test_bad_bounce_config_is_one_clear_error(table: dict[str, object], needle: str) -> None:
+    import tomllib
+
+    from digest.config import parse_config
+    from digest.errors import ConfigError
+
+    raw = tomllib.loads((Path(__file__).parent / "data" / "digest.toml").read_text())
+    raw["bounces"] = table
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        parse_config(raw, Path("digest.toml"))
+
+
 # --- against the ledger --------------------------------------------------------------------
 
 
@@ -223,13 +249,52 @@ def config_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def sent(
-    config_file: Path, sessions: sessionmaker[Session], now: datetime
-) -> tuple[Config, list[Delivery]]:
-    """An edition sent through the outbox to three readers, with VERP on."""
-    from digest.config import load_config
+@dataclasses.dataclass
+class World:
+    """An edition sent through the outbox to three readers with VERP on, and the means to hand
+    `digest bounces` a mailbox about them."""
 
+    cfg: Config
+    rows: list[Delivery]
+    sessions: sessionmaker[Session]
+    config_file: Path
+    db_url: str
+    folder: Path
+
+    def sample(self, name: str, row: Delivery, *, verp: bool = True) -> bytes:
+        with self.sessions() as session:
+            edition = session.get(Edition, row.edition_id)
+            assert edition is not None
+            unsubscribe, _ = Links(self.cfg, self.cfg.newsletter("daily"), edition).urls(
+                row.subscriber_id
+            )
+        return sample(
+            name,
+            VERP=verp_address(self.cfg, SECRET, row.id) if verp else RETURN_PATH,
+            RCPT=row.email,
+            MSGID=make_message_id(self.cfg.newsletter("daily"), EDITION_DATE, row.subscriber_id),
+            UNSUB=unsubscribe,
+        )
+
+    def mbox(self, messages: list[bytes], name: str = "bounces.mbox") -> Path:
+        return write_mbox(self.folder / name, messages)  # type: ignore[arg-type]
+
+    def run(self, *args: str) -> Result:
+        return run(self.config_file, self.db_url, *args)
+
+    def state(self, row: Delivery) -> tuple[str, str | None, str | None]:
+        """The row's state and last error, and the suppression reason of its address."""
+        with self.sessions() as session:
+            r = session.get(Delivery, row.id)
+            assert r is not None
+            s = session.scalar(select(Suppression).where(Suppression.email == r.email))
+            return r.state, r.last_error, s.reason if s else None
+
+
+@pytest.fixture
+def world(
+    config_file: Path, sessions: sessionmaker[Session], now: datetime, db_url: str, tmp_path: Path
+) -> World:
     cfg = load_config(config_file)
     with sessions.begin() as session:
         store_edition(session)
@@ -239,30 +304,7 @@ def sent(
     with sessions() as session:
         rows = list(session.scalars(select(Delivery).order_by(Delivery.id)))
         session.expunge_all()
-    return cfg, rows
-
-
-def values_for(cfg: Config, sessions: sessionmaker[Session], row: Delivery, verp: bool) -> dict:
-    with sessions() as session:
-        from digest.editions import Edition
-
-        edition = session.get(Edition, row.edition_id)
-        assert edition is not None
-        unsubscribe, _ = Links(cfg, cfg.newsletter("daily"), edition).urls(row.subscriber_id)
-    return {
-        "VERP": verp_address(cfg, SECRET, row.id) if verp else RETURN_PATH,
-        "RCPT": row.email,
-        "MSGID": make_message_id(cfg.newsletter("daily"), EDITION_DATE, row.subscriber_id),
-        "UNSUB": unsubscribe,
-    }
-
-
-def write_mbox(path: Path, messages: list[bytes]) -> Path:
-    box = mailbox.mbox(path)
-    for raw in messages:
-        box.add(raw)
-    box.close()
-    return path
+    return World(cfg, rows, sessions, config_file, db_url, tmp_path)
 
 
 def run(config_file: Path, db_url: str, *args: str) -> Result:
@@ -271,36 +313,19 @@ def run(config_file: Path, db_url: str, *args: str) -> Result:
     )
 
 
-def state(sessions: sessionmaker[Session], row: Delivery) -> tuple[str, str | None, str | None]:
-    with sessions() as session:
-        r = session.get(Delivery, row.id)
-        assert r is not None
-        s = session.scalar(select(Suppression).where(Suppression.email == r.email))
-        return r.state, r.last_error, s.reason if s else None
-
-
 @pytest.mark.parametrize("verp", [True, False], ids=["verp", "message-id"])
 @pytest.mark.parametrize("name", sorted(APPLIED))
 def test_each_sample_has_its_effect_and_reading_it_again_changes_nothing(
-    name: str,
-    verp: bool,
-    sent: tuple[Config, list[Delivery]],
-    sessions: sessionmaker[Session],
-    config_file: Path,
-    db_url: str,
-    tmp_path: Path,
+    name: str, verp: bool, world: World
 ) -> None:
-    cfg, rows = sent
-    target, other = rows[1], rows[2]
-    box = write_mbox(
-        tmp_path / "bounces.mbox", [sample(name, **values_for(cfg, sessions, target, verp))]
-    )
+    target, other = world.rows[1], world.rows[2]
+    box = world.mbox([world.sample(name, target, verp=verp)])
     label, reason, row_state = WITHOUT_VERP.get(name, APPLIED[name]) if not verp else APPLIED[name]
 
-    first = run(config_file, db_url, "--from-mbox", str(box))
+    first = world.run("--from-mbox", str(box))
     assert first.exit_code == 0, first.output
     assert first.output.strip() == f"{box}: 1 message(s): 1 {label}"
-    got_state, error, suppressed = state(sessions, target)
+    got_state, error, suppressed = world.state(target)
     assert got_state == row_state
     if reason is None:
         assert suppressed is None
@@ -308,78 +333,64 @@ def test_each_sample_has_its_effect_and_reading_it_again_changes_nothing(
         assert suppressed is not None and suppressed.startswith(reason)
     if row_state == "failed":
         assert error is not None and error.startswith(("bounce: ", "blocked: "))
-    assert state(sessions, other) == ("sent", None, None)  # nobody else is touched
+    assert world.state(other) == ("sent", None, None)  # nobody else is touched
 
-    again = run(config_file, db_url, "--from-mbox", str(box))
+    again = world.run("--from-mbox", str(box))
     assert again.exit_code == 0, again.output
     effective = label.startswith(("hard", "soft", "blocked", "complaint"))
     assert again.output.strip() == f"{box}: 1 message(s): 1 " + (
         "already processed" if effective else label
     )
-    assert state(sessions, target) == (got_state, error, suppressed)
+    assert world.state(target) == (got_state, error, suppressed)
 
 
 def test_hard_bounce_suppression_keeps_the_diagnostic_and_marks_the_subscriber(
-    sent: tuple[Config, list[Delivery]],
-    sessions: sessionmaker[Session],
-    config_file: Path,
-    db_url: str,
-    tmp_path: Path,
+    world: World,
 ) -> None:
-    cfg, rows = sent
-    raw = sample("outlook_recipient_not_found", **values_for(cfg, sessions, rows[0], True))
-    box = write_mbox(tmp_path / "b.mbox", [raw])
-    assert run(config_file, db_url, "--from-mbox", str(box)).exit_code == 0
-    _, error, reason = state(sessions, rows[0])
+    row = world.rows[0]
+    assert (
+        world.run(
+            "--from-mbox", str(world.mbox([world.sample("outlook_recipient_not_found", row)]))
+        ).exit_code
+        == 0
+    )
+    _, error, reason = world.state(row)
     assert reason == (
         "bounced: 5.1.10 550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by "
         "SMTP address lookup"
     )
     assert error == "bounce: " + reason.removeprefix("bounced: ")
-    with sessions() as session:
-        sub = session.scalar(select(Subscriber).where(Subscriber.email == rows[0].email))
+    with world.sessions() as session:
+        sub = session.scalar(select(Subscriber).where(Subscriber.email == row.email))
         assert sub is not None and sub.status == "bounced"
 
 
-def test_a_whole_mailbox_of_shapes_is_counted_per_outcome(
-    sent: tuple[Config, list[Delivery]],
-    sessions: sessionmaker[Session],
-    config_file: Path,
-    db_url: str,
-    tmp_path: Path,
-) -> None:
-    cfg, rows = sent
-    v = [values_for(cfg, sessions, r, True) for r in rows]
-    messages = [
-        sample("postfix_user_unknown", **v[0]),
-        sample("gmail_no_such_user", **v[0]),  # the same reader again: suppressed already
-        sample("postfix_delayed", **v[1]),
-        sample("arf_aol_abuse_token", **v[2]),
-        sample("autoreply_vacation", **v[1]),
-        b"From: x@example.org\r\nSubject: hello\r\n\r\nhi\r\n",
-    ]
-    box = write_mbox(tmp_path / "b.mbox", messages)
-    result = run(config_file, db_url, "--from-mbox", str(box))
+def test_a_whole_mailbox_of_shapes_is_counted_per_outcome(world: World) -> None:
+    a, b, c = world.rows
+    box = world.mbox(
+        [
+            world.sample("postfix_user_unknown", a),
+            world.sample("gmail_no_such_user", a),  # the same reader again: suppressed already
+            world.sample("postfix_delayed", b),
+            world.sample("arf_aol_abuse_token", c),
+            world.sample("autoreply_vacation", b),
+            b"From: x@example.org\r\nSubject: hello\r\n\r\nhi\r\n",
+        ]
+    )
+    result = world.run("--from-mbox", str(box))
     assert result.exit_code == 0, result.output
     assert result.output.strip() == (
         f"{box}: 6 message(s): 1 auto-reply (ignored), 1 complaint: suppressed, 1 delay warning "
         "(ignored), 2 hard bounce: suppressed, 1 not a bounce (ignored)"
     )
-    with sessions() as session:
+    with world.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Suppression)) == 2
 
 
 def test_soft_bounces_suppress_after_the_limit_of_different_messages_within_the_window(
-    sent: tuple[Config, list[Delivery]],
-    sessions: sessionmaker[Session],
-    config_file: Path,
-    db_url: str,
-    tmp_path: Path,
-    now: datetime,
+    world: World, now: datetime
 ) -> None:
-    cfg, rows = sent
-    target = rows[0]
-    from subscribers.models import email_hash
+    target = world.rows[0]
 
     def earlier(edition_id: int, days_ago: float) -> BounceEvent:
         return BounceEvent(
@@ -394,42 +405,33 @@ def test_soft_bounces_suppress_after_the_limit_of_different_messages_within_the_
             created_at=now,
         )
 
-    with sessions.begin() as session:
+    with world.sessions.begin() as session:
         session.add(earlier(900, 2))  # another edition, within 30 days
         session.add(earlier(900, 1))  # the same edition again: counts once
         session.add(earlier(901, 45))  # too long ago
-    raw = sample("postfix_mailbox_full_expired", **values_for(cfg, sessions, target, True))
-    box = write_mbox(tmp_path / "b.mbox", [raw])
-    result = run(config_file, db_url, "--from-mbox", str(box))
+    raw = world.sample("postfix_mailbox_full_expired", target)
+    result = world.run("--from-mbox", str(world.mbox([raw])))
     assert result.output.strip().endswith("1 soft bounce (counted)")  # 2 of 3
-    assert state(sessions, target)[2] is None
+    assert world.state(target)[2] is None
 
-    with sessions.begin() as session:
+    with world.sessions.begin() as session:
         session.add(earlier(902, 3))
     raw2 = raw.replace(b"8Hk2Xc1Qm7z3LtV@relay", b"9Zz2Xc1Qm7z3LtV@relay")  # a new report
-    box2 = write_mbox(tmp_path / "b2.mbox", [raw2])
-    result = run(config_file, db_url, "--from-mbox", str(box2))
+    result = world.run("--from-mbox", str(world.mbox([raw2], "b2.mbox")))
     assert result.output.strip().endswith("1 soft bounce: suppressed (limit reached)")
-    reason = state(sessions, target)[2]
+    reason = world.state(target)[2]
     assert reason is not None and reason.startswith(
         "bounced: 3 soft bounces in 30 days; last 4.2.2"
     )
 
 
-def test_maildir_is_read_too_and_left_unchanged(
-    sent: tuple[Config, list[Delivery]],
-    sessions: sessionmaker[Session],
-    config_file: Path,
-    db_url: str,
-    tmp_path: Path,
-) -> None:
-    cfg, rows = sent
-    folder = tmp_path / "Maildir"
+def test_maildir_is_read_too_and_left_unchanged(world: World) -> None:
+    folder = world.folder / "Maildir"
     box = mailbox.Maildir(folder)
-    box.add(sample("qmail_permanent", **values_for(cfg, sessions, rows[0], True)))
+    box.add(world.sample("qmail_permanent", world.rows[0]))
     box.close()
     before = sorted(p.name for p in folder.rglob("*") if p.is_file())
-    result = run(config_file, db_url, "--from-maildir", str(folder))
+    result = world.run("--from-maildir", str(folder))
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"{folder}: 1 message(s): 1 hard bounce: suppressed"
     assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == before
@@ -454,20 +456,14 @@ def test_bad_arguments_are_one_clear_error(
 
 
 def test_forget_erases_the_bounce_events_that_quote_the_address(
-    sent: tuple[Config, list[Delivery]],
-    sessions: sessionmaker[Session],
-    config_file: Path,
-    db_url: str,
-    tmp_path: Path,
-    now: datetime,
+    world: World, now: datetime
 ) -> None:
-    cfg, rows = sent
-    raw = sample("postfix_mailbox_full_expired", **values_for(cfg, sessions, rows[0], True))
-    run(config_file, db_url, "--from-mbox", str(write_mbox(tmp_path / "b.mbox", [raw])))
-    with sessions.begin() as session:
+    row = world.rows[0]
+    world.run("--from-mbox", str(world.mbox([world.sample("postfix_mailbox_full_expired", row)])))
+    with world.sessions.begin() as session:
         assert session.scalar(select(func.count()).select_from(BounceEvent)) == 1
-        forget(session, rows[0].email, at=now)
-    with sessions() as session:
+        forget(session, row.email, at=now)
+    with world.sessions() as session:
         assert session.scalar(select(func.count()).select_from(BounceEvent)) == 0
 
 
@@ -477,7 +473,6 @@ def test_smtp_sends_carry_the_verp_envelope_sender(
     now: datetime,
     smtp_server: SmtpServer,  # noqa: F811
 ) -> None:
-    from digest.config import load_config
     from tests.test_sending_ledger import with_smtp
 
     cfg = with_smtp(load_config(config_file), smtp_server)

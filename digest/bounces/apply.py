@@ -37,10 +37,9 @@ from digest.bounces.parse import FAILING, Failure, Report, read_report
 from digest.bounces.verp import read_verp
 from digest.clock import Clock
 from digest.config import Config
-from digest.db import transaction
 from digest.editions import get_edition
 from digest.ledger import Delivery
-from digest.mailto import MailboxReport, each_message
+from digest.mailto import MailboxReport, apply_each
 from subscribers.models import Subscriber, email_hash, normalise_email
 from subscribers.service import suppress
 from subscribers.tokens import InvalidToken, read_token, site_secret
@@ -64,16 +63,14 @@ def process_bounces(
 ) -> MailboxReport:
     """Apply every bounce and complaint in the mailbox, one transaction per message."""
     secret = site_secret(config)
-    report = MailboxReport(path)
-    for msg in each_message(path):
-        if msg is None:
-            report.add("unreadable")
-            continue
-        parsed = read_report(msg)
+
+    def handle(session: Session, msg: email.message.Message) -> str:
         at = clock()
-        with transaction(sessions) as session:
-            report.add(apply_report(session, config, secret, parsed, at=at, arrived=_date(msg, at)))
-    return report
+        return apply_report(
+            session, config, secret, read_report(msg), at=at, arrived=_date(msg, at)
+        )
+
+    return apply_each(sessions, path, handle)
 
 
 def apply_report(
