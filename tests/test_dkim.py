@@ -13,6 +13,8 @@ from pathlib import Path
 import dkim as dkimpy
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Config, DkimConfig, DkimKeyConfig, parse_config
@@ -375,3 +377,22 @@ def test_dkimpy_agrees_on_an_unsigned_copy_signed_by_itself(signing: Config) -> 
     tags = signature_tags(theirs + unsigned)[0]
     assert tags["bh"] == ours["bh"]
     assert verify(theirs + unsigned, dns_records(signing))[0] is True
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.text(st.sampled_from("AbcZ-_ \t"), min_size=1, max_size=12),
+            st.text(st.sampled_from("ab Z\t:;=\r\n\r\n \t"), max_size=40),
+        ),
+        max_size=5,
+    )
+)
+def test_relaxed_canonicalisation_is_dkimpys(pairs: list[tuple[str, str]]) -> None:
+    from dkim.canonicalization import Relaxed
+
+    from digest.dkim import relaxed
+
+    data = [(n.encode(), v.encode()) for n, v in pairs]
+    assert relaxed(data) == Relaxed.canonicalize_headers(data)
