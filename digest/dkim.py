@@ -14,8 +14,8 @@ message copies, and the signature's fixed tags — is prepared once per variant 
 private-key operation is the real price: about 1 ms for RSA-2048, 60 µs for Ed25519 (OpenSSL
 through `cryptography`; dkimpy's own RSA is pure Python, about 10 ms). dkimpy, the reference
 implementation, verifies the first message of every variant against the public key before the
-send goes on (`Prepared.sign` → `self_check`), so a signature that would fail never goes out
-by the thousand.
+send goes on (`self_check`, called by digest.message), so a signature that would fail never
+goes out by the thousand.
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def find_match(session: Session, config: Config, secret: str, r: Report) -> Matc
     for address in candidates:
         rid = read_verp(config, secret, address)
         row = session.get(Delivery, rid) if rid is not None else None
-        if row is not None:
+        if row is not None and "@" in row.email:  # not a row `forget` erased
             return Match(normalise_email(row.email), "verp", row)
     ids = r.message_ids
     for token in _tokens(r):
@@ -164,7 +164,7 @@ def find_match(session: Session, config: Config, secret: str, r: Report) -> Matc
             continue
         for message_id in ids:
             row = _edition_row(session, config, message_id)
-            if row is not None and row.subscriber_id == data.subscriber_id:
+            if row is not None and row.subscriber_id == data.subscriber_id and "@" in row.email:
                 return Match(normalise_email(row.email), "token", row)
     for message_id in ids:
         row = _edition_row(session, config, message_id)
