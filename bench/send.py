@@ -267,9 +267,9 @@ def signing_cost(url: str, config: Config, dkim: dict[str, DkimConfig], n: int =
     with session_factory(engine)() as session:
         edition = load_edition(session, "daily", EDITION_DATE)
         readers = list(audience(session, config, nl))[:n]
+        rendered = Renderer(config, nl, edition).variant(())
+        links = Links(config, nl, edition)
     engine.dispose()
-    rendered = Renderer(config, nl, edition).variant(())
-    links = Links(config, nl, edition)
     costs: dict[str, float] = {}
     raw = b""
     for name, cfg in [
@@ -470,7 +470,9 @@ def bench_smtp(
     for run in range(1, runs + 1):
         # Unsigned, RSA and Ed25519 in an order that turns each run, so a drifting host
         # favours none of them; each signed rate is compared with the unsigned one of its run.
-        order = ["unsigned", *dkim][run - 1 :] + ["unsigned", *dkim][: run - 1]
+        names = ["unsigned", *dkim]
+        turn = (run - 1) % len(names)
+        order = names[turn:] + names[:turn]
         rates_s: dict[str, float] = {}
         for name in order:
             smtp.reset()

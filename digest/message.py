@@ -4,8 +4,8 @@ Everything that is the same for every recipient of a variant (From, Reply-To, Li
 Feedback-ID, the campaign headers, the MIME boundary and part headers, and their share of the
 DKIM signature) is prepared once per variant in `VariantMessage`; per recipient only To,
 Subject, Date, Message-ID, List-Unsubscribe, the two encoded bodies and, with a DKIM key
-configured, the DKIM-Signature (digest.dkim) are produced. Building a message through `email.message.EmailMessage` costs about
-2 ms, which would cap an SMTP send near 500 messages/s; the bytes written here have the shape
+configured, the DKIM-Signature (digest.dkim) are produced. Building a message through
+`email.message.EmailMessage` costs about 2 ms, which would cap an SMTP send near 500 messages/s; the bytes written here have the shape
 `email.policy.SMTP` produces (CRLF line ends, quoted-printable bodies so no line passes 76
 octets, RFC 2047 encoded words for non-ASCII headers), and the tests parse them back with the
 stdlib `email` package.
@@ -264,7 +264,7 @@ class VariantMessage:
         self._frame = b"".join(frame) + b"\r\n"
         self._text_open, self._html_open, self._close = _part_frames(self.boundary)
         self._templates: dict[int, _Template] = {}
-        self._dkim = _Signing(config, newsletter, [self._head, *frame], _OWN_HEADERS)
+        self._dkim = dkim.MessageSigning(config, newsletter, [self._head, *frame], _OWN_HEADERS)
         self._verp_secret: str | None = None
         if config.bounces.verp:
             from subscribers.tokens import site_secret
@@ -370,40 +370,6 @@ class VariantMessage:
 _OWN_HEADERS = ("To", "Subject", "Date", "Message-ID", "List-Unsubscribe")
 
 
-class _Signing:
-    """DKIM for one variant (digest.dkim): nothing when no key is configured. The keys are
-    read at the first raw message (SendGrid requests need none), and that first signed
-    message is verified with dkimpy before it is handed out."""
-
-    def __init__(
-        self,
-        config: Config,
-        newsletter: NewsletterConfig,
-        shared: list[bytes],
-        own_names: tuple[str, ...],
-    ) -> None:
-        self._args = (config, newsletter, shared, own_names)
-        self._enabled = config.dkim.enabled
-        self._prepared: dkim.Prepared | None = None
-
-    def message(self, headers: list[bytes], own: list[bytes], body: bytes, when: datetime) -> bytes:
-        """`headers` (own among them, the last ending with the blank line) and `body`, with
-        the DKIM-Signature lines on top when signing."""
-        if not self._enabled:
-            return b"".join([*headers, body])
-        prepared = self._prepared
-        if prepared is None:
-            config, newsletter, shared, own_names = self._args
-            signer = dkim.signer_for(config, newsletter)
-            assert signer is not None
-            prepared = signer.prepare(shared, own_names)
-            raw = b"".join([prepared.sign(own, body, int(when.timestamp())), *headers, body])
-            dkim.self_check(signer, raw)
-            self._prepared = prepared
-            return raw
-        return b"".join([prepared.sign(own, body, int(when.timestamp())), *headers, body])
-
-
 class TransactionalMessage:
     """A message one person asked for, such as the double opt-in confirmation: From, Reply-To,
     To, Subject, Date, Message-ID and text + HTML parts. It is not bulk mail, so it carries no
@@ -426,7 +392,7 @@ class TransactionalMessage:
         ]
         self._frame = b"".join(frame) + b"\r\n"
         self._text_open, self._html_open, self._close = _part_frames(self.boundary)
-        self._dkim = _Signing(config, newsletter, [self._head, *frame], _OWN_HEADERS[:4])
+        self._dkim = dkim.MessageSigning(config, newsletter, [self._head, *frame], _OWN_HEADERS[:4])
 
     def envelope_sender(self, to: Addressee) -> str | None:
         return None  # bounces.return_path, as for every message without a ledger row
