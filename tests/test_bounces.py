@@ -484,3 +484,24 @@ def test_smtp_sends_carry_the_verp_envelope_sender(
     with sessions() as session:
         ids = list(session.scalars(select(Delivery.id).order_by(Delivery.id)))
     assert sorted(smtp_server.senders) == sorted(verp_address(cfg, SECRET, i) for i in ids)
+
+
+def test_a_utf8_delivery_status_rfc6533_is_read_too() -> None:
+    raw = (
+        "From: MAILER-DAEMON@mx.example.jp\r\nTo: bounces@news.example\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <g1@mx.example.jp>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; "
+        'boundary="G"\r\n\r\n--G\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n'
+        "配信できませんでした。\r\n--G\r\nContent-Type: message/global-delivery-status\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\nReporting-MTA: dns; mx.example.jp\r\n\r\n"
+        "Final-Recipient: utf-8; 山田@例え.jp\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 <山田@例え.jp>: User unknown\r\n\r\n"
+        "--G\r\nContent-Type: message/global-headers\r\n\r\nMessage-ID: <daily.20260310.1@news.example>\r\n"
+        "\r\n--G--\r\n"
+    ).encode()
+    report = read_report(parse(raw))
+    (f,) = report.failures
+    assert (report.kind, f.kind, f.status) == ("bounce", "hard", "5.1.1")
+    assert f.recipient == "山田@例え.jp"
+    assert report.message_ids == ("daily.20260310.1@news.example",)
+    assert "User unknown" in f.diagnostic

@@ -21,6 +21,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from email.header import Header, decode_header
 from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
 
@@ -29,7 +30,8 @@ from digest.mailto import header_text, text_parts
 FAILING = ("hard", "soft", "blocked")
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _BASIC = re.compile(r"(?<![\d.])([45])(\d\d)(?:[ :-]|$)", re.MULTILINE)
-_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+# Unicode-aware: internationalised addresses (RFC 6531) come back in UTF-8 DSNs.
+_ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@\w(?:[\w.-]*\w)?")
 _SPACES = re.compile(r"\s+")
 _DIAGNOSTIC_LIMIT = 500
 _BOUNCE_SENDERS = ("mailer-daemon", "postmaster", "mail-daemon", "mailer_daemon")
@@ -192,9 +194,19 @@ def _field_blocks(part: email.message.Message) -> Iterator[email.message.Message
         for block in payload:
             if isinstance(block, email.message.Message):
                 yield block
+                # Unknown message/* types (the global variant, feedback reports) are read as
+                # one enclosed message: its headers the first block, its body the others.
+                rest = block.get_payload(decode=True)
+                if isinstance(rest, bytes) and rest.strip():
+                    yield from _text_blocks(rest.decode("utf-8", "replace"))
         return
     raw = part.get_payload(decode=True)
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(payload)
+    yield from _text_blocks(
+        raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(payload)
+    )
+
+
+def _text_blocks(text: str) -> Iterator[email.message.Message]:
     for chunk in re.split(r"\r?\n\s*\r?\n", text):
         if chunk.strip():
             yield HeaderParser().parsestr(chunk.strip() + "\n")
@@ -352,7 +364,7 @@ def _walk(msg: email.message.Message) -> Iterator[email.message.Message]:
 def _original(parts: list[email.message.Message]) -> email.message.Message | None:
     for part in parts:
         ctype = part.get_content_type()
-        if ctype in ("message/rfc822", "message/global"):
+        if ctype in ("message/rfc822", "message/global", "message/global-headers"):
             payload = part.get_payload()
             if (
                 isinstance(payload, list)
@@ -403,4 +415,13 @@ def _strip_id(value: str) -> str:
 def _one_line(value: object) -> str:
     if value is None:
         return ""
-    return _SPACES.sub(" ", str(value)).strip()
+    if isinstance(value, Header):
+        # Raw 8-bit bytes in a field (RFC 6532's UTF-8 DSNs): the stdlib hands them over as
+        # an `unknown-8bit` Header; read them as UTF-8.
+        text = "".join(
+            part.decode("utf-8", "replace") if isinstance(part, bytes) else part
+            for part, _ in decode_header(value)
+        )
+    else:
+        text = str(value)
+    return _SPACES.sub(" ", text).strip()
