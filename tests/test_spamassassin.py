@@ -15,7 +15,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from digest.clock import fixed
 from digest.config import OutboxConfig, load_config
@@ -23,12 +22,11 @@ from digest.db import make_engine, session_factory, upgrade
 from digest.editions import build_edition
 from digest.ingest import ingest_files
 from digest.sending import SendOptions, send_edition
-from digest_cli import cli
 from subscribers.service import add_subscriber
 from tests.dkim_support import signing_config
+from tests.test_demo import run_demo
 
 FRONT_PAGE = Path(__file__).parent / "data" / "frontpage"
-EXAMPLE = Path(__file__).parent.parent / "digest.example.toml"
 SPAMASSASSIN = shutil.which("spamassassin")
 # Rules that describe the message without judging it (they score 0.0 or less by design).
 INFORMATIONAL = {"HTML_MESSAGE", "NO_RELAYS", "NO_RECEIVED", "NO_RELAYS_1"}
@@ -78,11 +76,7 @@ def front_page_messages(folder: Path) -> list[bytes]:
 
 
 def demo_messages(folder: Path, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    monkeypatch.chdir(folder)
-    config = folder / "digest.example.toml"
-    config.write_text(EXAMPLE.read_text())
-    env = {"DIGEST_DATABASE_URL": f"sqlite:///{folder}/demo.db"}
-    result = CliRunner().invoke(cli, ["--config", str(config), "demo"], env=env)
+    _, result = run_demo(folder, monkeypatch)
     assert result.exit_code == 0, result.output
     return [p.read_bytes() for p in sorted((folder / ".var" / "outbox").glob("*.eml"))]
 
