@@ -1128,6 +1128,56 @@ def unsubscribe_mail(app: App, mbox: str):
     click.echo(process_mailbox(app.config, app.sessions, Path(mbox), clock=utcnow).summary())
 
 
+@cli.command("doctor")
+@click.argument("newsletter")
+@click.option(
+    "--provider",
+    type=click.Choice(["outbox", "smtp", "sendgrid"]),
+    help="Check for this provider (default: the newsletter's).",
+)
+@click.option(
+    "--dns", "check_dns", is_flag=True, help="Also look the records up in DNS (needs network)."
+)
+@click.pass_context
+def doctor_cmd(ctx: click.Context, newsletter: str, provider: str | None, check_dns: bool):
+    """DNS records to publish (SPF, DKIM, DMARC) and a check of the configuration against the
+    bulk-sender rules of Gmail, Yahoo and Microsoft. Exit code 1 when something fails."""
+    from digest.doctor import diagnose, dns_lookup
+
+    app = ctx.find_object(App)
+    assert app is not None
+    lookup = dns_lookup if check_dns else None
+    diagnosis = diagnose(app.config, newsletter, provider=provider, lookup=lookup)
+    click.echo("\n".join(diagnosis.lines()))
+    ctx.exit(1 if diagnosis.failed else 0)
+
+
+@cli.command("bounces")
+@click.option(
+    "--from-mbox",
+    "mbox",
+    type=click.Path(),
+    help="mbox file (or maildir folder) the bounces and complaints arrive in.",
+)
+@click.option("--from-maildir", "maildir", type=click.Path(), help="maildir folder of them.")
+@pass_app
+def bounces_cmd(app: App, mbox: str | None, maildir: str | None):
+    """Read bounces (DSNs) and complaints (ARF) from the return path's mailbox.
+
+    Hard bounces and complaints suppress the address; soft bounces are counted and suppress
+    after bounces.soft_bounce_limit. The mailbox is not changed; reading it again changes
+    nothing more.
+    """
+    from digest.bounces.apply import process_bounces
+
+    if (mbox is None) == (maildir is None):
+        raise click.UsageError("give one of --from-mbox FILE or --from-maildir FOLDER")
+    path = Path(mbox or maildir or "")
+    if maildir is not None and not path.is_dir():
+        raise click.BadParameter(f"{path}: not a maildir folder", param_hint="--from-maildir")
+    click.echo(process_bounces(app.config, app.sessions, path, clock=utcnow).summary())
+
+
 # --- scheduling ------------------------------------------------------------------------------
 
 

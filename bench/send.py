@@ -11,6 +11,8 @@
 (b) SMTP: `send_edition` end to end through an aiosmtpd server in its own process (plain SMTP on
     127.0.0.1), over --smtp-subscribers subscribers (a sample: the server's rate does not depend
     on the list size), --runs times.
+    Each run of (b) is followed by the same send DKIM-signed, once with an RSA-2048 key and
+    once with an Ed25519 key (b-dkim): goal ≥ 70% of the unsigned rate of the same run.
 (c) the same server fed pre-built messages over one connection (what the server alone accepts),
     right after each run of (b): the goal is a ratio, so each (b) is compared with a (c) taken
     in the same host state, and the median ratio is reported.
@@ -20,6 +22,8 @@
 (e) a relay that answers each message after 20 ms (as a distant or busy one does): the first
     --relay-sample messages of `send_edition` over one SMTP connection, then over four
     (`providers.smtp.connections`).
+(f) the sender's CPU time to build one message the way a send does (per-variant template,
+    per-recipient substitutions), unsigned and DKIM-signed, and where that time goes.
 Goals: (b) ≥ 80% of (c) and ≥ 3× (d).
 
 SQLite by default (one worker); --database postgresql+psycopg://... with --workers N runs N
@@ -55,7 +59,14 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from digest.clock import fixed  # noqa: E402
-from digest.config import Config, SendGridConfig, SmtpConfig, load_config  # noqa: E402
+from digest.config import (  # noqa: E402
+    Config,
+    DkimConfig,
+    DkimKeyConfig,
+    SendGridConfig,
+    SmtpConfig,
+    load_config,
+)
 from digest.db import make_engine, session_factory, upgrade  # noqa: E402
 from digest.message import Addressee, VariantMessage, make_message_id  # noqa: E402
 from digest.render import Renderer, personal_links, personalise  # noqa: E402
@@ -219,6 +230,102 @@ def run_send(
     return result  # type: ignore[no-any-return]
 
 
+def dkim_keys(folder: Path) -> dict[str, DkimConfig]:
+    """An RSA-2048 and an Ed25519 key in PEM files, one DkimConfig for each."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    keys: dict[str, Any] = {
+        "rsa": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ed25519": ed25519.Ed25519PrivateKey.generate(),
+    }
+    out = {}
+    for name, key in keys.items():
+        path = folder / f"dkim-{name}.pem"
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        out[name] = DkimConfig(keys=(DkimKeyConfig(selector=f"bench-{name}", key_file=path),))
+    return out
+
+
+def signing_cost(url: str, config: Config, dkim: dict[str, DkimConfig], n: int = 300) -> None:
+    """(f): CPU µs per message built as the send builds it, best of 5 passes over n readers."""
+    import hashlib
+
+    from digest.dkim import load_key
+    from digest.editions import load_edition
+    from digest.render import Links
+    from digest.sending import _plain_links, _Variant
+
+    engine = make_engine(url)
+    nl = config.newsletter("daily")
+    with session_factory(engine)() as session:
+        edition = load_edition(session, "daily", EDITION_DATE)
+        readers = list(audience(session, config, nl))[:n]
+        rendered = Renderer(config, nl, edition).variant(())
+        links = Links(config, nl, edition)
+    engine.dispose()
+    costs: dict[str, float] = {}
+    raw = b""
+    for name, cfg in [
+        ("unsigned", config),
+        *((k, dataclasses.replace(config, dkim=d)) for k, d in dkim.items()),
+    ]:
+        message = VariantMessage(cfg, nl, EDITION_DATE, rendered.key)
+        v = _Variant(rendered, message, links.view_url, _plain_links(cfg))
+        prepared = []
+        for r in readers:
+            unsubscribe, preferences = links.urls(r.subscriber_id)
+            to = Addressee(
+                r.email, r.name, unsubscribe, make_message_id(nl, EDITION_DATE, r.subscriber_id), 1
+            )
+            prepared.append((to, v.substitutions(r.name, r.email, unsubscribe, preferences)))
+        assert v.template is not None
+        message.mime(v.template, prepared[0][0], NOW, prepared[0][1])  # the self-check
+        best = float("inf")
+        for _ in range(5):
+            started = time.process_time()
+            for to, subs in prepared:
+                raw = message.mime(v.template, to, NOW, subs)
+            best = min(best, (time.process_time() - started) / len(prepared))
+        costs[name] = best * 1e6
+    body = raw[raw.index(b"\r\n\r\n") + 4 :]
+    started = time.process_time()
+    for _ in range(2000):
+        hashlib.sha256(body).digest()
+    hash_us = (time.process_time() - started) / 2000 * 1e6
+    key_us = {}
+    for name, d in dkim.items():
+        key = load_key(d.keys[0])
+        digest = hashlib.sha256(b"x").digest()
+        started = time.process_time()
+        for _ in range(300):
+            key.sign(digest)
+        key_us[name] = (time.process_time() - started) / 300 * 1e6
+    v_plain = _Variant(
+        rendered,
+        VariantMessage(config, nl, EDITION_DATE, rendered.key),
+        links.view_url,
+        _plain_links(config),
+    )
+    assert v_plain.template is not None
+    text = v_plain.template.text
+    first = min(text.find(t) for t in v_plain.substitutions(None, "a@b.c", "u", "p") if t in text)
+    print(
+        f"(f) CPU per message as a send builds it ({len(body) / 1024:.0f} KB body): "
+        + ", ".join(f"{k} {c:.0f} µs" for k, c in costs.items())
+        + f"; of which SHA-256 of the body {hash_us:.0f} µs, the key operation "
+        + ", ".join(f"{k} {c:.0f} µs" for k, c in key_us.items())
+        + f"; the first personal value sits {first} characters into the text part, so the "
+        "body hash cannot be taken once per variant"
+    )
+
+
 # --- (c) and (d) -----------------------------------------------------------------------------
 
 
@@ -297,6 +404,8 @@ def main() -> None:
     ap.add_argument("--render-baseline", type=int, default=30)
     ap.add_argument("--relay-sample", type=int, default=400, help="messages per run of (e)")
     ap.add_argument("--database", help="PostgreSQL URL (an admin URL: databases are created)")
+    ap.add_argument("--skip-sendgrid", action="store_true", help="leave out (a)")
+    ap.add_argument("--skip-baselines", action="store_true", help="leave out (d), (d') and (e)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument(
         "--runs", type=int, default=3, help="runs of (a) and of (b)+(c) (SQLite); medians reported"
@@ -308,6 +417,14 @@ def main() -> None:
     backend = "PostgreSQL" if args.database else "SQLite"
     print(f"backend {backend}, workers {args.workers}, scratch {folder}")
 
+    runs = args.runs if args.database is None else 1
+    rate_a = rss_a = 0.0
+    if not args.skip_sendgrid:
+        rate_a, rss_a = bench_sendgrid(args, folder, runs)
+    bench_smtp(args, folder, runs, rate_a, rss_a)
+
+
+def bench_sendgrid(args: argparse.Namespace, folder: Path, runs: int) -> tuple[float, float]:
     # (a) SendGrid, --runs times from the same populated database (SQLite: a copy of it; a
     # shared host moves single figures by ±10%, so the median and the best are printed too)
     url_a = fresh_database(args.database, folder, "sendgrid")
@@ -315,7 +432,6 @@ def main() -> None:
     print(f"populated {args.subscribers:,} subscribers in 10 variants in {took:.1f}s")
     rates: list[float] = []
     rss_a = 0.0
-    runs = args.runs if args.database is None else 1
     for run in range(1, runs + 1):
         sg = Server(_sendgrid_server)
         config_a = config_for(sendgrid=SendGridConfig(host=sg.address, timeout=60))
@@ -333,7 +449,12 @@ def main() -> None:
     rate_a = statistics.median(rates)
     print(f"(a) median {rate_a:,.0f} recipients/s, best {max(rates):,.0f} of {runs} run(s)")
     drop_database(args.database, url_a)
+    return rate_a, rss_a
 
+
+def bench_smtp(
+    args: argparse.Namespace, folder: Path, runs: int, rate_a: float, rss_a: float
+) -> None:
     # (b) SMTP end to end, (c) pre-built, (d) baseline: one server process. (b) and (c) are
     # taken in pairs, (c) right after each (b), so each ratio compares the same host state.
     url_b = fresh_database(args.database, folder, "smtp")
@@ -342,14 +463,36 @@ def main() -> None:
     config_b = config_for(smtp=SmtpConfig(port=smtp.address, timeout=60))
     messages = sample_messages(url_b, config_b, max(args.baseline, 200))
     pairs: list[tuple[float, float]] = []
+    signed: dict[str, list[float]] = {"rsa": [], "ed25519": []}
+    dkim = dkim_keys(folder)
     rss_b = 0.0
+    options = SendOptions(provider="smtp", workers=args.workers)
     for run in range(1, runs + 1):
-        smtp.reset()
-        options = SendOptions(provider="smtp", workers=args.workers)
-        with run_copy(url_b, folder, "smtp", run) as url:
-            sent_b, counts_b, secs_b, rss = run_send(url, config_b, options)
-        received, most = smtp.counts()
-        rss_b = max(rss_b, rss)
+        # Unsigned, RSA and Ed25519 in an order that turns each run, so a drifting host
+        # favours none of them; each signed rate is compared with the unsigned one of its run.
+        names = ["unsigned", *dkim]
+        turn = (run - 1) % len(names)
+        order = names[turn:] + names[:turn]
+        rates_s: dict[str, float] = {}
+        for name in order:
+            smtp.reset()
+            config_s = (
+                config_b if name == "unsigned" else dataclasses.replace(config_b, dkim=dkim[name])
+            )
+            with run_copy(url_b, folder, "smtp", run) as url:
+                sent_s, _, secs_s, rss = run_send(url, config_s, options)
+            rates_s[name] = sent_s / secs_s
+            if name == "unsigned":
+                sent_b, secs_b = sent_s, secs_s
+                received, most = smtp.counts()
+                rss_b = max(rss_b, rss)
+        for name in dkim:
+            signed[name].append(rates_s[name] / rates_s["unsigned"])
+            print(
+                f"(b-dkim) run {run}: the same send signed with {name}: "
+                f"{rates_s[name]:,.0f} recipients/s = {signed[name][-1]:.0%} of unsigned "
+                f"({rates_s['unsigned']:,.0f}/s; order {', '.join(order)})"
+            )
         rate_c = prebuilt_rate(smtp.address, messages, args.prebuilt)
         pairs.append((sent_b / secs_b, rate_c))
         print(
@@ -358,6 +501,11 @@ def main() -> None:
             f"{received:,} (max {most} per address); (c) right after: {rate_c:,.0f} "
             f"messages/s; (b) = {pairs[-1][0] / rate_c:.0%} of (c)"
         )
+    for name, ratios in signed.items():
+        print(
+            f"(b-dkim) {name}: median {statistics.median(ratios):.0%} of the unsigned rate "
+            f"(runs: {', '.join(f'{r:.0%}' for r in ratios)}; goal ≥ 70%)"
+        )
     ratio = statistics.median(b / c for b, c in pairs)
     rate_b = statistics.median(b for b, _ in pairs)
     rate_c = statistics.median(c for _, c in pairs)
@@ -365,6 +513,13 @@ def main() -> None:
         f"(b) median {rate_b:,.0f} recipients/s; (c) SMTP server alone, pre-built messages, one "
         f"connection: median {rate_c:,.0f} messages/s; (b)/(c) median {ratio:.0%}"
     )
+    signing_cost(url_b, config_b, dkim)
+    dkim_summary = ", ".join(f"{n} {statistics.median(r):.0%}" for n, r in signed.items())
+    if args.skip_baselines:
+        smtp.stop()
+        drop_database(args.database, url_b)
+        print(f"summary: (b) DKIM-signed = {dkim_summary} of unsigned (goal ≥ 70%)")
+        return
     rate_d = baseline_rate(smtp.address, config_b, messages[: args.render_baseline], True)
     print(
         f"(d) baseline, per message: render (Jinja2 + premailer), stdlib build, own connection "
@@ -394,6 +549,7 @@ def main() -> None:
     drop_database(args.database, url_b)
     print(
         f"summary: (a) median {rate_a:,.0f}/s (goal 20,000), {rss_a:.0f} MB (goal ≤ 500); "
+        f"(b) DKIM-signed = {dkim_summary} of unsigned (goal ≥ 70%); "
         f"(b) = {ratio:.0%} of (c) (goal ≥ 80%), {rate_b / rate_d:.0f}× (d) "
         f"(goal ≥ 3×), {rate_b / rate_d2:.1f}× (d'); (e) 4 connections = "
         f"{relay_rates[4] / relay_rates[1]:.1f}× one"

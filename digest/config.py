@@ -21,6 +21,11 @@ from digest.i18n import Language, has_catalog, parse_language, shipped_languages
 DEFAULT_DATABASE_URL = "sqlite:///.var/digest.db"
 PROVIDERS = ("outbox", "smtp", "sendgrid")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+\.?$")
+_SELECTOR = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@" + _DOMAIN.pattern[1:])
+_FEEDBACK_FIELD = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -194,10 +199,77 @@ class SiteConfig:
     postal_address: str = "digest, 1 Example Street, Springfield"
     unsubscribe_mailto: str | None = None
     secret_env: str = "DIGEST_SECRET_KEY"
+    # The last field of every Feedback-ID (Gmail's SenderId); default: the From domain.
+    sender_id: str | None = None
 
     @property
     def secret(self) -> str | None:
         return os.environ.get(self.secret_env) or None
+
+
+@dataclass(frozen=True)
+class DkimKeyConfig:
+    """One DKIM key: its selector and where the private key is (a PEM file, or an environment
+    variable holding the PEM or, for Ed25519, the base64 seed as dknewkey writes it)."""
+
+    selector: str
+    key_file: Path | None = None
+    key_env: str | None = None
+
+    @property
+    def source(self) -> str:
+        return f"key_file {self.key_file}" if self.key_file else f"${self.key_env}"
+
+    def read(self) -> str:
+        """The private key text; ConfigError naming the file or variable otherwise."""
+        if self.key_file is not None:
+            try:
+                return self.key_file.read_text(encoding="ascii")
+            except FileNotFoundError:
+                raise ConfigError(
+                    f"dkim: selector {self.selector!r}: key_file {self.key_file} does not exist"
+                ) from None
+            except (OSError, UnicodeDecodeError) as e:
+                why = e.strerror if isinstance(e, OSError) else "not a PEM text file"
+                raise ConfigError(
+                    f"dkim: selector {self.selector!r}: cannot read key_file {self.key_file}: {why}"
+                ) from None
+        assert self.key_env is not None
+        value = os.environ.get(self.key_env, "").strip()
+        if not value:
+            raise ConfigError(
+                f"dkim: selector {self.selector!r}: the environment variable {self.key_env} "
+                "(key_env) is not set"
+            )
+        # An env file keeps one line per variable: a PEM may come with its newlines as \n.
+        return value.replace("\\n", "\n")
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    """DKIM signing of SMTP and outbox mail (SendGrid signs with its own domain setup).
+    `domain` is d= of every signature; None: each newsletter's From domain."""
+
+    keys: tuple[DkimKeyConfig, ...] = ()
+    domain: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+
+@dataclass(frozen=True)
+class BounceConfig:
+    """Where SMTP bounces go and how `digest bounces` treats them."""
+
+    # Envelope sender (MAIL FROM) of SMTP mail; None: the newsletter's from_email.
+    return_path: str | None = None
+    # VERP: each message's envelope sender names its ledger row (local+ROW-TAG@domain).
+    verp: bool = False
+    delimiter: str = "+"
+    # Soft bounces of this many different messages within soft_bounce_days suppress.
+    soft_bounce_limit: int = 3
+    soft_bounce_days: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -228,6 +300,8 @@ class Config:
     templates_dir: Path | None = None
     web: WebConfig = field(default_factory=WebConfig)
     locales_dir: Path | None = None
+    dkim: DkimConfig = field(default_factory=DkimConfig)
+    bounces: BounceConfig = field(default_factory=BounceConfig)
 
     @property
     def database_url(self) -> str:
@@ -289,6 +363,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         "templates_dir",
         "locales_dir",
         "web",
+        "dkim",
+        "bounces",
     )
     newsletters_tbl = r.table("newsletters", required=True)
     if not newsletters_tbl.raw:
@@ -313,7 +389,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     )
 
     site_t = r.table("site")
-    site_t.allow("base_url", "postal_address", "unsubscribe_mailto", "secret_env")
+    site_t.allow("base_url", "postal_address", "unsubscribe_mailto", "secret_env", "sender_id")
     base_url = site_t.string("base_url", "http://127.0.0.1:8000").rstrip("/")
     if not re.match(r"^https?://[^/\s]+", base_url):
         raise site_t.error("base_url", "must be an http:// or https:// URL")
@@ -322,7 +398,12 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         postal_address=site_t.string("postal_address", SiteConfig.postal_address),
         unsubscribe_mailto=site_t.optional_string("unsubscribe_mailto"),
         secret_env=site_t.string("secret_env", "DIGEST_SECRET_KEY"),
+        sender_id=site_t.optional_string("sender_id"),
     )
+    if site.sender_id is not None and not _FEEDBACK_FIELD.match(site.sender_id):
+        raise site_t.error(
+            "sender_id", "letters, digits, '.', '_' or '-' only (a field of Feedback-ID)"
+        )
 
     prov = r.table("providers")
     prov.allow(*PROVIDERS)
@@ -393,6 +474,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     )
     return Config(
         path=path,
+        dkim=_dkim(r.table("dkim"), path),
+        bounces=_bounces(r.table("bounces")),
         newsletters=newsletters,
         selection=selection,
         site=site,
@@ -571,6 +654,60 @@ def _address(t: _Reader, key: str, address: str) -> str:
         return validate_email(address, check_deliverability=False).normalized
     except EmailNotValidError as e:
         raise t.error(key, f"{address!r} is not a valid email address: {e}") from None
+
+
+def _dkim(t: _Reader, path: Path | None) -> DkimConfig:
+    t.allow("domain", "keys")
+    domain = t.optional_string("domain")
+    if domain is not None and not _DOMAIN.match(domain):
+        raise t.error("domain", f"{domain!r} is not a domain name (e.g. news.example.com)")
+    raw = t.raw.get("keys", [])
+    if not isinstance(raw, list):
+        raise t.error("keys", 'must be an array of tables like {selector = "s1", key_file = ...}')
+    keys: list[DkimKeyConfig] = []
+    for i, item in enumerate(raw):
+        where = f"keys[{i}]"
+        if not isinstance(item, dict):
+            raise t.error(where, 'must be a table like {selector = "s1", key_file = "dkim.pem"}')
+        k = _Reader(t.file, item, f"{t.prefix}{where}.")
+        k.allow("selector", "key_file", "key_env")
+        selector = k.string("selector", required=True)
+        if not _SELECTOR.match(selector):
+            raise k.error("selector", f"{selector!r} is not a DNS label (letters, digits, '-')")
+        if any(selector == other.selector for other in keys):
+            raise k.error("selector", f"selector {selector!r} is listed twice")
+        key_file, key_env = k.optional_string("key_file"), k.optional_string("key_env")
+        if (key_file is None) == (key_env is None):
+            raise k.error("", "give exactly one of key_file (a PEM file) or key_env")
+        file = None
+        if key_file is not None:
+            file = Path(key_file)
+            if path is not None and not file.is_absolute():
+                file = path.parent / file
+        keys.append(DkimKeyConfig(selector=selector, key_file=file, key_env=key_env))
+    return DkimConfig(keys=tuple(keys), domain=domain.lower().rstrip(".") if domain else None)
+
+
+def _bounces(t: _Reader) -> BounceConfig:
+    t.allow(*BounceConfig.__dataclass_fields__)
+    return_path = t.optional_string("return_path")
+    if return_path is not None and not _ADDRESS.match(return_path):
+        raise t.error("return_path", f"{return_path!r} is not a plain email address")
+    delimiter = t.string("delimiter", "+")
+    if delimiter not in ("+", "-", "="):
+        raise t.error("delimiter", "must be one of +, - or =")
+    verp = t.boolean("verp", False)
+    if verp and return_path is None:
+        raise t.error("verp", "needs return_path (the mailbox bounces come back to)")
+    if verp and return_path is not None and delimiter in return_path.partition("@")[0]:
+        raise t.error("return_path", f"its local part must not contain the delimiter {delimiter!r}")
+    return BounceConfig(
+        return_path=return_path,
+        verp=verp,
+        delimiter=delimiter,
+        soft_bounce_limit=t.integer("soft_bounce_limit", 3, minimum=1, maximum=100),
+        soft_bounce_days=t.number("soft_bounce_days", 30.0, minimum=1.0, maximum=3650.0),
+    )
 
 
 def _blocks(t: _Reader) -> tuple[BlockConfig, ...]:

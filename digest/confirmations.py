@@ -83,7 +83,7 @@ def send_confirmation(
         delivery_id=subscription.subscriber_id,
     )
     letter = confirmation_letter(config, newsletter, subscription.confirm_url)
-    batch = Batch(TransactionalMessage(newsletter, PURPOSE), [Outgoing(to, letter)], at)
+    batch = Batch(TransactionalMessage(config, newsletter, PURPOSE), [Outgoing(to, letter)], at)
     (outcome,) = provider.send(batch, no_checkpoint)
     if outcome.kind is not Kind.ACCEPTED:
         raise ProviderError(

@@ -42,6 +42,7 @@ def load_models() -> None:
         "digest.runs",
         "digest.web_models",
         "digest.proofs",
+        "digest.bounces.models",
     ):
         try:
             importlib.import_module(name)

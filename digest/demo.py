@@ -116,6 +116,7 @@ def run_demo(config: Config, sessions: sessionmaker[Session], *, clock: Clock) -
     nid = newsletter.id
     now = clock()
     today = now.astimezone(newsletter.tz).date()
+    yield from _demo_keys(config)
     files = shifted_sample(WORK_DIR, demo_anchor(newsletter, now))
     yield _command("ingest", *map(str, files))
     for report in ingest_files(sessions, files, section=None, source=None, fmt="auto", clock=clock):
@@ -191,6 +192,29 @@ def _at_the_desk(
 
 def _command(*args: str) -> str:
     return "$ digest " + " ".join(shlex.quote(a) for a in args)
+
+
+def _demo_keys(config: Config) -> Iterator[str]:
+    """Create the throw-away DKIM keys the example config points into a `.var` folder at,
+    so the demo's mail is signed as production mail is. Keys anywhere else are never made."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    for key in config.dkim.keys:
+        path = key.key_file
+        if path is None or path.exists() or ".var" not in path.parts:
+            continue
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+        yield f"created a demo DKIM key (selector {key.selector}) in {path}"
 
 
 def _html_part(eml: Path) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import email.message
 import mailbox
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 from email.utils import parseaddr
@@ -45,7 +45,9 @@ REASON = "unsubscribe email"
 
 
 @dataclass
-class MailtoReport:
+class MailboxReport:
+    """Counts of what became of each message of a mailbox (`unsubscribe`, `bounces`)."""
+
     path: Path
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -69,25 +71,43 @@ def open_mailbox(path: Path) -> mailbox.Mailbox:
     return mailbox.mbox(path, create=False)
 
 
-def process_mailbox(
-    config: Config, sessions: sessionmaker[Session], path: Path, *, clock: Clock
-) -> MailtoReport:
-    """Apply every unsubscribe request in the mailbox, one transaction per message."""
-    secret = site_secret(config)
+def each_message(path: Path) -> Iterator[email.message.Message | None]:
+    """The messages of an mbox file or a maildir, in order; None for one that cannot be read.
+    The mailbox is only read."""
     box = open_mailbox(path)
-    report = MailtoReport(path)
     try:
         for key in box.iterkeys():
             try:
-                msg = box.get_message(key)
+                yield box.get_message(key)
             except (OSError, ValueError):
-                report.add("unreadable")
-                continue
-            with transaction(sessions) as session:
-                report.add(_process(session, config, secret, msg, clock))
+                yield None
     finally:
         box.close()
+
+
+def apply_each(
+    sessions: sessionmaker[Session],
+    path: Path,
+    handle: Callable[[Session, email.message.Message], str],
+) -> MailboxReport:
+    """Run `handle` on every message of the mailbox, one transaction each, counting what it
+    says became of them."""
+    report = MailboxReport(path)
+    for msg in each_message(path):
+        if msg is None:
+            report.add("unreadable")
+            continue
+        with transaction(sessions) as session:
+            report.add(handle(session, msg))
     return report
+
+
+def process_mailbox(
+    config: Config, sessions: sessionmaker[Session], path: Path, *, clock: Clock
+) -> MailboxReport:
+    """Apply every unsubscribe request in the mailbox, one transaction per message."""
+    secret = site_secret(config)
+    return apply_each(sessions, path, lambda s, msg: _process(s, config, secret, msg, clock))
 
 
 def _process(
@@ -95,7 +115,7 @@ def _process(
 ) -> str:
     if _automatic(msg):
         return "automatic (skipped)"
-    subject = _header(msg, "Subject")
+    subject = header_text(msg, "Subject")
     body = _body(msg)
     for text in (subject, body):
         # unquote: a token copied from a mailto: link may still read `unsubscribe%20<token>`.
@@ -107,7 +127,7 @@ def _process(
             if data.newsletter not in config.newsletters:
                 continue
             return _unsubscribe(session, data.subscriber_id, data.newsletter, clock)
-    sender = normalise_email(parseaddr(_header(msg, "From"))[1])
+    sender = normalise_email(parseaddr(header_text(msg, "From"))[1])
     if "unsubscribe" not in f"{subject}\n{body}".lower() or "@" not in sender:
         return "not an unsubscribe request"
     sub_id = session.scalar(select(Subscriber.id).where(Subscriber.email == sender))
@@ -125,9 +145,9 @@ def _unsubscribe(session: Session, subscriber_id: int, newsletter: str | None, c
 
 
 def _automatic(msg: email.message.Message) -> bool:
-    auto = _header(msg, "Auto-Submitted").strip().lower()
-    precedence = _header(msg, "Precedence").strip().lower()
-    sender = parseaddr(_header(msg, "From"))[1].lower()
+    auto = header_text(msg, "Auto-Submitted").strip().lower()
+    precedence = header_text(msg, "Precedence").strip().lower()
+    sender = parseaddr(header_text(msg, "From"))[1].lower()
     return (
         (auto not in ("", "no"))
         or precedence in ("bulk", "junk", "list", "auto_reply")
@@ -136,7 +156,8 @@ def _automatic(msg: email.message.Message) -> bool:
     )
 
 
-def _header(msg: email.message.Message, name: str) -> str:
+def header_text(msg: email.message.Message, name: str) -> str:
+    """A header decoded (RFC 2047) to text; "" when absent."""
     raw = msg.get(name)
     if raw is None:
         return ""
@@ -146,7 +167,8 @@ def _header(msg: email.message.Message, name: str) -> str:
         return str(raw)
 
 
-def _text_parts(msg: email.message.Message) -> Iterator[str]:
+def text_parts(msg: email.message.Message, limit: int = _BODY_LIMIT) -> Iterator[str]:
+    """Each text/* part decoded (by its charset, else UTF-8), at most `limit` bytes of it."""
     for part in msg.walk():
         if part.get_content_maintype() != "text" or part.is_multipart():
             continue
@@ -155,10 +177,10 @@ def _text_parts(msg: email.message.Message) -> Iterator[str]:
             continue
         charset = part.get_content_charset() or "utf-8"
         try:
-            yield payload[:_BODY_LIMIT].decode(charset, errors="replace")
+            yield payload[:limit].decode(charset, errors="replace")
         except LookupError:
-            yield payload[:_BODY_LIMIT].decode("utf-8", errors="replace")
+            yield payload[:limit].decode("utf-8", errors="replace")
 
 
 def _body(msg: email.message.Message) -> str:
-    return "\n".join(_text_parts(msg))[:_BODY_LIMIT]
+    return "\n".join(text_parts(msg))[:_BODY_LIMIT]

@@ -1,10 +1,11 @@
 """The one place an email is built: MIME bytes for SMTP/outbox and the SendGrid request body.
 
-Everything that is the same for every recipient of a variant (From, Reply-To, List-Id, the
-campaign headers, the MIME boundary and part headers) is prepared once per variant in
-`VariantMessage`; per recipient only To, Subject, Date, Message-ID, List-Unsubscribe and the two
-encoded bodies are produced. Building a message through `email.message.EmailMessage` costs about
-2 ms, which would cap an SMTP send near 500 messages/s; the bytes written here have the shape
+Everything that is the same for every recipient of a variant (From, Reply-To, List-Id,
+Feedback-ID, the campaign headers, the MIME boundary and part headers, and their share of the
+DKIM signature) is prepared once per variant in `VariantMessage`; per recipient only To,
+Subject, Date, Message-ID, List-Unsubscribe, the two encoded bodies and, with a DKIM key
+configured, the DKIM-Signature (digest.dkim) are produced. Building a message through
+`email.message.EmailMessage` costs about 2 ms, which would cap an SMTP send near 500 messages/s; the bytes written here have the shape
 `email.policy.SMTP` produces (CRLF line ends, quoted-printable bodies so no line passes 76
 octets, RFC 2047 encoded words for non-ASCII headers), and the tests parse them back with the
 stdlib `email` package.
@@ -22,6 +23,8 @@ from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote
 
+from digest import dkim
+from digest.bounces.verp import verp_address
 from digest.config import Config, NewsletterConfig
 
 EDITION_HEADER = "X-Digest-Edition"
@@ -70,6 +73,13 @@ def make_message_id(newsletter: NewsletterConfig, edition_date: date, subscriber
 
 def campaign_id(newsletter: NewsletterConfig, edition_date: date) -> str:
     return f"{newsletter.id}/{edition_date.isoformat()}"
+
+
+def feedback_id(config: Config, newsletter: NewsletterConfig, kind: str, edition: str) -> str:
+    """Gmail's Feedback-ID, one per message: campaign (the kind of mail: `digest`, `confirm`),
+    newsletter, edition and sender id, so its feedback loop reports spam rates per each."""
+    sender = config.site.sender_id or domain_of(newsletter.from_email)
+    return f"{kind}:{newsletter.id}:{edition}:{sender}"
 
 
 def list_id(newsletter: NewsletterConfig) -> str:
@@ -245,21 +255,34 @@ class VariantMessage:
         seed = f"{self.campaign}\0{variant_key}".encode()
         # '=' never occurs unescaped in quoted-printable text, so the boundary cannot collide.
         self.boundary = f"==digest-{hashlib.sha256(seed).hexdigest()[:24]}=="
+        self.feedback_id = feedback_id(config, newsletter, "digest", f"{edition_date:%Y%m%d}")
         self._head = _sender_headers(newsletter)
-        self._frame = b"".join(
-            [
-                b"MIME-Version: 1.0\r\n",
-                _header_line("List-Id", self.list_id),
-                b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
-                _header_line(EDITION_HEADER, self.campaign),
-                _header_line(VARIANT_HEADER, variant_key),
-                _header_line(PROOF_HEADER, "yes") if proof else b"",
-                _header_line("Content-Type", f'multipart/alternative; boundary="{self.boundary}"'),
-                b"\r\n",
-            ]
-        )
+        frame = [
+            b"MIME-Version: 1.0\r\n",
+            _header_line("List-Id", self.list_id),
+            b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+            _header_line("Feedback-ID", self.feedback_id),
+            _header_line(EDITION_HEADER, self.campaign),
+            _header_line(VARIANT_HEADER, variant_key),
+            _header_line(PROOF_HEADER, "yes") if proof else b"",
+            _header_line("Content-Type", f'multipart/alternative; boundary="{self.boundary}"'),
+        ]
+        self._frame = b"".join(frame) + b"\r\n"
         self._text_open, self._html_open, self._close = _part_frames(self.boundary)
         self._templates: dict[int, _Template] = {}
+        self._dkim = dkim.MessageSigning(config, newsletter, [self._head, *frame], _OWN_HEADERS)
+        self._verp_secret: str | None = None
+        if config.bounces.verp:
+            from subscribers.tokens import site_secret
+
+            self._verp_secret = site_secret(config)
+
+    def envelope_sender(self, to: Addressee) -> str | None:
+        """The SMTP envelope sender (MAIL FROM) for this recipient: a VERP address naming
+        the ledger row with `bounces.verp`, else None (the provider's own)."""
+        if self._verp_secret is None or to.delivery_id is None:
+            return None
+        return verp_address(self.config, self._verp_secret, to.delivery_id)
 
     def mime(
         self,
@@ -282,28 +305,21 @@ class VariantMessage:
                 subject = subject.replace(tag, substitutions[tag])
             text = t.text.fill(substitutions)
             html = t.html.fill(substitutions)
-        return b"".join(
-            [
-                self._head,
-                _address_header("To", to.name, to.email),
-                _header_line("Subject", subject),
-                _date_line(when),
-                b"Message-ID: <" + to.message_id.encode("ascii") + b">\r\n",
-                _list_unsubscribe_line(
-                    list_unsubscribe(to.unsubscribe_url, self.config.site.unsubscribe_mailto)
-                ),
-                self._frame,
-                # The CRLF before each boundary belongs to the boundary (RFC 2046), so a body's
-                # own final newline survives the round trip.
-                self._text_open,
-                text,
-                b"\r\n",
-                self._html_open,
-                html,
-                b"\r\n",
-                self._close,
-            ]
+        own = [
+            _address_header("To", to.name, to.email),
+            _header_line("Subject", subject),
+            _date_line(when),
+            b"Message-ID: <" + to.message_id.encode("ascii") + b">\r\n",
+            _list_unsubscribe_line(
+                list_unsubscribe(to.unsubscribe_url, self.config.site.unsubscribe_mailto)
+            ),
+        ]
+        # The CRLF before each boundary belongs to the boundary (RFC 2046), so a body's own
+        # final newline survives the round trip.
+        body = b"".join(
+            [self._text_open, text, b"\r\n", self._html_open, html, b"\r\n", self._close]
         )
+        return self._dkim.message([self._head, *own, self._frame], own, body, when)
 
     def _template(self, content: Content, tags: tuple[str, ...]) -> _Template:
         cached = self._templates.get(id(content))
@@ -329,6 +345,7 @@ class VariantMessage:
         body["headers"] = {
             "List-Id": self.list_id,
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "Feedback-ID": self.feedback_id,
             EDITION_HEADER: self.campaign,
             VARIANT_HEADER: self.variant_key,
         }
@@ -359,6 +376,9 @@ class VariantMessage:
         return p
 
 
+_OWN_HEADERS = ("To", "Subject", "Date", "Message-ID", "List-Unsubscribe")
+
+
 class TransactionalMessage:
     """A message one person asked for, such as the double opt-in confirmation: From, Reply-To,
     To, Subject, Date, Message-ID and text + HTML parts. It is not bulk mail, so it carries no
@@ -366,29 +386,36 @@ class TransactionalMessage:
     a `VariantMessage`, so it travels in an ordinary `Batch` (never with a substitution
     template); `Addressee.unsubscribe_url` is not used."""
 
-    def __init__(self, newsletter: NewsletterConfig, purpose: str) -> None:
+    def __init__(self, config: Config, newsletter: NewsletterConfig, purpose: str) -> None:
         self.newsletter = newsletter
         self.purpose = purpose
         # Names the outbox files and the SendGrid category, like an edition's campaign does.
         self.campaign = f"{purpose}/{newsletter.id}"
         self.boundary = f"==digest-{hashlib.sha256(self.campaign.encode()).hexdigest()[:24]}=="
+        self.feedback_id = feedback_id(config, newsletter, purpose, "signup")
         self._head = _sender_headers(newsletter)
-        self._frame = b"MIME-Version: 1.0\r\n" + _header_line(
-            "Content-Type", f'multipart/alternative; boundary="{self.boundary}"'
-        )
+        frame = [
+            b"MIME-Version: 1.0\r\n",
+            _header_line("Feedback-ID", self.feedback_id),
+            _header_line("Content-Type", f'multipart/alternative; boundary="{self.boundary}"'),
+        ]
+        self._frame = b"".join(frame) + b"\r\n"
         self._text_open, self._html_open, self._close = _part_frames(self.boundary)
+        self._dkim = dkim.MessageSigning(config, newsletter, [self._head, *frame], _OWN_HEADERS[:4])
+
+    def envelope_sender(self, to: Addressee) -> str | None:
+        return None  # bounces.return_path, as for every message without a ledger row
 
     def mime(self, content: Content, to: Addressee, when: datetime) -> bytes:
         """The complete RFC 5322 message, CRLF line ends (see VariantMessage.mime)."""
-        return b"".join(
+        own = [
+            _address_header("To", to.name, to.email),
+            _fold("Subject", content.subject),
+            _date_line(when),
+            b"Message-ID: <" + to.message_id.encode("ascii") + b">\r\n",
+        ]
+        body = b"".join(
             [
-                self._head,
-                _address_header("To", to.name, to.email),
-                _fold("Subject", content.subject),
-                _date_line(when),
-                b"Message-ID: <" + to.message_id.encode("ascii") + b">\r\n",
-                self._frame,
-                b"\r\n",
                 self._text_open,
                 _qp(content.text),
                 b"\r\n",
@@ -398,13 +425,16 @@ class TransactionalMessage:
                 self._close,
             ]
         )
+        return self._dkim.message([self._head, *own, self._frame], own, body, when)
 
     def sendgrid_body(
         self, content: Content, personalizations: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        return _sendgrid_body(
+        body = _sendgrid_body(
             self.newsletter, content, personalizations, self.purpose, {"purpose": self.purpose}
         )
+        body["headers"] = {"Feedback-ID": self.feedback_id}
+        return body
 
     def sendgrid_personalization(self, to: Addressee) -> dict[str, Any]:
         # No delivery_id custom arg: the Event Webhook would look it up in the edition ledger.

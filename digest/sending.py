@@ -35,6 +35,7 @@ from digest import ledger
 from digest.clock import Clock, utcnow
 from digest.config import Config, NewsletterConfig
 from digest.db import make_engine, session_factory, transaction
+from digest.dkim import signer_for
 from digest.editions import Edition, build_edition, freeze_edition, get_edition
 from digest.errors import InputError, NotFound, ProviderError
 from digest.ledger import DELIVERIES, Claimed
@@ -174,7 +175,7 @@ def make_provider(config: Config, name: str, newsletter: NewsletterConfig) -> Pr
     if name == "smtp":
         from digest.providers.smtp import SmtpProvider
 
-        return SmtpProvider(config.smtp, newsletter.from_email)
+        return SmtpProvider(config.smtp, config.bounces.return_path or newsletter.from_email)
     if name == "sendgrid":
         from digest.providers.sendgrid import SendGridProvider
 
@@ -208,6 +209,9 @@ def send_edition(
         return _dry_run(config, sessions, nl, edition_date, options, clock, provider)
     if provider is None:
         provider = make_provider(config, name, nl)
+    if provider.name != "sendgrid":
+        # Raw MIME is DKIM-signed: an unreadable key stops the send before anything changes.
+        signer_for(config, nl)
     report = SendReport(nl.id, edition_date, provider.name, {})
 
     with transaction(sessions) as session:

@@ -346,14 +346,18 @@ def unsubscribe(
     return changed
 
 
-def suppress(session: Session, email: str, reason: str, at: datetime) -> Suppression:
+def suppress(
+    session: Session, email: str, reason: str, at: datetime, *, detail: str | None = None
+) -> Suppression:
     """Never send to this address again (bounce, complaint, operator). A bounce or complaint
-    also marks the subscriber's status, so lists and exports show why."""
+    also marks the subscriber's status, so lists and exports show why. `detail` (a bounce's
+    diagnostic) is kept after the reason: `bounced: 5.1.1 ... User unknown`."""
     address = normalise_email(email)
     hashed = email_hash(address)
     row = session.scalar(select(Suppression).where(Suppression.email_hash == hashed))
     if row is None:
-        row = Suppression(email_hash=hashed, email=address, reason=reason[:200], created_at=at)
+        stored = f"{reason}: {detail}" if detail else reason
+        row = Suppression(email_hash=hashed, email=address, reason=stored[:200], created_at=at)
         session.add(row)
     sub = session.scalar(select(Subscriber).where(Subscriber.email_hash == hashed))
     if sub is not None and reason in ("bounced", "complained"):
@@ -397,6 +401,10 @@ def forget(session: Session, email: str, *, at: datetime) -> bool:
 
         erase_recipient(session, sub.id, f"erased-{hashed[:16]}", at)
         session.delete(sub)
+    from digest.bounces.models import BounceEvent
+
+    # Bounce diagnostics quote the address: they go too (the suppression keeps the hash).
+    session.execute(delete(BounceEvent).where(BounceEvent.email_hash == hashed))
     row = session.scalar(select(Suppression).where(Suppression.email_hash == hashed))
     if row is None:
         session.add(Suppression(email_hash=hashed, email=None, reason="forgotten", created_at=at))

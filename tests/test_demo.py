@@ -7,19 +7,30 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
+from digest.config import load_config
+from digest.dkim import load_key, verify
 from digest_cli import cli
 
 EXAMPLE = Path(__file__).parent.parent / "digest.example.toml"
 
 
+def run_demo(folder: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Result]:
+    """`digest demo` in `folder` (its .var/ there), with a copy of the example config beside
+    it, as `make demo` runs it from a checkout (the config's demo DKIM key is made in .var/)."""
+    monkeypatch.chdir(folder)
+    config = folder / "digest.example.toml"
+    if not config.exists():
+        config.write_text(EXAMPLE.read_text())
+    env = {"DIGEST_DATABASE_URL": f"sqlite:///{folder}/demo.db"}
+    return config, CliRunner().invoke(cli, ["--config", str(config), "demo"], env=env)
+
+
 def test_demo_delivers_to_the_outbox_and_reruns_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path}/demo.db"}
-    first = CliRunner().invoke(cli, ["--config", str(EXAMPLE), "demo"], env=env)
+    config, first = run_demo(tmp_path, monkeypatch)
     assert first.exit_code == 0, first.output
     assert "ledger.json: 30 new, 0 updated, 0 unchanged, 0 rejected" in first.output
     assert "25 added" in first.output
@@ -44,8 +55,12 @@ def test_demo_delivers_to_the_outbox_and_reruns_cleanly(
     assert title not in text.get_content()
     assert len(list((tmp_path / ".var" / "outbox" / "proofs").glob("*.eml"))) == 1
     assert (tmp_path / ".var" / "preview.html").read_text().startswith("<!DOCTYPE html>")
+    assert "created a demo DKIM key (selector demo2026)" in first.output
+    record = load_key(load_config(config).dkim.keys[0]).record()
+    records = {"demo2026._domainkey.ledger.example": record}
+    assert all(verify(p.read_bytes(), records) == [True] for p in outbox)
 
-    again = CliRunner().invoke(cli, ["--config", str(EXAMPLE), "demo"], env=env)
+    _, again = run_demo(tmp_path, monkeypatch)
     assert again.exit_code == 0, again.output
     assert "30 unchanged" in again.output and "sent 0, failed 0" in again.output
     assert len(list((tmp_path / ".var" / "outbox").glob("*.eml"))) == 25

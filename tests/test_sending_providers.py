@@ -396,3 +396,53 @@ def test_stand_in_holds_every_body_to_sendgrids_size_limits() -> None:
     assert fields({"%n%": "x" * 9_000}) == []  # bound too high: measured exactly, fits
     assert fields({"%n%": "é" * 1_700}) == ["personalizations.0.substitutions"]  # 10.2 KB
     assert fields({}, {"delivery_id": "y" * 10_500}) == ["custom_args"]
+
+
+def test_feedback_id_is_on_every_message_of_every_provider(
+    config: Config,
+    tmp_path: Path,
+    smtp_server: SmtpServer,  # noqa: F811
+    sendgrid_server: SendGridStandIn,  # noqa: F811
+) -> None:
+    """Gmail's feedback loop: one Feedback-ID per message (campaign:newsletter:edition:sender),
+    through SMTP, the outbox and SendGrid alike, and on confirmation emails too."""
+    from digest.message import TransactionalMessage
+
+    expected = "digest:daily:20260310:news.example"
+    smtp = SmtpProvider(smtp_config(smtp_server), "bounces@news.example")
+    smtp.send(Batch(variant(config), outgoing(2), WHEN), Marks())
+    smtp.close()
+    OutboxProvider(tmp_path / "out").send(Batch(variant(config), outgoing(2), WHEN), Marks())
+    sg_provider(sendgrid_server).send(substituted_batch(config, 2), Marks())
+    raws = [raw for _, raw in smtp_server.received] + [
+        f.read_bytes() for f in sorted((tmp_path / "out").iterdir())
+    ]
+    assert len(raws) == 4
+    for raw in raws:
+        assert parse(raw).get_all("Feedback-ID") == [expected]
+    delivered = list(sendgrid_server.delivered())
+    assert len(delivered) == 2
+    assert all(d.headers["Feedback-ID"] == expected for d in delivered)
+
+    confirm = TransactionalMessage(config, config.newsletter("daily"), "confirm")
+    m = outgoing(1)[0]
+    assert parse(confirm.mime(m.content, m.to, WHEN))["Feedback-ID"] == (
+        "confirm:daily:signup:news.example"
+    )
+    assert confirm.sendgrid_body(m.content, [])["headers"] == {
+        "Feedback-ID": "confirm:daily:signup:news.example"
+    }
+
+
+def test_the_feedback_id_sender_is_configurable_and_checked(config: Config) -> None:
+    import tomllib
+
+    from digest.config import parse_config
+    from digest.errors import ConfigError
+
+    cfg = dataclasses.replace(config, site=dataclasses.replace(config.site, sender_id="hbt-news"))
+    assert variant(cfg).feedback_id == "digest:daily:20260310:hbt-news"
+    raw = tomllib.loads((Path(__file__).parent / "data" / "digest.toml").read_text())
+    raw["site"]["sender_id"] = "a:b"
+    with pytest.raises(ConfigError, match="site.sender_id: letters, digits"):
+        parse_config(raw, Path("digest.toml"))

@@ -69,6 +69,10 @@ class Batch:
             return self.variant.mime(self.template, m.to, self.when, self.substitutions[i])
         return self.variant.mime(m.content, m.to, self.when)
 
+    def envelope_sender(self, i: int) -> str | None:
+        """Message i's own envelope sender (a VERP address), or None: the provider's."""
+        return self.variant.envelope_sender(self.messages[i].to)
+
 
 Checkpoint = Callable[[Sequence[int], Sequence[Outcome]], None]
 

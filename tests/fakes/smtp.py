@@ -83,6 +83,7 @@ class Handler:
         s = self.server
         with s.lock:
             s.mails += 1
+            s.senders.append(address)
             drop = s.mails in s.drop_at_mail
         if drop:
             smtp.transport.close()  # the connection drops, as a restarting server's would
@@ -142,6 +143,7 @@ class SmtpServer:
         self.lock = threading.Lock()
         self.logins: list[str] = []
         self.mails = 0
+        self.senders: list[str] = []  # MAIL FROM addresses, in order
         self.drop_at_mail: set[int] = set()  # MAIL FROM numbers at which to drop the connection
         kwargs: dict[str, Any] = {}
         if cert is not None and key is not None:
