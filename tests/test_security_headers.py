@@ -1,0 +1,175 @@
+"""The one rule for headers: whatever text a name, subject or newsletter title holds, the built
+message carries exactly the headers that were meant, for SMTP/outbox bytes and SendGrid bodies
+alike; addresses and URLs holding a line break are refused."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, date, datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from digest.config import Config, load_config
+from digest.message import Addressee, HeaderError, TransactionalMessage, VariantMessage
+from digest.render import Personalised
+from digest.text import one_line
+from tests.conftest import DATA
+
+CONFIG = load_config(DATA / "digest.toml")  # hypothesis tests take no function-scoped fixtures
+WHEN = datetime(2026, 3, 10, 11, 0, tzinfo=UTC)
+DAY = date(2026, 3, 10)
+CONTENT = Personalised(subject="Today", html="<p>Hello</p>\n", text="Hello\n")
+INJECTION = "Friend\r\nBcc: victim@evil.example\r\nX-Injected: 1\r\n\r\nforged body"
+DIGEST_HEADERS = [
+    "From",
+    "Reply-To",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "List-Unsubscribe",
+    "MIME-Version",
+    "List-Id",
+    "List-Unsubscribe-Post",
+    "X-Digest-Edition",
+    "X-Digest-Variant",
+    "Content-Type",
+]
+# Any text, lone surrogates left out (no stored value can hold one: they cannot be encoded).
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
+HOSTILE = st.lists(
+    st.sampled_from(
+        ["\r\n", "\n", "\r", "\x00", "\t", "\x85", "\u2028", "\u202e", "=?utf-8?q?=0D=0A?="]
+    )
+    | TEXT,
+    max_size=6,
+).map("".join)
+
+
+def parsed(raw: bytes) -> EmailMessage:
+    msg = message_from_bytes(raw, policy=policy.SMTP)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def build(config: Config, title: str, name: str, subject: str) -> bytes:
+    nl = replace(config.newsletter("daily"), title=title, from_name=title)
+    message = VariantMessage(config, nl, DAY, "v-1")
+    to = Addressee(
+        "ann@example.com", name, "https://news.example/u/tok", "daily.20260310.7@x.example", 7
+    )
+    return message.mime(replace(CONTENT, subject=subject), to, WHEN)
+
+
+def display(msg: EmailMessage, header: str) -> str:
+    (address,) = msg[header].addresses
+    return str(address.display_name)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=HOSTILE, title=HOSTILE, subject=HOSTILE)
+@example(name=INJECTION, title="Gazette\r\nBcc: x@evil.example", subject="Hi\nX-Injected: 1")
+@example(name="=?utf-8?q?a=0D=0ABcc:_x@evil.example?=", title="T", subject="=?utf-8?b?DQo=?=")
+def test_any_name_title_and_subject_give_exactly_the_headers_meant(
+    name: str, title: str, subject: str
+) -> None:
+    raw = build(CONFIG, title, name, subject)
+    msg = parsed(raw)
+    assert list(msg.keys()) == DIGEST_HEADERS
+    assert not msg.defects
+    for header in DIGEST_HEADERS:
+        assert not msg[header].defects, header
+    assert display(msg, "To") == one_line(name)
+    assert msg["To"].addresses[0].addr_spec == "ann@example.com"
+    assert display(msg, "From") == one_line(title)
+    assert str(msg["Subject"]) == one_line(subject)
+    assert str(msg["List-Id"]).endswith("<daily.news.example>")
+    assert msg.get_body(("plain",)).get_content().replace("\r\n", "\n") == "Hello\n"
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+
+
+def test_the_name_is_intact_apart_from_control_characters(config: Config) -> None:
+    msg = parsed(build(config, "The Test Gazette", "Zoë \u202eO'Brien\r\n (Ed.)", "Hi"))
+    assert display(msg, "To") == "Zoë O'Brien (Ed.)"
+
+
+@settings(max_examples=100, deadline=None)
+@given(name=HOSTILE, title=HOSTILE, subject=HOSTILE)
+@example(name=INJECTION, title="Gazette\r\nBcc: x@evil.example", subject="Hi\r\nBcc: y")
+def test_sendgrid_bodies_carry_no_control_character_in_names_or_subjects(
+    name: str, title: str, subject: str
+) -> None:
+    nl = replace(CONFIG.newsletter("daily"), title=title, from_name=title)
+    message = VariantMessage(CONFIG, nl, DAY, "v-1")
+    to = Addressee("ann@example.com", name, "https://news.example/u/tok", "m@x.example", 7)
+    body = message.sendgrid_body(
+        replace(CONTENT, subject=subject), [message.sendgrid_personalization(to, subject=subject)]
+    )
+    (p,) = body["personalizations"]
+    values = [
+        body["subject"],
+        body["from"].get("name", ""),
+        p["subject"],
+        p["to"][0].get("name", ""),
+        *body["headers"].values(),
+        *p["headers"].values(),
+    ]
+    assert all(one_line(v) == v for v in values), values
+    assert p["to"][0].get("name", "") == one_line(name)
+    assert body["subject"] == one_line(subject)
+
+
+def test_a_confirmation_email_follows_the_same_rule(config: Config) -> None:
+    nl = replace(config.newsletter("daily"), title=INJECTION, from_name=INJECTION)
+    to = Addressee("ann@example.com", INJECTION, "", "confirm.1@x.example", 1)
+    raw = TransactionalMessage(nl, "confirm").mime(replace(CONTENT, subject=INJECTION), to, WHEN)
+    msg = parsed(raw)
+    assert list(msg.keys()) == [
+        "From",
+        "Reply-To",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "MIME-Version",
+        "Content-Type",
+    ]
+    assert display(msg, "To") == one_line(INJECTION)
+    head = raw.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert not [line for line in head if line.startswith((b"Bcc", b"X-Injected"))]
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("email", "ann@example.com\r\nBcc: victim@evil.example"),
+        ("email", "ann@example.com>, <victim@evil.example"),
+        ("unsubscribe_url", "https://news.example/u/t\r\nX-Injected: 1"),
+        ("message_id", "m@x.example>\r\nBcc: v@evil.example"),
+    ],
+)
+def test_addresses_urls_and_ids_with_line_breaks_are_refused(
+    config: Config, field: str, value: str
+) -> None:
+    message = VariantMessage(config, config.newsletter("daily"), DAY, "v-1")
+    to = Addressee("ann@example.com", "Ann", "https://news.example/u/tok", "m@x.example", 7)
+    to = to._replace(**{field: value})
+    with pytest.raises(HeaderError):
+        message.mime(CONTENT, to, WHEN)
+    if field != "message_id":  # SendGrid sets the Message-ID itself
+        with pytest.raises(HeaderError):
+            message.sendgrid_personalization(to)
+
+
+def test_a_reply_to_or_from_address_with_a_line_break_is_refused(config: Config) -> None:
+    to = Addressee("ann@example.com", "Ann", "https://news.example/u/tok", "m@x.example", 7)
+    for key in ("from_email", "reply_to"):
+        nl = replace(config.newsletter("daily"), **{key: "a@news.example\r\nBcc: v@evil.example"})
+        with pytest.raises(HeaderError):
+            VariantMessage(config, nl, DAY, "v-1").mime(CONTENT, to, WHEN)
+        with pytest.raises(HeaderError):
+            VariantMessage(config, nl, DAY, "v-1").sendgrid_body(CONTENT, [])
