@@ -147,12 +147,24 @@ def db_upgrade() -> None:
     default="auto",
     show_default=True,
 )
+@click.option(
+    "--strict", is_flag=True, help="Store nothing (exit 1) if any item of any file is rejected."
+)
 @pass_app
-def ingest(app: App, files: tuple[str, ...], section: str | None, source: str | None, fmt: str):
-    """Load articles from RSS/Atom feeds, JSON (array or lines) or CSV files."""
-    from digest.ingest import ingest_files
+def ingest(
+    app: App,
+    files: tuple[str, ...],
+    section: str | None,
+    source: str | None,
+    fmt: str,
+    strict: bool,
+):
+    """Load articles from RSS/Atom feeds, JSON (array or lines) or CSV files.
 
-    strict = {s.casefold(): s for nl in app.config.newsletters.values() for s in nl.section_names}
+    Exit 1 when a file has every item rejected (or, with --strict, any item)."""
+    from digest.ingest import check_reports, ingest_files
+
+    known = {s.casefold(): s for nl in app.config.newsletters.values() for s in nl.section_names}
     strict_on = any(nl.strict_sections for nl in app.config.newsletters.values())
     reports = ingest_files(
         app.sessions,
@@ -160,13 +172,15 @@ def ingest(app: App, files: tuple[str, ...], section: str | None, source: str | 
         section=section,
         source=source,
         fmt=fmt,
-        known_sections=strict if strict_on else None,
+        known_sections=known if strict_on else None,
         clock=utcnow,
+        strict=strict,
     )
     for report in reports:
         for rejection in report.rejections:
             click.echo(f"rejected: {rejection}", err=True)
         click.echo(report.summary())
+    check_reports(reports, strict=strict)
 
 
 @cli.command()

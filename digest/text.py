@@ -34,8 +34,8 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def describe(ch: str) -> str:
     """A character as an error message names it: U+000D (CARRIAGE RETURN)."""
-    name = unicodedata.name(ch, "") or _CONTROL_NAMES.get(ch, "control character")
-    return f"U+{ord(ch):04X} ({name})"
+    name = unicodedata.name(ch, "") or _CONTROL_NAMES.get(ch)
+    return f"U+{ord(ch):04X} ({name})" if name else f"U+{ord(ch):04X}"
 
 
 _CONTROL_NAMES = {
