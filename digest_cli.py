@@ -489,18 +489,22 @@ def subscribers_show(app: App, email):
 @subscribers_group.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--newsletter", "-n", "newsletter_id", required=True, help="Newsletter id.")
+@click.option("--strict", is_flag=True, help="Import nothing (exit 1) if any row is rejected.")
 @pass_app
-def subscribers_import(app: App, file, newsletter_id):
-    """Import a CSV (email, name, sections, tags, timezone, any attribute columns)."""
+def subscribers_import(app: App, file, newsletter_id, strict):
+    """Import a CSV (email, name, sections, tags, timezone, any attribute columns).
+
+    Exit 1 when every row is rejected (or, with --strict, any row); nothing is imported then."""
     from digest.db import transaction
-    from subscribers.importing import import_csv
+    from subscribers.importing import check_import, import_csv
 
     nl = app.config.newsletter(newsletter_id)
     with transaction(app.sessions) as session:
         report = import_csv(session, nl, Path(file), at=utcnow())
-    for line in report.error_lines():
-        click.echo(f"rejected: {line}", err=True)
-    click.echo(report.summary())
+        for line in report.error_lines():
+            click.echo(f"rejected: {line}", err=True)
+        click.echo(report.summary())
+        check_import(report, strict=strict)  # raising rolls the import back
 
 
 @subscribers_group.command("export")

@@ -275,9 +275,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         raise site_t.error("base_url", "must be an http:// or https:// URL")
     site = SiteConfig(
         base_url=base_url,
-        postal_address=site_t.string(
-            "postal_address", SiteConfig.postal_address, multiline=True
-        ),
+        postal_address=site_t.string("postal_address", SiteConfig.postal_address, multiline=True),
         unsubscribe_mailto=site_t.address("unsubscribe_mailto"),
         secret_env=site_t.string("secret_env", "DIGEST_SECRET_KEY"),
     )

@@ -806,9 +806,7 @@ class _MediaText:
 
 
 _ENTITY_DECLARATION = re.compile(
-    b"|".join(
-        re.escape("<!ENTITY".encode(codec)) for codec in ("utf-8", "utf-16-le", "utf-16-be")
-    )
+    b"|".join(re.escape("<!ENTITY".encode(codec)) for codec in ("utf-8", "utf-16-le", "utf-16-be"))
 )
 
 
@@ -824,7 +822,8 @@ def _xml_root(path: Path, data: bytes) -> ElementTree.Element | None:
         return root
     except DefusedXmlException as e:
         name = getattr(e, "name", None) if isinstance(e, EntitiesForbidden) else None
-        raise _entities_refused(path, f"entity {name!r}" if name else "an external reference")
+        what = f"entity {name!r}" if name else "an external reference"
+        raise _entities_refused(path, what) from None
     except (ElementTree.ParseError, ValueError, LookupError):
         if _ENTITY_DECLARATION.search(data):
             raise _entities_refused(path, "an entity") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 
 _C0_C1 = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
 _BREAKS = "\t\n\r\x0b\x0c\x85\u2028\u2029"
@@ -88,6 +89,11 @@ def csv_cell(value: str) -> str:
     """A cell a spreadsheet shows as text, never runs as a formula: a leading `'` before
     `=`, `+`, `-`, `@`, tab or carriage return (OWASP). `csv_value` undoes it on import."""
     return f"'{value}" if value.startswith(_FORMULA_START) else value
+
+
+def csv_row(cells: Iterable[object]) -> list[str]:
+    """A row for csv.writer with every cell made formula-safe (csv_cell)."""
+    return [csv_cell("" if c is None else str(c)) for c in cells]
 
 
 def csv_value(cell: str) -> str:

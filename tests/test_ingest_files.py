@@ -285,7 +285,9 @@ def test_control_characters_reject_a_title_and_are_dropped_from_long_text(
     items = [
         story(title="Nul\u0000 in a headline"),
         story(url="https://x.example/c1", title="C1\u0085 in a headline"),
-        story(url="https://x.example/ok", title="  Wrapped\n headline ", dek="C1\u0085 \ud800x\u0000"),
+        story(
+            url="https://x.example/ok", title="  Wrapped\n headline ", dek="C1\u0085 \ud800x\u0000"
+        ),
     ]
     path.write_text(json.dumps(items))
     (report,) = ingest(sessions, path, at=now)
