@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.clock import utcnow
 from digest.config import Config, database_url, load_config
-from digest.db import ensure_schema, make_engine, one_line, session_factory
+from digest.db import database_problem, ensure_schema, make_engine, session_factory
 from digest.errors import DigestError
+from digest.limits import MAX_DATE, MIN_DATE
 
 
 class App:
@@ -59,8 +60,8 @@ class DigestGroup(click.Group):
             return super().invoke(ctx)
         except DigestError as e:
             raise _ExitError(str(e), e.exit_code) from None
-        except OperationalError as e:
-            raise click.ClickException(f"database error: {one_line(e.orig)}") from None
+        except DBAPIError as e:  # unreachable, read-only, out of space, refused a value
+            raise click.ClickException(database_problem(e)) from None
 
 
 pass_app = click.make_pass_decorator(App)
@@ -75,11 +76,16 @@ def parse_date(value: str | None, newsletter_tz: Any = None) -> date:
         return today + timedelta(days=1)
     assert value is not None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(
             f"{value!r} is not a date (YYYY-MM-DD, today or tomorrow)", param_hint="--date"
         ) from None
+    if not MIN_DATE <= day <= MAX_DATE:
+        raise click.BadParameter(
+            f"{value} is outside {MIN_DATE.year}-{MAX_DATE.year}", param_hint="--date"
+        )
+    return day
 
 
 def parse_since(value: str | None) -> datetime | None:
@@ -93,6 +99,10 @@ def parse_since(value: str | None) -> datetime | None:
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
+    if not MIN_DATE <= parsed.date() <= MAX_DATE:
+        raise click.BadParameter(
+            f"{value} is outside {MIN_DATE.year}-{MAX_DATE.year}", param_hint="--since"
+        )
     return parsed
 
 

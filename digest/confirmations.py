@@ -18,7 +18,7 @@ from digest.db import transaction
 from digest.errors import ProviderError
 from digest.message import Addressee, TransactionalMessage, domain_of
 from digest.providers.base import Batch, Kind, Outgoing, Provider, no_checkpoint
-from digest.render import Personalised, template_environment
+from digest.render import Personalised, render_template, template_environment
 from digest.sending import make_provider
 from subscribers.service import Subscription, subscribe
 from subscribers.tokens import CONFIRM_MAX_AGE
@@ -46,8 +46,8 @@ def confirmation_letter(
     }
     return Personalised(
         subject=f"Confirm your subscription to {newsletter.title}",
-        text=env.get_template("confirm.txt").render(context),
-        html=env.get_template("confirm.html").render(context),
+        text=render_template(env, "confirm.txt", context),
+        html=render_template(env, "confirm.html", context),
     )
 
 

@@ -48,13 +48,6 @@ MIN_DATE = date(1970, 1, 1)
 MAX_DATE = date(2199, 12, 31)
 
 
-def check_date(day: date, what: str) -> date:
-    """`day` if it lies in MIN_DATE..MAX_DATE, else InputError naming `what`."""
-    if not MIN_DATE <= day <= MAX_DATE:
-        raise InputError(f"{what}: {day.isoformat()} is outside {MIN_DATE.year}-{MAX_DATE.year}")
-    return day
-
-
 def read_bounded(path: Path, limit: int, what: str) -> bytes:
     """The whole file, or InputError when it is larger than `limit` bytes. Reads at most
     limit + 1 bytes, so a device (/dev/zero), a pipe or a huge file costs no more than that."""
