@@ -363,6 +363,16 @@ def subscribers_subscribe(app: App, email, newsletter_id, name, no_email):
         click.echo(f"{result.email} is subscribed to {nl.id}")
 
 
+@subscribers_group.command("send-confirmations")
+@pass_app
+def subscribers_send_confirmations(app: App):
+    """Email the confirmation links of sign-ups queued by the web form (digest serve does
+    this every few seconds by itself; use this from cron when the form runs elsewhere)."""
+    from digest.confirmations import deliver_sign_ups
+
+    click.echo(deliver_sign_ups(app.config, app.sessions, clock=utcnow).summary())
+
+
 @subscribers_group.command("confirm")
 @click.argument("token")
 @pass_app

@@ -232,17 +232,17 @@ def render_template(env: jinja2.Environment, name: str, context: dict[str, Any])
         if e.name == name:
             raise RenderError(f"template {name} not found") from None
         raise RenderError(
-            f"template {_template_line(e, name)}: includes {e.name!r}, which is not found"
+            f"template {_template_line(e) or name}: includes {e.name!r}, which is not found"
         ) from None
     except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as e:
-        where = _template_line(e, name)
-        if where is None:
+        line = _template_line(e)
+        if line is None and not isinstance(e, jinja2.TemplateError):
             raise  # not the template's mistake
         message = e.message if isinstance(e, jinja2.TemplateError) and e.message else str(e)
-        raise RenderError(f"template {where}: {message or type(e).__name__}") from None
+        raise RenderError(f"template {line or name}: {message or type(e).__name__}") from None
 
 
-def _template_line(error: BaseException, name: str) -> str | None:
+def _template_line(error: BaseException) -> str | None:
     """'FILE, line N' of the innermost template frame of the error (Jinja2 rewrites its
     tracebacks so template code reports the template's own file and line)."""
     found = None
@@ -252,7 +252,7 @@ def _template_line(error: BaseException, name: str) -> str | None:
         if not filename.endswith(".py") and not filename.startswith("<"):
             found = f"{filename}, line {tb.tb_lineno}"
         tb = tb.tb_next
-    return found if found is not None or isinstance(error, jinja2.TemplateError) else None
+    return found
 
 
 def _finalize(value: Any) -> Any:

@@ -8,7 +8,8 @@ Security choices, each for a reason a subscriber or a deliverability engineer wo
   set a cookie, are never cached (Cache-Control: no-store) and send no Referer to other sites
   (Referrer-Policy same-origin: "no-referrer" would make browsers send `Origin: null` on our
   own form posts).
-- A GET never changes anything (mail scanners follow links). The unsubscribe page's button posts
+- A GET or HEAD never changes anything (mail scanners follow links, some with HEAD). The
+  unsubscribe page's button posts
   the RFC 8058 body `List-Unsubscribe=One-Click`, exactly what mail clients send: the signed
   token in the URL is the whole authority, so a CSRF token would add nothing there.
 - The preferences and confirmation forms carry a signed form token bound to the page's token
@@ -18,7 +19,9 @@ Security choices, each for a reason a subscriber or a deliverability engineer wo
   a POST with a genuine unsubscribe token, which must never be lost.
 - Paths of token links are redacted from the access log and error log.
 - The public sign-up form (/subscribe/<newsletter>) is always double opt-in and gives the same
-  answer for every valid address, so it cannot be used to find out who is subscribed.
+  answer, in the same time, for every valid address: it only queues the sign-up, and the
+  confirmation email leaves from a background sender (digest.confirmations), so it cannot be
+  used to find out who is subscribed or whether the provider is up.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,12 +55,14 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from digest.clock import Clock, utcnow
 from digest.config import Config, NewsletterConfig, load_config
-from digest.confirmations import sign_up
+from digest.confirmations import ConfirmationSender, queue_sign_up
 from digest.db import ensure_schema, is_sqlite, make_engine, session_factory, transaction
 from digest.editions import Edition, get_edition
-from digest.errors import ConfigError, InputError, NotFound, ProviderError
+from digest.errors import ConfigError, InputError, NotFound
 from digest.ledger import Delivery
+from digest.limits import MAX_NAME
 from digest.render import Renderer, long_date, template_environment
+from digest.text import one_line, strip_controls
 from digest.web_models import WebhookEvent
 from subscribers.audience import sections_for
 from subscribers.models import Subscriber, normalise_email
@@ -278,8 +283,12 @@ class _Web:
         return response
 
 
-def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock) -> Flask:
-    """The WSGI app. Fails at once (ConfigError) when the link secret or webhook key is unusable."""
+def create_app(
+    config: Config, sessions: sessionmaker[Session], *, clock: Clock, background: bool = False
+) -> Flask:
+    """The WSGI app. Fails at once (ConfigError) when the link secret or webhook key is unusable.
+    With `background`, each process serving it also runs the confirmation sender (sign-ups
+    from the form are emailed from there); app.extensions["digest.sender"] is that sender."""
     engine = sessions.kw.get("bind")
     web = _Web(
         config=config,
@@ -300,6 +309,10 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
     app = _App(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["digest"] = web
+    if background:
+        sender = ConfirmationSender(config, sessions, clock=clock, lock=web.write_lock)
+        app.extensions["digest.sender"] = sender
+        app.before_request(sender.ensure_running)
     if config.web.proxy_hops:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=config.web.proxy_hops, x_proto=config.web.proxy_hops
@@ -337,7 +350,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         if found is None:
             return web.invalid_link()
         data, nl = found
-        if request.method == "GET":
+        if request.method != "POST":  # GET, or HEAD (Flask answers HEAD with the GET view)
             prefs = make_token(web.secret, data.subscriber_id, nl.id, "preferences")
             return web.page(
                 "web/unsubscribe.html",
@@ -368,7 +381,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         if found is None:
             return web.invalid_link()
         data, nl = found
-        if request.method == "GET":
+        if request.method != "POST":
             with web.sessions() as session:
                 state = _preference_state(session, data.subscriber_id, nl)
             if state is None:
@@ -415,7 +428,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         if found is None or confirmation_expired(found[0], clock()):
             return web.invalid_link()
         data, nl = found
-        if request.method == "GET":
+        if request.method != "POST":
             with web.sessions() as session:
                 status = _membership_status(session, data.subscriber_id, nl.id)
             if status is None:
@@ -448,7 +461,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         refused = web.limited()
         if refused is not None:
             return refused
-        if request.method == "GET":
+        if request.method != "POST":
             return _subscribe_page(web, nl)
         if not _form_accepted(web, config, _signup_binding(nl), clock().timestamp()):
             return web.page(
@@ -461,27 +474,16 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         if request.form.get(HONEYPOT_FIELD):
             return web.page("web/check_inbox.html", masthead=nl.title, newsletter=nl)
         email = request.form.get("email", "")
-        name = request.form.get("name", "").strip()[:200] or None
+        # Cleaned, not refused: a name is optional and never worth an error page.
+        name = one_line(request.form.get("name", ""))[:MAX_NAME].strip() or None
         try:
-            check_email(email)
+            address = check_email(email)
         except InputError:
             return _subscribe_page(
                 web, nl, email=email, name=name or "", error=_INVALID_EMAIL, status=400
             )
-        try:
-            _web_sign_up(web, nl, email, name)
-        except ProviderError as e:
-            # The message names the address: keep it out of the log.
-            log.warning("web signup: provider failed: newsletter=%s %s", nl.id, type(e).__name__)
-            response = web.page(
-                "web/message.html",
-                503,
-                masthead=nl.title,
-                heading="Please try again later",
-                text="We could not send the confirmation email just now. Please try again in a few minutes.",
-            )
-            response.headers["Retry-After"] = "300"
-            return response
+        with web.unit() as session:
+            queue_sign_up(session, nl, address, name, at=clock())
         log.info("web signup: newsletter=%s", nl.id)
         return web.page("web/check_inbox.html", masthead=nl.title, newsletter=nl)
 
@@ -655,23 +657,6 @@ def _subscribe_page(
     )
 
 
-def _web_sign_up(web: _Web, nl: NewsletterConfig, email: str, name: str | None) -> None:
-    """Sign up with double opt-in even when the newsletter skips it: a public form cannot
-    prove that the address belongs to the person who typed it. Suppressed, bounced or
-    complained addresses are refused by subscribe() and silently ignored here, so the page
-    never tells whether an address is known."""
-    with web.write_lock, contextlib.suppress(InputError):
-        sign_up(
-            web.config,
-            web.sessions,
-            replace(nl, double_opt_in=True),
-            email,
-            at=web.clock(),
-            name=name,
-            source="web",
-        )
-
-
 # --- unsubscribe and preferences (units of work) --------------------------------------------
 
 
@@ -808,8 +793,9 @@ def apply_events(session: Session, events: list[dict[str, Any]], *, at: datetime
             )
         )
     for event in events:
-        kind = str(event.get("event") or "")
-        event_id = str(event.get("sg_event_id") or "")[:100]
+        # Event fields are stored: nothing that is not text (PostgreSQL refuses NUL).
+        kind = strip_controls(str(event.get("event") or ""))
+        event_id = strip_controls(str(event.get("sg_event_id") or ""))[:100]
         if event_id:
             if event_id in seen:
                 outcome.add("duplicate")
@@ -834,7 +820,7 @@ def _apply_event(session: Session, kind: str, event: dict[str, Any], at: datetim
             row.provider_message_id = _message_id(event)
         return kind
     if kind in FAILING:
-        reason = str(event.get("reason") or event.get("type") or kind)
+        reason = strip_controls(str(event.get("reason") or event.get("type") or kind))
         if row is not None:
             row.state, row.settled_at = "failed", at
             row.last_error = f"{kind}: {reason}"[:2000]
@@ -926,7 +912,10 @@ def serve(
 ) -> None:
     """Run the app on werkzeug's threaded server until interrupted; `on_ready` gets the URL
     once the socket is bound (for production use gunicorn behind a reverse proxy, see README)."""
-    server = make_web_server(create_app(config, sessions, clock=clock), host, port)
+    app = create_app(config, sessions, clock=clock, background=True)
+    sender: ConfirmationSender = app.extensions["digest.sender"]
+    sender.ensure_running()
+    server = make_web_server(app, host, port)
     if on_ready is not None:
         on_ready(f"http://{host}:{server.server_port}")
     try:
@@ -935,6 +924,7 @@ def serve(
         pass
     finally:
         server.server_close()
+        sender.stop(timeout=10)
 
 
 def wsgi_app(config_path: str | None = None) -> Flask:
@@ -942,4 +932,4 @@ def wsgi_app(config_path: str | None = None) -> Flask:
     config = load_config(config_path)
     engine = make_engine(config.database_url)
     ensure_schema(engine)
-    return create_app(config, session_factory(engine), clock=utcnow)
+    return create_app(config, session_factory(engine), clock=utcnow, background=True)
