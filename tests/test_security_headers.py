@@ -12,12 +12,22 @@ from email.message import EmailMessage
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
 
-from digest.config import Config, load_config
+from digest.clock import fixed
+from digest.config import Config, SendGridConfig, SmtpConfig, load_config
 from digest.message import Addressee, HeaderError, TransactionalMessage, VariantMessage
 from digest.render import Personalised
+from digest.sending import SendOptions, send_edition
 from digest.text import one_line
+from subscribers.models import Subscriber
 from tests.conftest import DATA
+from tests.fakes.fixtures import sendgrid_server, smtp_server, tls_cert  # noqa: F401
+from tests.fakes.population import add_population, email_for
+from tests.fakes.sendgrid import SendGridStandIn
+from tests.fakes.smtp import USERNAME, SmtpServer
+from tests.render_support import EDITION_DATE, store_edition
 
 CONFIG = load_config(DATA / "digest.toml")  # hypothesis tests take no function-scoped fixtures
 WHEN = datetime(2026, 3, 10, 11, 0, tzinfo=UTC)
@@ -173,3 +183,68 @@ def test_a_reply_to_or_from_address_with_a_line_break_is_refused(config: Config)
             VariantMessage(config, nl, DAY, "v-1").mime(CONTENT, to, WHEN)
         with pytest.raises(HeaderError):
             VariantMessage(config, nl, DAY, "v-1").sendgrid_body(CONTENT, [])
+
+
+# --- end to end: names stored before entry points cleaned them still build safe messages -----
+
+
+def _legacy_names(sessions: sessionmaker[Session], now: datetime) -> dict[str, str]:
+    """Subscribers whose names hold injections, written straight to the table (as an older
+    version, or another tool, could have left them)."""
+    with sessions.begin() as session:
+        store_edition(session)
+        ids = add_population(session, 3, now)
+        names = {email_for(1): INJECTION, email_for(2): "Bare\nLF", email_for(3): "Bare\rCR"}
+        for sid, (email, name) in zip(ids, names.items(), strict=True):
+            session.execute(update(Subscriber).where(Subscriber.id == sid).values(name=name))
+            assert session.get(Subscriber, sid).email == email  # type: ignore[union-attr]
+    return names
+
+
+def test_smtp_messages_to_hostile_names_carry_exactly_the_headers_meant(
+    config: Config,
+    sessions: sessionmaker[Session],
+    now: datetime,
+    smtp_server: SmtpServer,  # noqa: F811
+) -> None:
+    names = _legacy_names(sessions, now)
+    smtp = SmtpConfig(port=smtp_server.port, security="starttls", username=USERNAME, timeout=5)
+    report = send_edition(
+        replace(config, smtp=smtp),
+        sessions,
+        "daily",
+        EDITION_DATE,
+        SendOptions(provider="smtp"),
+        clock=fixed(now),
+    )
+    assert report.sent_now == 3
+    for rcpts, raw in smtp_server.received:
+        assert rcpts in ([email_for(1)], [email_for(2)], [email_for(3)])
+        msg = parsed(raw)
+        assert list(msg.keys()) == DIGEST_HEADERS
+        assert display(msg, "To") == one_line(names[rcpts[0]])
+        assert msg["To"].addresses[0].addr_spec == rcpts[0]
+        assert msg.get_body(("html",)) is not None and msg.get_body(("plain",)) is not None
+
+
+def test_sendgrid_requests_to_hostile_names_carry_no_line_break(
+    config: Config,
+    sessions: sessionmaker[Session],
+    now: datetime,
+    sendgrid_server: SendGridStandIn,  # noqa: F811
+) -> None:
+    names = _legacy_names(sessions, now)
+    sg = SendGridConfig(host=sendgrid_server.url, timeout=2.0)
+    report = send_edition(
+        replace(config, sendgrid=sg),
+        sessions,
+        "daily",
+        EDITION_DATE,
+        SendOptions(provider="sendgrid"),
+        clock=fixed(now),
+    )
+    assert report.sent_now == 3
+    delivered = {d.email: d for d in sendgrid_server.delivered()}
+    assert {e: d.name for e, d in delivered.items()} == {e: one_line(n) for e, n in names.items()}
+    for d in delivered.values():
+        assert all(one_line(v) == v for v in (d.subject, *d.headers.values()))
