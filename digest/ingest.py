@@ -538,7 +538,7 @@ def parse_datetime(value: object, name: str = "published") -> datetime:
 def _in_range(moment: datetime, name: str) -> datetime:
     if not MIN_DATE <= moment.date() <= MAX_DATE:
         raise FieldError(
-            f"{name} date {moment:%Y-%m-%d} is outside {MIN_DATE.year}-{MAX_DATE.year}"
+            f"{name} date {moment.date().isoformat()} is outside {MIN_DATE.year}-{MAX_DATE.year}"
         )
     return moment
 
