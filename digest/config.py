@@ -390,7 +390,7 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
     tz = t.string("timezone", "UTC")
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long
         raise t.error(
             "timezone", f"{tz!r} is not an IANA time zone (e.g. America/New_York)"
         ) from None
@@ -507,6 +507,8 @@ class _Reader:
 
     def error(self, key: str, problem: str) -> ConfigError:
         where = f"{self.prefix}{key}".rstrip(".") or "(top level)"
+        if line_problem(where):  # a quoted TOML key can hold anything: show it escaped
+            where = where.encode("unicode_escape").decode("ascii")
         return ConfigError(f"{self.file}: {where}: {problem}")
 
     def allow(self, *keys: str) -> None:

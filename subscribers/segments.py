@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from types import UnionType
 
 from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -104,16 +105,18 @@ def render(rule: Rule) -> str:
         case DateCompare(field, op, day):
             return f"{field} {op} {day.isoformat()}"
         case Not(operand):
-            return f"not {_render_operand(operand)}"
+            return f"not {_render_operand(operand, And | Or)}"
         case And(left, right):
-            return f"{_render_operand(left)} and {_render_operand(right)}"
+            return f"{_render_operand(left, Or)} and {_render_operand(right, And | Or)}"
         case Or(left, right):
-            return f"{_render_operand(left)} or {_render_operand(right)}"
+            # `or` and `and` chain to the left: only a right-hand `or` needs parentheses,
+            # so a long chain renders flat (and stays within MAX_RULE_DEPTH when parsed back).
+            return f"{render(left)} or {_render_operand(right, Or)}"
     raise AssertionError(rule)
 
 
-def _render_operand(rule: Rule) -> str:
-    return f"({render(rule)})" if isinstance(rule, And | Or) else render(rule)
+def _render_operand(rule: Rule, bracketed: type | UnionType) -> str:
+    return f"({render(rule)})" if isinstance(rule, bracketed) else render(rule)
 
 
 # --- parsing ---------------------------------------------------------------------------------

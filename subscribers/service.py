@@ -62,7 +62,7 @@ def check_line(value: str, what: str, limit: int) -> str:
 def check_timezone(tz: str) -> str:
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long
         raise InputError(f"{tz!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
     return tz
 
