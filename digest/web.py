@@ -82,6 +82,8 @@ ONE_CLICK_FIELD = "List-Unsubscribe"
 ONE_CLICK_VALUE = "One-Click"
 FORM_MAX_AGE = timedelta(hours=12)
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a SendGrid batch holds up to a few thousand events
+MAX_FORM_FIELD_BYTES = 64 * 1024
+MAX_FORM_PARTS = 200
 PUBLIC_STATUSES = ("frozen", "sent")
 _TOKEN_PATH = re.compile(r"(/(?:[up]|confirm)/)[^\s?#/]+")
 
@@ -308,6 +310,9 @@ def create_app(
     )
     app = _App(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # Our forms hold an address, a name and a few section names (Flask >= 3.1 enforces these).
+    app.config["MAX_FORM_MEMORY_SIZE"] = MAX_FORM_FIELD_BYTES
+    app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
     app.extensions["digest"] = web
     if background:
         sender = ConfirmationSender(config, sessions, clock=clock, lock=web.write_lock)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import math
+import subprocess
+import sys
 import tomllib
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from digest.config import Config, load_config, parse_config
 from digest.errors import ConfigError
 from digest.text import line_problem, text_problem
 from tests.conftest import DATA
-from tests.fuzz_support import JSON_VALUE, TEXT, fuzz_settings
+from tests.fuzz_support import JSON_VALUE, LONG, TEXT, fuzz_settings
 
 pytestmark = pytest.mark.fuzz
 VALID = tomllib.loads((DATA / "digest.toml").read_text(encoding="utf-8"))
@@ -106,3 +108,20 @@ def test_any_file_is_a_config_or_one_config_error(tmp_path: Path, data: bytes) -
         _check(load_config(path))
     except ConfigError as e:
         assert str(e).startswith(str(path)) and "\n" not in str(e)
+
+
+@pytest.mark.skipif(
+    not LONG, reason="atheris runs with DIGEST_FUZZ=long (and pip install -e '.[fuzz]')"
+)
+@pytest.mark.parametrize("target", ["ingest", "import", "rule", "config"])
+def test_atheris_targets_run_clean(tmp_path: Path, target: str) -> None:
+    pytest.importorskip("atheris")
+    script = Path(__file__).parent / "fuzz_atheris.py"
+    done = subprocess.run(
+        [sys.executable, str(script), target, "-max_total_time=60"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
