@@ -379,13 +379,17 @@ class ConfirmationSender:
 
     def ensure_running(self) -> None:
         with self._start_lock:
-            if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            if self.running:
                 return
             self._pid = os.getpid()
             self._thread = threading.Thread(
                 target=self._run, name="digest-confirmations", daemon=True
             )
             self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
 
     def stop(self, timeout: float | None = None) -> None:
         self._stop.set()

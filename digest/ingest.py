@@ -596,7 +596,7 @@ def pick_section(
 ) -> str:
     """The item's first usable section, else the fallback (--section). With `known`, only a
     configured section is usable, stored in its configured spelling."""
-    names = [c for c in (clean_text(c, "section") for c in candidates) if c]
+    names = [c for c in (_one_line(clean_text(c, "section")) for c in candidates) if c]
     if fallback and fallback.strip():
         names.append(fallback.strip())
     if known is None:

@@ -102,5 +102,5 @@ def test_wsgi_app_reads_config_and_database_from_the_environment(
     assert client.get("/archive/daily/2026-03-10").status_code == 404
     # Each process serving the app runs the confirmation sender, started by its first request.
     sender = app.extensions["digest.sender"]
-    assert sender._thread is not None and sender._thread.is_alive()
+    assert sender.running
     sender.stop(timeout=10)
