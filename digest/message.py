@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote
 
 from digest.config import Config, NewsletterConfig
-from digest.text import line_problem, one_line
+from digest.text import one_line
 
 EDITION_HEADER = "X-Digest-Edition"
 VARIANT_HEADER = "X-Digest-Variant"
@@ -67,18 +67,24 @@ def _address(header: str, address: str) -> str:
 
 
 def display_name(name: str | None) -> str:
-    """A name as a header shows it: one line, no control characters, at most 200 characters
-    (and 400 UTF-8 bytes)."""
+    """A name as a header shows it: one line, no control characters, single spaces, at most
+    200 characters (and 400 UTF-8 bytes)."""
     if not name:
         return ""
-    # Runs per recipient: the common name needs no cleaning, which one regex search proves.
-    shown = name.strip() if line_problem(name) is None and "  " not in name else one_line(name)
+    # Runs per recipient: the common name needs no cleaning, which str.isprintable proves
+    # (false for every control character and every space but ASCII's). Runs of any spaces
+    # become one: mail clients' address parsers fold them anyway (no-break ones included).
+    shown = name.strip() if name.isprintable() and "  " not in name else _one_spaced(name)
     if len(shown) > _MAX_NAME // 2:
         shown = shown[:_MAX_NAME]
         if len(shown.encode("utf-8")) > _MAX_NAME_BYTES:
             shown = shown.encode("utf-8")[:_MAX_NAME_BYTES].decode("utf-8", "ignore")
         shown = shown.strip()
     return shown
+
+
+def _one_spaced(name: str) -> str:
+    return " ".join(one_line(name).split())
 
 
 def mailbox(name: str | None, address: str, header: str = "To") -> str:
