@@ -27,7 +27,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Config, NewsletterConfig
-from digest.db import one_line, transaction
+from digest.db import transaction
 from digest.errors import DigestError, InputError, ProviderError
 from digest.message import Addressee, TransactionalMessage, domain_of
 from digest.providers.base import Batch, Kind, Outgoing, Provider, no_checkpoint
@@ -400,7 +400,10 @@ class ConfirmationSender:
         try:
             return deliver_sign_ups(self.config, self.sessions, clock=self.clock, lock=self.lock)
         except Exception as e:  # a background thread must outlive a bad moment of the database
-            log.error("confirmation sender: %s: %s", type(e).__name__, one_line(e))
+            # Only the kind: a driver's message may quote the address it was storing.
+            log.error(
+                "confirmation sender: %s; trying again in %g s", type(e).__name__, self.interval
+            )
             return None
 
     def _run(self) -> None:

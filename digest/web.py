@@ -62,7 +62,7 @@ from digest.errors import ConfigError, InputError, NotFound
 from digest.ledger import Delivery
 from digest.limits import MAX_NAME
 from digest.render import Renderer, long_date, template_environment
-from digest.text import one_line, strip_controls
+from digest.text import one_line, strip_controls, text_problem
 from digest.web_models import WebhookEvent
 from subscribers.audience import sections_for
 from subscribers.models import Subscriber, normalise_email
@@ -787,7 +787,7 @@ def apply_events(session: Session, events: list[dict[str, Any]], *, at: datetime
     """Apply a batch of SendGrid events in the caller's transaction: suppressions,
     unsubscribes and ledger updates, each event once (by sg_event_id)."""
     outcome = EventOutcome()
-    ids = [str(e["sg_event_id"]) for e in events if e.get("sg_event_id")]
+    ids = [_event_id(e) for e in events if e.get("sg_event_id")]
     seen: set[str] = set()
     for chunk in range(0, len(ids), 500):
         seen.update(
@@ -798,9 +798,8 @@ def apply_events(session: Session, events: list[dict[str, Any]], *, at: datetime
             )
         )
     for event in events:
-        # Event fields are stored: nothing that is not text (PostgreSQL refuses NUL).
         kind = strip_controls(str(event.get("event") or ""))
-        event_id = strip_controls(str(event.get("sg_event_id") or ""))[:100]
+        event_id = _event_id(event)
         if event_id:
             if event_id in seen:
                 outcome.add("duplicate")
@@ -812,8 +811,15 @@ def apply_events(session: Session, events: list[dict[str, Any]], *, at: datetime
     return outcome
 
 
+def _event_id(event: dict[str, Any]) -> str:
+    # Event fields are stored and looked up: nothing that is not text (PostgreSQL refuses NUL).
+    return strip_controls(str(event.get("sg_event_id") or ""))[:100]
+
+
 def _apply_event(session: Session, kind: str, event: dict[str, Any], at: datetime) -> str:
     email = normalise_email(str(event.get("email") or ""))
+    if text_problem(email):
+        email = ""  # not an address anyone has: matches no row, suppresses nothing
     row = _delivery_of(session, event, email)
     if kind in CONFIRMING:
         if row is None:
@@ -857,7 +863,7 @@ def _delivery_of(session: Session, event: dict[str, Any], email: str) -> Deliver
 
 def _message_id(event: dict[str, Any]) -> str | None:
     # sg_message_id is the X-Message-Id of the send request plus a per-recipient suffix.
-    raw = str(event.get("sg_message_id") or "")
+    raw = strip_controls(str(event.get("sg_message_id") or ""))
     return raw.partition(".")[0][:255] or None
 
 

@@ -261,3 +261,31 @@ def test_multi_line_text_may_break_lines_but_holds_no_other_control_character(
     )
     with pytest.raises(ConfigError, match=r"site\.postal_address: must be text: it contains"):
         load_config(bad)
+
+
+def test_webhook_events_with_control_characters_are_stored_clean_or_ignored(
+    config: Config, sessions: sessionmaker[Session], now: datetime
+) -> None:
+    import json
+
+    from digest.web_models import WebhookEvent
+    from subscribers.models import Suppression
+
+    app = create_app(
+        unlimited(config, sendgrid_webhook_allow_unsigned=True), sessions, clock=fixed(now)
+    )
+    events = [
+        {"event": "bounce\x00", "sg_event_id": "id\x00one", "email": "x\x00@example.com"},
+        {
+            "event": "bounce",
+            "sg_event_id": "id-two",
+            "email": "ann@example.com\x00",
+            "reason": "5.1.1\x00",
+        },
+        {"event": "spamreport", "sg_event_id": "id\x1bthree", "email": "bob@example.com"},
+    ]
+    r = app.test_client().post("/webhooks/sendgrid", data=json.dumps(events))
+    assert r.status_code == 200, r.get_data(as_text=True)
+    with sessions() as s:
+        assert sorted(s.scalars(select(WebhookEvent.sg_event_id))) == ["id-two", "idone", "idthree"]
+        assert list(s.scalars(select(Suppression.email))) == ["bob@example.com"]
