@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.clock import utcnow
 from digest.config import Config, database_url, load_config
-from digest.db import ensure_schema, make_engine, one_line, session_factory
+from digest.db import database_problem, ensure_schema, make_engine, session_factory
 from digest.errors import DigestError
+from digest.limits import MAX_DATE, MIN_DATE
 
 
 class App:
@@ -62,8 +63,8 @@ class DigestGroup(click.Group):
             return super().invoke(ctx)
         except DigestError as e:
             raise _ExitError(str(e), e.exit_code) from None
-        except OperationalError as e:
-            raise click.ClickException(f"database error: {one_line(e.orig)}") from None
+        except DBAPIError as e:  # unreachable, read-only, out of space, refused a value
+            raise click.ClickException(database_problem(e)) from None
 
 
 pass_app = click.make_pass_decorator(App)
@@ -83,11 +84,16 @@ def parse_date(value: str | None, newsletter_tz: Any = None) -> date:
         return today + timedelta(days=1)
     assert value is not None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(
             f"{value!r} is not a date (YYYY-MM-DD, today or tomorrow)", param_hint="--date"
         ) from None
+    if not MIN_DATE <= day <= MAX_DATE:
+        raise click.BadParameter(
+            f"{value} is outside {MIN_DATE.year}-{MAX_DATE.year}", param_hint="--date"
+        )
+    return day
 
 
 def parse_since(value: str | None) -> datetime | None:
@@ -101,6 +107,10 @@ def parse_since(value: str | None) -> datetime | None:
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
+    if not MIN_DATE <= parsed.date() <= MAX_DATE:
+        raise click.BadParameter(
+            f"{value} is outside {MIN_DATE.year}-{MAX_DATE.year}", param_hint="--since"
+        )
     return parsed
 
 
@@ -167,6 +177,9 @@ def db_upgrade() -> None:
     "--timezone",
     help="Zone of dates given without a time (default: the newsletters' own, when they share one).",
 )
+@click.option(
+    "--strict", is_flag=True, help="Store nothing (exit 1) if any item of any file is rejected."
+)
 @pass_app
 def ingest(
     app: App,
@@ -175,14 +188,17 @@ def ingest(
     source: str | None,
     fmt: str,
     timezone: str | None,
+    strict: bool,
 ):
-    """Load articles from RSS/Atom feeds, JSON (array or lines) or CSV files."""
+    """Load articles from RSS/Atom feeds, JSON (array or lines) or CSV files.
+
+    Exit 1 when a file has every item rejected (or, with --strict, any item)."""
     from zoneinfo import ZoneInfo
 
-    from digest.ingest import ingest_files
+    from digest.ingest import check_reports, ingest_files
     from subscribers.service import check_timezone
 
-    strict = {s.casefold(): s for nl in app.config.newsletters.values() for s in nl.section_names}
+    known = {s.casefold(): s for nl in app.config.newsletters.values() for s in nl.section_names}
     strict_on = any(nl.strict_sections for nl in app.config.newsletters.values())
     reports = ingest_files(
         app.sessions,
@@ -190,16 +206,18 @@ def ingest(
         section=section,
         source=source,
         fmt=fmt,
-        known_sections=strict if strict_on else None,
+        known_sections=known if strict_on else None,
         timezone=ZoneInfo(check_timezone(zone))
         if (zone := timezone or app.config.common_timezone)
         else None,
         clock=utcnow,
+        strict=strict,
     )
     for report in reports:
         for rejection in report.rejections:
             click.echo(f"rejected: {rejection}", err=True)
         click.echo(report.summary())
+    check_reports(reports, strict=strict)
 
 
 @cli.command()
@@ -664,6 +682,16 @@ def subscribers_subscribe(app: App, email, newsletter_id, name, no_email):
         click.echo(f"{result.email} is subscribed to {nl.id}")
 
 
+@subscribers_group.command("send-confirmations")
+@pass_app
+def subscribers_send_confirmations(app: App):
+    """Email the confirmation links of sign-ups queued by the web form (digest serve does
+    this every few seconds by itself; use this from cron when the form runs elsewhere)."""
+    from digest.confirmations import deliver_sign_ups
+
+    click.echo(deliver_sign_ups(app.config, app.sessions, clock=utcnow).summary())
+
+
 @subscribers_group.command("confirm")
 @click.argument("token")
 @pass_app
@@ -800,18 +828,22 @@ def subscribers_show(app: App, email):
 @subscribers_group.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 @newsletter_option
+@click.option("--strict", is_flag=True, help="Import nothing (exit 1) if any row is rejected.")
 @pass_app
-def subscribers_import(app: App, file, newsletter_id):
-    """Import a CSV (email, name, sections, tags, timezone, any attribute columns)."""
+def subscribers_import(app: App, file, newsletter_id, strict):
+    """Import a CSV (email, name, sections, tags, timezone, any attribute columns).
+
+    Exit 1 when every row is rejected (or, with --strict, any row); nothing is imported then."""
     from digest.db import transaction
-    from subscribers.importing import import_csv
+    from subscribers.importing import check_import, import_csv
 
     nl = _pick_newsletter(app, newsletter_id)
     with transaction(app.sessions) as session:
         report = import_csv(session, nl, Path(file), at=utcnow())
-    for line in report.error_lines():
-        click.echo(f"rejected: {line}", err=True)
-    click.echo(report.summary())
+        for line in report.error_lines():
+            click.echo(f"rejected: {line}", err=True)
+        click.echo(report.summary())
+        check_import(report, strict=strict)  # raising rolls the import back
 
 
 @subscribers_group.command("export")

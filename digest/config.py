@@ -6,6 +6,7 @@ Secrets never live in the file: the file names the environment variable that hol
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -17,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from digest.errors import ConfigError
 from digest.i18n import Language, has_catalog, parse_language, shipped_languages
+from digest.limits import MAX_CONFIG_FILE_BYTES
+from digest.text import line_problem, text_problem
 
 DEFAULT_DATABASE_URL = "sqlite:///.var/digest.db"
 PROVIDERS = ("outbox", "smtp", "sendgrid")
@@ -26,6 +29,9 @@ _DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+\.?$")
 _SELECTOR = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
 _ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@" + _DOMAIN.pattern[1:])
 _FEEDBACK_FIELD = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# An address that goes into From, Reply-To or a mailto: one local part, one domain, nothing a
+# header could be bent with (RFC 5322 quoted local parts are not needed by any sender).
+_PLAIN_ADDRESS = re.compile(r'[^\s@<>,;:"()\[\]\\]+@[^\s@<>,;:"()\[\]\\]+')
 
 
 @dataclass(frozen=True)
@@ -337,7 +343,11 @@ def load_config(path: str | Path | None = None) -> Config:
     """Read and validate the config file; every problem is one ConfigError naming file and key."""
     p = config_path(path)
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        with p.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_FILE_BYTES + 1)
+        if len(data) > MAX_CONFIG_FILE_BYTES:
+            raise ConfigError(f"{p}: larger than {MAX_CONFIG_FILE_BYTES // 1024} KB; not a config")
+        raw = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(
             f"{p}: config file not found (pass --config or set DIGEST_CONFIG; "
@@ -391,12 +401,12 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     site_t = r.table("site")
     site_t.allow("base_url", "postal_address", "unsubscribe_mailto", "secret_env", "sender_id")
     base_url = site_t.string("base_url", "http://127.0.0.1:8000").rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", base_url):
+    if not re.fullmatch(r"https?://[^/\s]+\S*", base_url):
         raise site_t.error("base_url", "must be an http:// or https:// URL")
     site = SiteConfig(
         base_url=base_url,
-        postal_address=site_t.string("postal_address", SiteConfig.postal_address),
-        unsubscribe_mailto=site_t.optional_string("unsubscribe_mailto"),
+        postal_address=site_t.string("postal_address", SiteConfig.postal_address, multiline=True),
+        unsubscribe_mailto=site_t.address("unsubscribe_mailto"),
         secret_env=site_t.string("secret_env", "DIGEST_SECRET_KEY"),
         sender_id=site_t.optional_string("sender_id"),
     )
@@ -439,7 +449,10 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     )
 
     seg_t = r.table("segments")
-    segments = {name: seg_t.string(name, required=True) for name in seg_t.raw}
+    for name in seg_t.raw:
+        if line_problem(name) or not name.strip():
+            raise seg_t.error(repr(name), "a segment name must be one line of text")
+    segments = {name: seg_t.string(name, required=True, multiline=True) for name in seg_t.raw}
     for nl in newsletters.values():
         for i, block in enumerate(nl.blocks):
             if block.segment not in segments:
@@ -520,13 +533,12 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
         "proof_to",
     )
     title = t.string("title", required=True)
-    from_email = t.string("from_email", required=True)
-    if "@" not in from_email:
-        raise t.error("from_email", f"{from_email!r} is not an email address")
+    from_email = t.address("from_email", required=True)
+    assert from_email is not None
     tz = t.string("timezone", "UTC")
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long
         raise t.error(
             "timezone", f"{tz!r} is not an IANA time zone (e.g. America/New_York)"
         ) from None
@@ -584,7 +596,7 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
         title=title,
         from_email=from_email,
         from_name=t.string("from_name", title),
-        reply_to=t.optional_string("reply_to"),
+        reply_to=t.address("reply_to"),
         sections=tuple(sections),
         timezone=tz,
         send_time=time(int(m.group(1)), int(m.group(2))),
@@ -593,7 +605,7 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
         strict_sections=t.boolean("strict_sections", False),
         subject=t.string("subject", "{title}: {lead}"),
         preheader=t.string("preheader", "{headlines}"),
-        description=t.string("description", ""),
+        description=t.string("description", "", multiline=True),
         double_opt_in=t.boolean("double_opt_in", False),
         local_time_delivery=t.boolean("local_time_delivery", False),
         utm=utm,
@@ -731,7 +743,7 @@ def _blocks(t: _Reader) -> tuple[BlockConfig, ...]:
             BlockConfig(
                 segment=b.string("segment", required=True),
                 title=b.string("title", required=True),
-                text=b.string("text", required=True),
+                text=b.string("text", required=True, multiline=True),
                 link=link,
                 link_text=b.optional_string("link_text"),
                 position=position,
@@ -750,6 +762,8 @@ class _Reader:
 
     def error(self, key: str, problem: str) -> ConfigError:
         where = f"{self.prefix}{key}".rstrip(".") or "(top level)"
+        if line_problem(where):  # a quoted TOML key can hold anything: show it escaped
+            where = where.encode("unicode_escape").decode("ascii")
         return ConfigError(f"{self.file}: {where}: {problem}")
 
     def allow(self, *keys: str) -> None:
@@ -767,7 +781,16 @@ class _Reader:
             raise self.error(key, "must be a table")
         return _Reader(self.file, v, f"{self.prefix}{key}.")
 
-    def string(self, key: str, default: str | None = None, required: bool = False) -> str:
+    def string(
+        self,
+        key: str,
+        default: str | None = None,
+        required: bool = False,
+        *,
+        multiline: bool = False,
+    ) -> str:
+        """A string; one line unless `multiline` (names, titles, addresses and subjects end up
+        in headers), and never with a control character other than a line break or tab."""
         v = self.raw.get(key)
         if v is None:
             if required or default is None:
@@ -775,6 +798,10 @@ class _Reader:
             return default
         if not isinstance(v, str):
             raise self.error(key, f"must be a string, not {type(v).__name__}")
+        problem = text_problem(v) if multiline else line_problem(v)
+        if problem:
+            kind = "text" if multiline else "one line of text"
+            raise self.error(key, f"must be {kind}: it {problem}")
         return v
 
     def folder(self, key: str, config_path: Path | None) -> Path | None:
@@ -802,12 +829,16 @@ class _Reader:
         return tuple(x.strip() for x in v)
 
     def optional_string(self, key: str) -> str | None:
-        v = self.raw.get(key)
-        if v is None:
+        if self.raw.get(key) is None:
             return None
-        if not isinstance(v, str):
-            raise self.error(key, f"must be a string, not {type(v).__name__}")
-        return v or None
+        return self.string(key) or None
+
+    def address(self, key: str, required: bool = False) -> str | None:
+        """An email address for a header: local@domain, no spaces, brackets or commas."""
+        v = self.string(key, required=required) if required else self.optional_string(key)
+        if v is not None and not _PLAIN_ADDRESS.fullmatch(v):
+            raise self.error(key, f"{v!r} is not an email address (like news@example.com)")
+        return v
 
     def number(
         self, key: str, default: float, minimum: float | None = None, maximum: float | None = None
@@ -815,6 +846,8 @@ class _Reader:
         v = self.raw.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise self.error(key, f"must be a number, not {type(v).__name__}")
+        if not math.isfinite(v):
+            raise self.error(key, f"must be a finite number, not {v}")
         if minimum is not None and v < minimum:
             raise self.error(key, f"must be at least {minimum}, got {v}")
         if maximum is not None and v > maximum:

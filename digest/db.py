@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from digest.errors import ConfigError, SchemaError
@@ -89,6 +89,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 def one_line(error: BaseException | None) -> str:
     """A driver's message on one line (psycopg adds hint lines)."""
     return " ".join(str(error).split())
+
+
+def database_problem(error: DBAPIError) -> str:
+    """A driver error as one line for the user: the database's own words, named read-only
+    when it is (PostgreSQL: read-only transaction or replica; SQLite: a read-only file)."""
+    detail = one_line(error.orig)
+    if "read-only" in detail or "readonly" in detail:
+        return f"database is read-only: {detail} (DIGEST_DATABASE_URL must allow writes)"
+    return f"database error: {detail}"
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -17,7 +17,8 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
 from html.parser import HTMLParser
@@ -26,6 +27,8 @@ from typing import Any
 from xml.etree import ElementTree
 
 import feedparser
+from defusedxml import DefusedXmlException, EntitiesForbidden
+from defusedxml import ElementTree as DefusedElementTree
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,21 +37,27 @@ from digest.articles import PRIORITIES, Article, normalise_url
 from digest.clock import Clock
 from digest.db import transaction
 from digest.errors import InputError
+from digest.limits import (
+    MAX_ARTICLE_FIELD,
+    MAX_DATE,
+    MAX_INGEST_FILE_BYTES,
+    MAX_TAG,
+    MAX_TAGS,
+    MIN_DATE,
+    read_bounded,
+)
+from digest.text import CONTROL, describe, line_problem
 
 FORMATS = ("auto", "feed", "json", "csv")
 
 # Two IN lists per chunk stay under SQLite's oldest limit of 999 bound parameters.
 CHUNK = 400
 
-# Column limits of the articles table: longer values are rejected rather than failing the file.
-_MAX_LENGTH = {
-    "guid": 512,
-    "url": 2048,
-    "section": 100,
-    "byline": 300,
-    "source": 200,
-    "image_url": 2048,
-}
+# Longer values are rejected (digest.limits, within the articles table's columns).
+_MAX_LENGTH = MAX_ARTICLE_FIELD
+# Long free text: control characters are dropped. Every other field is one line, where a
+# control character other than a line break or tab rejects the item.
+_MULTILINE = ("dek", "body", "image_caption")
 # What content_hash covers: every field ingest stores.
 _HASHED = (
     "guid",
@@ -128,7 +137,6 @@ _SUMMARY_TAGS = {
 }
 # RSS 2.0 <author> is "email (Name)"; feedparser mis-splits emails with long top-level domains.
 _RSS_AUTHOR = re.compile(r"\s*\S+@\S+\s*\((.+)\)\s*")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _DEK_FROM_BODY = 300
 # ASCII whitespace only: str.split() would also eat no-break spaces (French « guillemets »).
 _SPACES = re.compile(r"[ \t\n\r\f\v]+")
@@ -148,12 +156,35 @@ class IngestReport:
     unchanged: int = 0
     rejected: int = 0
     rejections: list[str] = field(default_factory=list)
+    stored: bool = True  # False: --strict rolled the whole run back
 
     def summary(self) -> str:
-        return (
+        line = (
             f"{self.path.name}: {self.new} new, {self.updated} updated, "
             f"{self.unchanged} unchanged, {self.rejected} rejected"
         )
+        return line if self.stored else f"{line} (nothing stored: --strict)"
+
+    @property
+    def all_rejected(self) -> bool:
+        return self.rejected > 0 and not (self.new or self.updated or self.unchanged)
+
+
+def check_reports(reports: list[IngestReport], *, strict: bool = False) -> None:
+    """InputError (exit 1) when a file had every item rejected, or with `strict` when any item
+    was; a run that stored part of a file otherwise succeeds (README, "Exit codes")."""
+    rejected = sum(r.rejected for r in reports)
+    if strict and rejected:
+        raise InputError(f"--strict: {rejected} item(s) rejected, so nothing was stored")
+    failed = [r for r in reports if r.all_rejected]
+    if failed:
+        names = ", ".join(str(r.path) for r in failed)
+        others = " (the other files were stored)" if len(failed) < len(reports) else ""
+        raise InputError(f"{names}: every item was rejected, nothing stored from it{others}")
+
+
+class _Rejected(Exception):
+    """Rolls a --strict run back."""
 
 
 @dataclass
@@ -188,19 +219,36 @@ def ingest_files(
     known_sections: Mapping[str, str] | None = None,
     timezone: tzinfo | None = None,
     clock: Clock,
+    strict: bool = False,
 ) -> list[IngestReport]:
     """Upsert the articles of every file; one report per file, in the order given.
 
     `section`/`source` apply to items that carry none. `known_sections` (casefolded name ->
     configured name) makes sections strict: an item whose section is not configured is rejected,
     and a configured one is stored in its configured spelling. A date without a time
-    (`2026-01-26`) is midnight in `timezone`; without one such items are rejected.
+    (`2026-01-26`) is midnight in `timezone`; without one such items are rejected. Each file is
+    stored in its own transaction; with `strict` all files are one transaction, rolled back if
+    any item is rejected (the reports then say `stored = False`).
     """
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    for flag, value in (("--section", section), ("--source", source)):
+        problem = line_problem(value) if value else None
+        if problem:
+            raise InputError(f"{flag}: must be one line of text: it {problem}")
     defaults = _Defaults(section, source, known_sections, timezone)
     parsed = [_parse_file(path, fmt, defaults) for path in paths]
-    return [_store(sessions, p, clock) for p in parsed]
+    if not strict:
+        return [_store_file(sessions, p, clock) for p in parsed]
+    try:
+        with _stored_once(parsed) as store, transaction(sessions) as session:
+            reports = [store(session, p, clock) for p in parsed]
+            if any(r.rejected for r in reports):
+                raise _Rejected
+    except _Rejected:
+        for r in reports:
+            r.stored = False
+    return reports
 
 
 # --- storing ---------------------------------------------------------------------------------
@@ -230,29 +278,40 @@ def _stored(article: Article) -> dict[str, Any]:
     return {name: getattr(article, name) for name in (*_HASHED, *_HASHED_IF_SET)}
 
 
-def _store(sessions: sessionmaker[Session], parsed: _Parsed, clock: Clock) -> IngestReport:
+@contextmanager
+def _stored_once(parsed: list[_Parsed]) -> Iterator[Callable[..., IngestReport]]:
+    """_store, with a concurrent writer's IntegrityError turned into one InputError."""
+    try:
+        yield _store
+    except IntegrityError:
+        names = ", ".join(p.path.name for p in parsed)
+        raise InputError(
+            f"{names}: another process stored some of the same articles meanwhile; "
+            "nothing from this file was saved, run the ingest again"
+        ) from None
+
+
+def _store_file(sessions: sessionmaker[Session], parsed: _Parsed, clock: Clock) -> IngestReport:
+    with _stored_once([parsed]) as store, transaction(sessions) as session:
+        return store(session, parsed, clock)
+
+
+def _store(session: Session, parsed: _Parsed, clock: Clock) -> IngestReport:
     report = IngestReport(parsed.path, rejections=list(parsed.rejections))
     report.rejected = len(parsed.rejections)
     name = parsed.path.name
-    try:
-        with transaction(sessions) as session:
-            by_guid: dict[str, Article] = {}
-            by_url: dict[str, Article] = {}
-            for start in range(0, len(parsed.items), CHUNK):
-                chunk = parsed.items[start : start + CHUNK]
-                _prefetch(session, chunk, by_guid, by_url)
-                for item in chunk:
-                    outcome = _upsert(session, item, by_guid, by_url, clock)
-                    if outcome in ("new", "updated", "unchanged"):
-                        setattr(report, outcome, getattr(report, outcome) + 1)
-                    else:
-                        report.rejected += 1
-                        report.rejections.append(f"{name}: {item.where}: {outcome}")
-    except IntegrityError:
-        raise InputError(
-            f"{name}: another process stored some of the same articles meanwhile; "
-            "nothing from this file was saved, run the ingest again"
-        ) from None
+    by_guid: dict[str, Article] = {}
+    by_url: dict[str, Article] = {}
+    for start in range(0, len(parsed.items), CHUNK):
+        chunk = parsed.items[start : start + CHUNK]
+        _prefetch(session, chunk, by_guid, by_url)
+        for item in chunk:
+            outcome = _upsert(session, item, by_guid, by_url, clock)
+            if outcome in ("new", "updated", "unchanged"):
+                setattr(report, outcome, getattr(report, outcome) + 1)
+            else:
+                report.rejected += 1
+                report.rejections.append(f"{name}: {item.where}: {outcome}")
     return report
 
 
@@ -331,10 +390,7 @@ def _same_page(a: str, b: str) -> bool:
 
 
 def _parse_file(path: Path, fmt: str, defaults: _Defaults) -> _Parsed:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the file ({e.strerror or e})") from None
+    data = read_bounded(path, MAX_INGEST_FILE_BYTES, "feed, JSON or CSV file")
     kind = fmt if fmt != "auto" else _sniff(path, data)
     if kind == "feed":
         return _parse_feed(path, data, defaults)
@@ -402,8 +458,8 @@ def _validate(raw: Mapping[str, Any], defaults: _Defaults) -> dict[str, Any]:
     )
     for name in ("dek", "body", "byline", "image_alt", "image_caption", "source"):
         if name in raw:
-            value = clean_text(raw[name], name)
-            if name in ("byline", "source"):
+            value = clean_text(raw[name], name, multiline=name in _MULTILINE)
+            if name in ("byline", "source", "image_alt"):
                 value = _one_line(value)
             values[name] = value or _DEFAULTS[name]
     if raw.get("image_url"):
@@ -443,8 +499,12 @@ def _blank(value: object) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def clean_text(value: object, name: str, *, allow_number: bool = False) -> str | None:
-    """Text as stored: stripped, control characters and lone surrogates removed; None if empty."""
+def clean_text(
+    value: object, name: str, *, allow_number: bool = False, multiline: bool = False
+) -> str | None:
+    """Text as stored: stripped, lone surrogates replaced; None if empty. A control character
+    (NUL, ESC, C1 ...; line breaks and tabs are fine) rejects a one-line field and is dropped
+    from `multiline` text."""
     if value is None:
         return None
     if allow_number and isinstance(value, int) and not isinstance(value, bool):
@@ -453,7 +513,12 @@ def clean_text(value: object, name: str, *, allow_number: bool = False) -> str |
         raise FieldError(f"{name} must be text, not {type(value).__name__}")
     # Lone surrogates (possible in JSON "\\ud800") cannot be stored as UTF-8: replace them.
     text = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    text = _CONTROL.sub("", text.replace("\r\n", "\n")).strip()
+    found = CONTROL.search(text)
+    if found is not None:
+        if not multiline:
+            raise FieldError(f"{name} contains the control character {describe(found.group())}")
+        text = CONTROL.sub("", text)
+    text = text.replace("\r\n", "\n").strip()
     return text or None
 
 
@@ -500,9 +565,18 @@ def parse_datetime(value: object, name: str = "published", zone: tzinfo | None =
         if parsed.tzinfo is None:
             raise FieldError(f"{name} date {_quote(text)} has no UTC offset (add Z or e.g. -05:00)")
     try:
-        return parsed.astimezone(UTC)
+        moment = parsed.astimezone(UTC)
     except (OverflowError, ValueError):
         raise FieldError(f"{name} date {_quote(str(value))} is out of range") from None
+    return _in_range(moment, name)
+
+
+def _in_range(moment: datetime, name: str) -> datetime:
+    if not MIN_DATE <= moment.date() <= MAX_DATE:
+        raise FieldError(
+            f"{name} date {moment.date().isoformat()} is outside {MIN_DATE.year}-{MAX_DATE.year}"
+        )
+    return moment
 
 
 def _local_midnight(text: str, name: str, zone: tzinfo | None) -> datetime:
@@ -543,9 +617,13 @@ def parse_tags(value: object) -> list[str]:
     for part in parts:
         if not isinstance(part, str):
             raise FieldError(f"tags must be text, not {type(part).__name__}")
-        tag = clean_text(part, "tags")
+        tag = _one_line(clean_text(part, "tags"))
+        if tag and len(tag) > MAX_TAG:
+            raise FieldError(f"a tag is longer than {MAX_TAG} characters")
         if tag and tag not in tags:
             tags.append(tag)
+    if len(tags) > MAX_TAGS:
+        raise FieldError(f"more than {MAX_TAGS} tags")
     return tags
 
 
@@ -583,7 +661,7 @@ def pick_section(
 ) -> str:
     """The item's first usable section, else the fallback (--section). With `known`, only a
     configured section is usable, stored in its configured spelling."""
-    names = [c for c in (clean_text(c, "section") for c in candidates) if c]
+    names = [c for c in (_one_line(clean_text(c, "section")) for c in candidates) if c]
     if fallback and fallback.strip():
         names.append(fallback.strip())
     if known is None:
@@ -758,6 +836,7 @@ def _parse_csv(path: Path, data: bytes, defaults: _Defaults, *, sniffed: bool) -
 
 
 def _parse_feed(path: Path, data: bytes, defaults: _Defaults) -> _Parsed:
+    root = _xml_root(path, data)  # first: refuses entity declarations before feedparser reads
     # A file object, never bytes or str: feedparser would treat those as a URL or file name.
     doc = feedparser.parse(io.BytesIO(data), sanitize_html=True, resolve_relative_uris=True)
     entries = doc.get("entries") or []
@@ -767,7 +846,7 @@ def _parse_feed(path: Path, data: bytes, defaults: _Defaults) -> _Parsed:
         raise InputError(f"{path}: not an RSS or Atom feed{detail}")
     feed_title = _text_of(doc.get("feed", {}), "title")
     source = defaults.source or feed_title
-    media = _media_texts(data, len(entries))
+    media = _media_texts(root, len(entries))
     parsed = _Parsed(path, [], [])
     for number, entry in enumerate(entries, 1):
         where = f"item {number}"
@@ -792,10 +871,40 @@ class _MediaText:
     summary: str | None = None  # the item's own description/summary, as it is in the file
 
 
-def _media_texts(data: bytes, count: int) -> list[_MediaText] | None:
+_ENTITY_DECLARATION = re.compile(
+    b"|".join(re.escape("<!ENTITY".encode(codec)) for codec in ("utf-8", "utf-16-le", "utf-16-be"))
+)
+
+
+def _xml_root(path: Path, data: bytes) -> ElementTree.Element | None:
+    """The parsed document, or None when it is malformed (feedparser's loose parse may still
+    read its items). A feed that declares entities is refused: feedparser's XML parser
+    expands them (a billion-laughs feed grows to gigabytes) and no real feed needs one. An
+    external DTD or entity is never fetched (defusedxml refuses; expat fetches nothing)."""
     try:
-        root = ElementTree.fromstring(data)
+        root: ElementTree.Element = DefusedElementTree.fromstring(
+            data, forbid_dtd=False, forbid_entities=True, forbid_external=True
+        )
+        return root
+    except DefusedXmlException as e:
+        name = getattr(e, "name", None) if isinstance(e, EntitiesForbidden) else None
+        what = f"entity {name!r}" if name else "an external reference"
+        raise _entities_refused(path, what) from None
     except (ElementTree.ParseError, ValueError, LookupError):
+        if _ENTITY_DECLARATION.search(data):
+            raise _entities_refused(path, "an entity") from None
+        return None
+
+
+def _entities_refused(path: Path, what: str) -> InputError:
+    return InputError(
+        f"{path}: the feed declares {what} (<!ENTITY>); refused: XML entities can expand to "
+        "gigabytes or read local files, and feeds do not need them"
+    )
+
+
+def _media_texts(root: ElementTree.Element | None, count: int) -> list[_MediaText] | None:
+    if root is None:
         return None  # malformed XML: feedparser's loose parse still gives the items
     items = [el for el in root.iter() if el.tag in _ITEM_TAGS]
     if len(items) != count:
@@ -844,7 +953,7 @@ def _entry_fields(
     dek = html_to_text(summary) if summary else ""
     if summary and body and summary == body:
         dek = _shorten(dek, _DEK_FROM_BODY)  # feedparser copies Atom content into summary
-    raw["dek"] = dek
+    raw["dek"] = _shorten(dek, MAX_ARTICLE_FIELD["dek"])  # a feed's summary may be the story
     raw["byline"] = _byline(entry)
     item_source = entry.get("source", {}).get("title") if entry.get("source") else None
     raw["source"] = item_source or source
@@ -853,7 +962,7 @@ def _entry_fields(
         # Photo posts (tumblr and the like) carry their picture only in the HTML.
         image_url, image_alt = first_image(body or entry.get("summary") or "")
     raw["image_url"] = image_url
-    raw["image_alt"] = image_alt
+    raw["image_alt"] = _shorten(image_alt, MAX_ARTICLE_FIELD["image_alt"]) if image_alt else None
     raw["image_caption"] = None
     return raw
 
@@ -891,11 +1000,12 @@ def _entry_date(entry: dict[str, Any]) -> datetime:
 def _struct_to_utc(value: time.struct_time) -> datetime:
     """feedparser's *_parsed are UTC struct_times; timegm avoids datetime's leap-second error."""
     try:
-        return datetime.fromtimestamp(calendar.timegm(value), UTC)
+        moment = datetime.fromtimestamp(calendar.timegm(value), UTC)
     except (OverflowError, ValueError, OSError):
         raise FieldError(
             f"date {time.strftime('%Y-%m-%d %H:%M:%S', value)} is out of range"
         ) from None
+    return _in_range(moment, "published")
 
 
 def _entry_body(entry: Mapping[str, Any], media: _MediaText) -> str | None:

@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import re
 from datetime import date, datetime
+from email.charset import Charset
 from email.header import Header
 from email.utils import format_datetime, formataddr
 from functools import lru_cache
@@ -26,12 +27,81 @@ from urllib.parse import quote
 from digest import dkim
 from digest.bounces.verp import verp_address
 from digest.config import Config, NewsletterConfig
+from digest.text import one_line
 
 EDITION_HEADER = "X-Digest-Edition"
 VARIANT_HEADER = "X-Digest-Variant"
 PROOF_HEADER = "X-Digest-Proof"
 _MAX_NAME = 200
+# A display name is one encoded word (the stdlib parser puts a space between adjacent ones),
+# so its UTF-8 is capped to keep the header line far below 998 octets.
+_MAX_NAME_BYTES = 400
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*\Z")
+_UTF8 = Charset("utf-8")
+
+# The one rule for header values. Free text (names, subjects, titles) is cleaned: line breaks
+# and tabs become a space, other control characters and bidi overrides are dropped
+# (digest.text.one_line). Everything else (addresses, URLs, ids) cannot be cleaned into what
+# was meant, so a value holding a control character or a line break is refused: HeaderError.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_NOT_IN_ADDRESS = re.compile('[\\s<>,;:"()\\[\\]\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]')
+
+
+class HeaderError(ValueError):
+    """A header value that cannot be made safe: an address, URL or id holding CR, LF or
+    another control character. Raised by the builder for that one message."""
+
+
+def _refuse_unsafe(header: str, value: str) -> str:
+    found = _UNSAFE.search(value)
+    if found is not None:
+        raise HeaderError(
+            f"{header} header: {value[:80]!r} holds the control character "
+            f"U+{ord(found.group()):04X}; refusing to build the message"
+        )
+    return value
+
+
+def _address(header: str, address: str) -> str:
+    # A List-Id's <list.example.org> is the one address-shaped value without an @.
+    if _NOT_IN_ADDRESS.search(address) or ("@" not in address and header != "List-Id"):
+        _refuse_unsafe(header, address)
+        raise HeaderError(f"{header} header: {address[:80]!r} is not a plain email address")
+    return address
+
+
+def display_name(name: str | None) -> str:
+    """A name as a header shows it: one line, no control characters, single spaces, at most
+    200 characters (and 400 UTF-8 bytes)."""
+    if not name:
+        return ""
+    # Runs per recipient: the common name needs no cleaning, which str.isprintable proves
+    # (false for every control character and every space but ASCII's). Runs of any spaces
+    # become one: mail clients' address parsers fold them anyway (no-break ones included).
+    shown = name.strip() if name.isprintable() and "  " not in name else _one_spaced(name)
+    if len(shown) > _MAX_NAME // 2:
+        shown = shown[:_MAX_NAME]
+        if len(shown.encode("utf-8")) > _MAX_NAME_BYTES:
+            shown = shown.encode("utf-8")[:_MAX_NAME_BYTES].decode("utf-8", "ignore")
+        shown = shown.strip()
+    return shown
+
+
+def _one_spaced(name: str) -> str:
+    return " ".join(one_line(name).split())
+
+
+def mailbox(name: str | None, address: str, header: str = "To") -> str:
+    """`Name <address>` for a header, or the bare address when there is no name. A name that
+    is not ASCII, or that looks like an RFC 2047 encoded word ("=?"), is sent encoded, so no
+    reader decodes text the name only pretended to be."""
+    address = _address(header, address)
+    shown = display_name(name)
+    if not shown:
+        return address
+    if shown.isascii() and "=?" not in shown:
+        return formataddr((shown, address))  # quotes specials
+    return f"{_UTF8.header_encode(shown)} <{address}>"
 
 
 class Content(Protocol):
@@ -83,11 +153,17 @@ def feedback_id(config: Config, newsletter: NewsletterConfig, kind: str, edition
 
 
 def list_id(newsletter: NewsletterConfig) -> str:
-    return formataddr((newsletter.title, f"{newsletter.id}.{domain_of(newsletter.from_email)}"))
+    """RFC 2919: `Title <id.domain>`, the angle brackets even without a title."""
+    value = f"{newsletter.id}.{domain_of(newsletter.from_email)}"
+    shown = mailbox(newsletter.title, value, "List-Id")
+    return shown if shown != value else f"<{value}>"
 
 
 def list_unsubscribe(unsubscribe_url: str, mailto: str | None) -> str:
     """RFC 2369/8058 value: the one-click URL first, then a mailto carrying the same token."""
+    _refuse_unsafe("List-Unsubscribe", unsubscribe_url)
+    if mailto:
+        _checked_mailto(mailto)
     parts = [f"<{unsubscribe_url}>"]
     if mailto:
         token = unsubscribe_url.rstrip("/").rpartition("/")[2]
@@ -97,11 +173,21 @@ def list_unsubscribe(unsubscribe_url: str, mailto: str | None) -> str:
     return ", ".join(parts)
 
 
-def _fold(name: str, value: str) -> bytes:
+@lru_cache(maxsize=16)
+def _checked_mailto(mailto: str) -> str:
+    return _address("List-Unsubscribe", mailto)
+
+
+def _fold(name: str, value: str, *, text: bool = False) -> bytes:
     """One header line, folded at spaces to 78 columns; non-ASCII text as RFC 2047 encoded
     words. (email.policy.SMTP's own folder puts a long value on a continuation line, which
-    the stdlib parser then reads back with a leading space.)"""
-    if not value.isascii():
+    the stdlib parser then reads back with a leading space.) `text` (a subject) is cleaned
+    first and encoded also when it merely looks like an encoded word; any other value holding
+    a control character is refused."""
+    if text:
+        value = one_line(value)
+    _refuse_unsafe(name, value)
+    if not value.isascii() or (text and "=?" in value):
         value = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
         return f"{name}: {value}\r\n".encode("ascii")
     line = f"{name}: {value}"
@@ -121,6 +207,12 @@ def _fold(name: str, value: str) -> bytes:
 _header_line = lru_cache(maxsize=1024)(_fold)
 
 
+def _message_id_line(message_id: str) -> bytes:
+    if _NOT_IN_ADDRESS.search(message_id):
+        raise HeaderError(f"Message-ID {message_id[:80]!r} holds a space or control character")
+    return b"Message-ID: <" + message_id.encode("ascii") + b">\r\n"
+
+
 @lru_cache(maxsize=16)
 def _date_line(when: datetime) -> bytes:
     # A batch's messages share their time: formatted once, not once a message.
@@ -128,9 +220,7 @@ def _date_line(when: datetime) -> bytes:
 
 
 def _address_header(name: str, display: str | None, email: str) -> bytes:
-    display = (display or "").strip()[:_MAX_NAME] or None
-    # formataddr quotes specials and RFC 2047-encodes non-ASCII names.
-    return _fold(name, formataddr((display, email)) if display else email)
+    return _fold(name, mailbox(display, email, name))
 
 
 def _list_unsubscribe_line(value: str) -> bytes:
@@ -151,7 +241,7 @@ def _qp(body: str) -> bytes:
 def _sender_headers(newsletter: NewsletterConfig) -> bytes:
     head = [_address_header("From", newsletter.from_name, newsletter.from_email)]
     if newsletter.reply_to:
-        head.append(_header_line("Reply-To", newsletter.reply_to))
+        head.append(_address_header("Reply-To", None, newsletter.reply_to))
     return b"".join(head)
 
 
@@ -181,8 +271,8 @@ def _sendgrid_body(
     """The parts of a v3 /mail/send body every message shares (sender, subject, both parts)."""
     body: dict[str, Any] = {
         "personalizations": personalizations,
-        "from": {"email": nl.from_email, "name": nl.from_name},
-        "subject": content.subject,
+        "from": _sendgrid_address(nl.from_name, nl.from_email, "From"),
+        "subject": one_line(content.subject),
         "content": [
             {"type": "text/plain", "value": content.text},
             {"type": "text/html", "value": content.html},
@@ -191,16 +281,21 @@ def _sendgrid_body(
         "custom_args": custom_args,
     }
     if nl.reply_to:
-        body["reply_to"] = {"email": nl.reply_to}
+        body["reply_to"] = {"email": _address("Reply-To", nl.reply_to)}
     return body
 
 
+def _sendgrid_address(name: str | None, address: str, header: str) -> dict[str, str]:
+    """{"email", "name"} as SendGrid takes an address; the same rule as for a header."""
+    out = {"email": _address(header, address)}
+    shown = display_name(name)
+    if shown:
+        out["name"] = shown
+    return out
+
+
 def _sendgrid_recipient(to: Addressee) -> dict[str, str]:
-    recipient = {"email": to.email}
-    name = (to.name or "").strip()[:_MAX_NAME]
-    if name:
-        recipient["name"] = name
-    return recipient
+    return _sendgrid_address(to.name, to.email, "To")
 
 
 class _Pieces:
@@ -307,9 +402,9 @@ class VariantMessage:
             html = t.html.fill(substitutions)
         own = [
             _address_header("To", to.name, to.email),
-            _header_line("Subject", subject),
+            _header_line("Subject", subject, text=True),
             _date_line(when),
-            b"Message-ID: <" + to.message_id.encode("ascii") + b">\r\n",
+            _message_id_line(to.message_id),
             _list_unsubscribe_line(
                 list_unsubscribe(to.unsubscribe_url, self.config.site.unsubscribe_mailto)
             ),
@@ -345,9 +440,9 @@ class VariantMessage:
         body["headers"] = {
             "List-Id": self.list_id,
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-            "Feedback-ID": self.feedback_id,
-            EDITION_HEADER: self.campaign,
-            VARIANT_HEADER: self.variant_key,
+            "Feedback-ID": _refuse_unsafe("Feedback-ID", self.feedback_id),
+            EDITION_HEADER: _refuse_unsafe(EDITION_HEADER, self.campaign),
+            VARIANT_HEADER: _refuse_unsafe(VARIANT_HEADER, self.variant_key),
         }
         if self.proof:
             body["headers"][PROOF_HEADER] = "yes"
@@ -370,7 +465,7 @@ class VariantMessage:
             "custom_args": {"proof_id" if self.proof else "delivery_id": str(to.delivery_id)},
         }
         if subject is not None:
-            p["subject"] = subject
+            p["subject"] = one_line(subject)
         if substitutions:
             p["substitutions"] = substitutions
         return p
@@ -410,9 +505,9 @@ class TransactionalMessage:
         """The complete RFC 5322 message, CRLF line ends (see VariantMessage.mime)."""
         own = [
             _address_header("To", to.name, to.email),
-            _fold("Subject", content.subject),
+            _fold("Subject", content.subject, text=True),
             _date_line(when),
-            b"Message-ID: <" + to.message_id.encode("ascii") + b">\r\n",
+            _message_id_line(to.message_id),
         ]
         body = b"".join(
             [

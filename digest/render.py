@@ -214,6 +214,41 @@ def template_environment(
     return env
 
 
+def render_template(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
+    """Render one template; any mistake in it (syntax, an undefined name, a missing include,
+    an error in an expression) is one RenderError naming the template file and line."""
+    try:
+        return env.get_template(name).render(context)
+    except jinja2.TemplateSyntaxError as e:
+        where = e.filename or e.name or name
+        raise RenderError(f"template {where}, line {e.lineno}: {e.message}") from None
+    except jinja2.TemplateNotFound as e:
+        if e.name == name:
+            raise RenderError(f"template {name} not found") from None
+        raise RenderError(
+            f"template {_template_line(e) or name}: includes {e.name!r}, which is not found"
+        ) from None
+    except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as e:
+        line = _template_line(e)
+        if line is None and not isinstance(e, jinja2.TemplateError):
+            raise  # not the template's mistake
+        message = e.message if isinstance(e, jinja2.TemplateError) and e.message else str(e)
+        raise RenderError(f"template {line or name}: {message or type(e).__name__}") from None
+
+
+def _template_line(error: BaseException) -> str | None:
+    """'FILE, line N' of the innermost template frame of the error (Jinja2 rewrites its
+    tracebacks so template code reports the template's own file and line)."""
+    found = None
+    tb = error.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.endswith(".py") and not filename.startswith("<"):
+            found = f"{filename}, line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
 def _finalize(value: Any) -> Any:
     # Every value printed by a template passes here before escaping.
     if isinstance(value, str) and not isinstance(value, Markup):
@@ -674,8 +709,8 @@ class Renderer:
         if cached is not None:
             return cached
         context = self._context(sections, blocks, archive)
-        html_doc = self._template(HTML_TEMPLATE).render(context)
-        text_doc = self._template(TEXT_TEMPLATE).render(context)
+        html_doc = render_template(self.env, HTML_TEMPLATE, context)
+        text_doc = render_template(self.env, TEXT_TEMPLATE, context)
         inlined = inline_css(html_doc)
         for slot in SLOTS:
             if inlined.count(_placeholder(self.nonce, slot)) != html_doc.count(
@@ -709,16 +744,6 @@ class Renderer:
         )
         self._cache[(sections, blocks, archive)] = variant
         return variant
-
-    def _template(self, name: str) -> jinja2.Template:
-        try:
-            return self.env.get_template(name)
-        except jinja2.TemplateNotFound:
-            raise RenderError(
-                f"template {name} not found (templates_dir: {self.config.templates_dir})"
-            ) from None
-        except jinja2.TemplateSyntaxError as e:
-            raise RenderError(f"{e.filename or name}:{e.lineno}: {e.message}") from None
 
     def _context(
         self, sections: tuple[str, ...], blocks: tuple[int, ...], archive: bool

@@ -60,6 +60,7 @@ from digest.render import (
     personal_values,
     personalise,
 )
+from digest.text import csv_row
 from subscribers.audience import Recipient, audience
 
 _FINAL = (Kind.ACCEPTED, Kind.FAILED, Kind.UNKNOWN)
@@ -1013,7 +1014,8 @@ def ledger_csv(session: Session, config: Config, newsletter_id: str, edition_dat
     if edition is None:
         raise NotFound(f"no edition of {nl.id} for {edition_date}: nothing was sent")
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(ledger.csv_rows(session, edition.id))
+    rows = map(csv_row, ledger.csv_rows(session, edition.id))  # formula-safe cells
+    csv.writer(out, lineterminator="\n").writerows(rows)
     return out.getvalue()
 
 

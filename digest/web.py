@@ -8,7 +8,8 @@ Security choices, each for a reason a subscriber or a deliverability engineer wo
   set a cookie, are never cached (Cache-Control: no-store) and send no Referer to other sites
   (Referrer-Policy same-origin: "no-referrer" would make browsers send `Origin: null` on our
   own form posts).
-- A GET never changes anything (mail scanners follow links). The unsubscribe page's button posts
+- A GET or HEAD never changes anything (mail scanners follow links, some with HEAD). The
+  unsubscribe page's button posts
   the RFC 8058 body `List-Unsubscribe=One-Click`, exactly what mail clients send: the signed
   token in the URL is the whole authority, so a CSRF token would add nothing there.
 - The preferences and confirmation forms carry a signed form token bound to the page's token
@@ -18,7 +19,9 @@ Security choices, each for a reason a subscriber or a deliverability engineer wo
   a POST with a genuine unsubscribe token, which must never be lost.
 - Paths of token links are redacted from the access log and error log.
 - The public sign-up form (/subscribe/<newsletter>) is always double opt-in and gives the same
-  answer for every valid address, so it cannot be used to find out who is subscribed.
+  answer, in the same time, for every valid address: it only queues the sign-up, and the
+  confirmation email leaves from a background sender (digest.confirmations), so it cannot be
+  used to find out who is subscribed or whether the provider is up.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,12 +55,14 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from digest.clock import Clock, utcnow
 from digest.config import Config, NewsletterConfig, load_config
-from digest.confirmations import sign_up
+from digest.confirmations import ConfirmationSender, queue_sign_up
 from digest.db import ensure_schema, is_sqlite, make_engine, session_factory, transaction
 from digest.editions import Edition, get_edition
-from digest.errors import ConfigError, InputError, NotFound, ProviderError
+from digest.errors import ConfigError, InputError, NotFound
 from digest.ledger import Delivery
+from digest.limits import MAX_NAME
 from digest.render import Renderer, long_date, template_environment
+from digest.text import one_line, strip_controls, text_problem
 from digest.web_models import WebhookEvent
 from subscribers.audience import sections_for
 from subscribers.models import Subscriber, normalise_email
@@ -77,6 +82,8 @@ ONE_CLICK_FIELD = "List-Unsubscribe"
 ONE_CLICK_VALUE = "One-Click"
 FORM_MAX_AGE = timedelta(hours=12)
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a SendGrid batch holds up to a few thousand events
+MAX_FORM_FIELD_BYTES = 64 * 1024
+MAX_FORM_PARTS = 200
 PUBLIC_STATUSES = ("frozen", "sent")
 _TOKEN_PATH = re.compile(r"(/(?:[up]|confirm)/)[^\s?#/]+")
 
@@ -278,8 +285,12 @@ class _Web:
         return response
 
 
-def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock) -> Flask:
-    """The WSGI app. Fails at once (ConfigError) when the link secret or webhook key is unusable."""
+def create_app(
+    config: Config, sessions: sessionmaker[Session], *, clock: Clock, background: bool = False
+) -> Flask:
+    """The WSGI app. Fails at once (ConfigError) when the link secret or webhook key is unusable.
+    With `background`, each process serving it also runs the confirmation sender (sign-ups
+    from the form are emailed from there); app.extensions["digest.sender"] is that sender."""
     engine = sessions.kw.get("bind")
     web = _Web(
         config=config,
@@ -299,7 +310,14 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
     )
     app = _App(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # Our forms hold an address, a name and a few section names (Flask >= 3.1 enforces these).
+    app.config["MAX_FORM_MEMORY_SIZE"] = MAX_FORM_FIELD_BYTES
+    app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
     app.extensions["digest"] = web
+    if background:
+        sender = ConfirmationSender(config, sessions, clock=clock, lock=web.write_lock)
+        app.extensions["digest.sender"] = sender
+        app.before_request(sender.ensure_running)
     if config.web.proxy_hops:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=config.web.proxy_hops, x_proto=config.web.proxy_hops
@@ -337,7 +355,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         if found is None:
             return web.invalid_link()
         data, nl = found
-        if request.method == "GET":
+        if request.method != "POST":  # GET, or HEAD (Flask answers HEAD with the GET view)
             prefs = make_token(web.secret, data.subscriber_id, nl.id, "preferences")
             return web.page(
                 "web/unsubscribe.html",
@@ -368,7 +386,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         if found is None:
             return web.invalid_link()
         data, nl = found
-        if request.method == "GET":
+        if request.method != "POST":
             with web.sessions() as session:
                 state = _preference_state(session, data.subscriber_id, nl)
             if state is None:
@@ -415,7 +433,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         if found is None or confirmation_expired(found[0], clock()):
             return web.invalid_link()
         data, nl = found
-        if request.method == "GET":
+        if request.method != "POST":
             with web.sessions() as session:
                 status = _membership_status(session, data.subscriber_id, nl.id)
             if status is None:
@@ -448,7 +466,7 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         refused = web.limited()
         if refused is not None:
             return refused
-        if request.method == "GET":
+        if request.method != "POST":
             return _subscribe_page(web, nl)
         if not _form_accepted(web, config, _signup_binding(nl), clock().timestamp()):
             return web.page(
@@ -461,27 +479,16 @@ def create_app(config: Config, sessions: sessionmaker[Session], *, clock: Clock)
         if request.form.get(HONEYPOT_FIELD):
             return web.page("web/check_inbox.html", masthead=nl.title, newsletter=nl)
         email = request.form.get("email", "")
-        name = request.form.get("name", "").strip()[:200] or None
+        # Cleaned, not refused: a name is optional and never worth an error page.
+        name = one_line(request.form.get("name", ""))[:MAX_NAME].strip() or None
         try:
-            check_email(email)
+            address = check_email(email)
         except InputError:
             return _subscribe_page(
                 web, nl, email=email, name=name or "", error=_INVALID_EMAIL, status=400
             )
-        try:
-            _web_sign_up(web, nl, email, name)
-        except ProviderError as e:
-            # The message names the address: keep it out of the log.
-            log.warning("web signup: provider failed: newsletter=%s %s", nl.id, type(e).__name__)
-            response = web.page(
-                "web/message.html",
-                503,
-                masthead=nl.title,
-                heading="Please try again later",
-                text="We could not send the confirmation email just now. Please try again in a few minutes.",
-            )
-            response.headers["Retry-After"] = "300"
-            return response
+        with web.unit() as session:
+            queue_sign_up(session, nl, address, name, at=clock())
         log.info("web signup: newsletter=%s", nl.id)
         return web.page("web/check_inbox.html", masthead=nl.title, newsletter=nl)
 
@@ -658,23 +665,6 @@ def _subscribe_page(
     )
 
 
-def _web_sign_up(web: _Web, nl: NewsletterConfig, email: str, name: str | None) -> None:
-    """Sign up with double opt-in even when the newsletter skips it: a public form cannot
-    prove that the address belongs to the person who typed it. Suppressed, bounced or
-    complained addresses are refused by subscribe() and silently ignored here, so the page
-    never tells whether an address is known."""
-    with web.write_lock, contextlib.suppress(InputError):
-        sign_up(
-            web.config,
-            web.sessions,
-            replace(nl, double_opt_in=True),
-            email,
-            at=web.clock(),
-            name=name,
-            source="web",
-        )
-
-
 # --- unsubscribe and preferences (units of work) --------------------------------------------
 
 
@@ -800,7 +790,7 @@ def apply_events(session: Session, events: list[dict[str, Any]], *, at: datetime
     """Apply a batch of SendGrid events in the caller's transaction: suppressions,
     unsubscribes and ledger updates, each event once (by sg_event_id)."""
     outcome = EventOutcome()
-    ids = [str(e["sg_event_id"]) for e in events if e.get("sg_event_id")]
+    ids = [_event_id(e) for e in events if e.get("sg_event_id")]
     seen: set[str] = set()
     for chunk in range(0, len(ids), 500):
         seen.update(
@@ -811,8 +801,8 @@ def apply_events(session: Session, events: list[dict[str, Any]], *, at: datetime
             )
         )
     for event in events:
-        kind = str(event.get("event") or "")
-        event_id = str(event.get("sg_event_id") or "")[:100]
+        kind = strip_controls(str(event.get("event") or ""))
+        event_id = _event_id(event)
         if event_id:
             if event_id in seen:
                 outcome.add("duplicate")
@@ -824,8 +814,15 @@ def apply_events(session: Session, events: list[dict[str, Any]], *, at: datetime
     return outcome
 
 
+def _event_id(event: dict[str, Any]) -> str:
+    # Event fields are stored and looked up: nothing that is not text (PostgreSQL refuses NUL).
+    return strip_controls(str(event.get("sg_event_id") or ""))[:100]
+
+
 def _apply_event(session: Session, kind: str, event: dict[str, Any], at: datetime) -> str:
     email = normalise_email(str(event.get("email") or ""))
+    if text_problem(email):
+        email = ""  # not an address anyone has: matches no row, suppresses nothing
     row = _delivery_of(session, event, email)
     if kind in CONFIRMING:
         if row is None:
@@ -837,7 +834,7 @@ def _apply_event(session: Session, kind: str, event: dict[str, Any], at: datetim
             row.provider_message_id = _message_id(event)
         return kind
     if kind in FAILING:
-        reason = str(event.get("reason") or event.get("type") or kind)
+        reason = strip_controls(str(event.get("reason") or event.get("type") or kind))
         if row is not None:
             row.state, row.settled_at = "failed", at
             row.last_error = f"{kind}: {reason}"[:2000]
@@ -869,7 +866,7 @@ def _delivery_of(session: Session, event: dict[str, Any], email: str) -> Deliver
 
 def _message_id(event: dict[str, Any]) -> str | None:
     # sg_message_id is the X-Message-Id of the send request plus a per-recipient suffix.
-    raw = str(event.get("sg_message_id") or "")
+    raw = strip_controls(str(event.get("sg_message_id") or ""))
     return raw.partition(".")[0][:255] or None
 
 
@@ -929,7 +926,10 @@ def serve(
 ) -> None:
     """Run the app on werkzeug's threaded server until interrupted; `on_ready` gets the URL
     once the socket is bound (for production use gunicorn behind a reverse proxy, see README)."""
-    server = make_web_server(create_app(config, sessions, clock=clock), host, port)
+    app = create_app(config, sessions, clock=clock, background=True)
+    sender: ConfirmationSender = app.extensions["digest.sender"]
+    sender.ensure_running()
+    server = make_web_server(app, host, port)
     if on_ready is not None:
         on_ready(f"http://{host}:{server.server_port}")
     try:
@@ -938,6 +938,7 @@ def serve(
         pass
     finally:
         server.server_close()
+        sender.stop(timeout=10)
 
 
 def wsgi_app(config_path: str | None = None) -> Flask:
@@ -945,4 +946,4 @@ def wsgi_app(config_path: str | None = None) -> Flask:
     config = load_config(config_path)
     engine = make_engine(config.database_url)
     ensure_schema(engine)
-    return create_app(config, session_factory(engine), clock=utcnow)
+    return create_app(config, session_factory(engine), clock=utcnow, background=True)

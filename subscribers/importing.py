@@ -26,6 +26,15 @@ from sqlalchemy.sql.expression import bindparam
 
 from digest.config import Config, NewsletterConfig
 from digest.errors import InputError
+from digest.limits import (
+    MAX_ATTRIBUTE_NAME,
+    MAX_ATTRIBUTE_VALUE,
+    MAX_IMPORT_FILE_BYTES,
+    MAX_NAME,
+    MAX_TAG,
+    read_bounded,
+)
+from digest.text import csv_row, csv_value, line_problem
 from subscribers.audience import sections_for
 from subscribers.models import (
     Attribute,
@@ -84,6 +93,23 @@ class ImportReport:
 
     def error_lines(self) -> list[str]:
         return [f"{self.file}: row {e.row}: {e.reason}" for e in self.errors]
+
+    @property
+    def all_rejected(self) -> bool:
+        return self.rejected > 0 and not (
+            self.added or self.updated or self.unchanged or self.suppressed
+        )
+
+
+def check_import(report: ImportReport, *, strict: bool = False) -> None:
+    """InputError (exit 1) when every row was rejected, or with `strict` when any was; the
+    caller rolls its transaction back, so nothing is imported then."""
+    if strict and report.rejected:
+        raise InputError(
+            f"{report.file}: --strict: {report.rejected} row(s) rejected, so nothing was imported"
+        )
+    if report.all_rejected:
+        raise InputError(f"{report.file}: every row was rejected; nothing was imported")
 
 
 class AddressChecker:
@@ -146,6 +172,10 @@ def _parse(text: str, file: str, newsletter: NewsletterConfig) -> tuple[list[_Ro
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = [h.strip().lower() for h in next(reader)]
+        for h in header:
+            problem = line_problem(h)
+            if problem:
+                raise InputError(f"{file}: header cell {h[:40]!r} {problem}; nothing was imported")
         if "email" not in header:
             found = ", ".join(h for h in header if h)[:200] or "nothing"
             raise InputError(
@@ -162,7 +192,11 @@ def _parse(text: str, file: str, newsletter: NewsletterConfig) -> tuple[list[_Ro
             f"{file}: not valid CSV near line {reader.line_num}: {e}; nothing was imported"
         ) from None
 
-    attr_cols = [(i, h) for i, h in enumerate(header) if h and h not in RESERVED and len(h) <= 100]
+    attr_cols = [
+        (i, h)
+        for i, h in enumerate(header)
+        if h and h not in RESERVED and len(h) <= MAX_ATTRIBUTE_NAME
+    ]
     col = {h: i for i, h in enumerate(header) if h}
     zones = available_timezones()
     rows: list[_Row] = []
@@ -180,8 +214,16 @@ def _parse(text: str, file: str, newsletter: NewsletterConfig) -> tuple[list[_Ro
     )
 
     for number, values in raw_rows:
-        if not "".join(values).strip():
+        joined = "".join(values)
+        if not joined.strip():
             continue
+        if line_problem(joined):  # rare: only then look for the cell
+            i, problem = next((i, p) for i, v in enumerate(values) if (p := line_problem(v)))
+            column = header[i] if i < width and header[i] else f"column {i + 1}"
+            errors.append(RowError(number, f"{column} {problem}"))
+            continue
+        if "'" in joined:  # cells an export escaped against formulas ('=...)
+            values = [csv_value(v) for v in values]
         if len(values) > width and any(v.strip() for v in values[width:]):
             errors.append(
                 RowError(number, f"{len(values)} cells but the header names {width} columns")
@@ -230,14 +272,20 @@ def _parse(text: str, file: str, newsletter: NewsletterConfig) -> tuple[list[_Ro
         name = cell(values, name_i) or None
         if max(map(len, values)) > 100:  # rare: only then look for the cell that is too long
             too_long = next(
-                (k for k, v in attributes.items() if len(v) > 500),
-                "name" if name and len(name) > 300 else None,
+                (
+                    f"{k} is longer than {MAX_ATTRIBUTE_VALUE} characters"
+                    for k, v in attributes.items()
+                    if len(v) > MAX_ATTRIBUTE_VALUE
+                ),
+                f"name is longer than {MAX_NAME} characters"
+                if name and len(name) > MAX_NAME
+                else None,
             )
             if too_long:
-                errors.append(RowError(number, f"{too_long} is too long"))
+                errors.append(RowError(number, too_long))
                 continue
-            if tags and any(len(t) > 100 for t in tags):
-                errors.append(RowError(number, "a tag is longer than 100 characters"))
+            if tags and any(len(t) > MAX_TAG for t in tags):
+                errors.append(RowError(number, f"a tag is longer than {MAX_TAG} characters"))
                 continue
         seen[email] = number
         rows.append(_Row(number, email, name, tz, sections, tags, attributes))
@@ -252,10 +300,7 @@ def import_csv(
     at: datetime,
 ) -> ImportReport:
     """Import a subscriber CSV onto `newsletter` in the caller's transaction (see module doc)."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the file: {e.strerror}") from None
+    data = read_bounded(path, MAX_IMPORT_FILE_BYTES, "subscriber CSV")
     return import_bytes(session, newsletter, data, file=str(path), at=at)
 
 
@@ -612,7 +657,7 @@ def export_csv(
         header.append("sections")
     header += ["tags", *attr_names]
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
+    writer.writerow(csv_row(header))
 
     q = select(Subscriber).order_by(Subscriber.id).limit(CHUNK)
     if newsletter is not None:
@@ -643,6 +688,6 @@ def export_csv(
             if newsletter is not None:
                 row.append("; ".join(sections[sub.id]))
             row += ["; ".join(sub.tag_names()), *(attrs.get(a, "") for a in attr_names)]
-            writer.writerow(row)
+            writer.writerow(csv_row(row))
             count += 1
         last = page[-1].id

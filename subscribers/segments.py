@@ -21,12 +21,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from types import UnionType
 
 from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from digest.config import Config, NewsletterConfig
 from digest.errors import ConfigError, NotFound
+from digest.limits import MAX_DATE, MAX_RULE_CHARS, MAX_RULE_CONDITIONS, MAX_RULE_DEPTH, MIN_DATE
 from subscribers.models import Attribute, Membership, SectionPreference, Subscriber, Tag
 
 FIELDS: dict[str, InstrumentedAttribute[str] | InstrumentedAttribute[str | None]] = {
@@ -103,16 +105,18 @@ def render(rule: Rule) -> str:
         case DateCompare(field, op, day):
             return f"{field} {op} {day.isoformat()}"
         case Not(operand):
-            return f"not {_render_operand(operand)}"
+            return f"not {_render_operand(operand, And | Or)}"
         case And(left, right):
-            return f"{_render_operand(left)} and {_render_operand(right)}"
+            return f"{_render_operand(left, Or)} and {_render_operand(right, And | Or)}"
         case Or(left, right):
-            return f"{_render_operand(left)} or {_render_operand(right)}"
+            # `or` and `and` chain to the left: only a right-hand `or` needs parentheses,
+            # so a long chain renders flat (and stays within MAX_RULE_DEPTH when parsed back).
+            return f"{render(left)} or {_render_operand(right, Or)}"
     raise AssertionError(rule)
 
 
-def _render_operand(rule: Rule) -> str:
-    return f"({render(rule)})" if isinstance(rule, And | Or) else render(rule)
+def _render_operand(rule: Rule, bracketed: type | UnionType) -> str:
+    return f"({render(rule)})" if isinstance(rule, bracketed) else render(rule)
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -162,8 +166,12 @@ def _error(segment: str, problem: str) -> ConfigError:
 class _Parser:
     def __init__(self, rule: str, segment: str) -> None:
         self.segment = segment
+        if len(rule) > MAX_RULE_CHARS:
+            raise self.error(f"rule is longer than {MAX_RULE_CHARS} characters")
         self.tokens = _tokenise(rule, segment)
         self.i = 0
+        self.depth = 0  # of `not` and `(` around the token being read
+        self.conditions = 0
 
     def error(self, problem: str) -> ConfigError:
         return _error(self.segment, problem)
@@ -209,16 +217,30 @@ class _Parser:
 
     def not_(self) -> Rule:
         tok = self.take()
-        if self.is_word(tok, "not"):
-            return Not(self.not_())
-        if tok.kind == "paren" and tok.text == "(":
-            rule = self.or_()
-            close = self.peek()
-            if close is None or close.text != ")":
-                raise self.error(f"missing ')' for the '(' at character {tok.pos + 1}")
-            self.take()
+        if self.is_word(tok, "not") or (tok.kind == "paren" and tok.text == "("):
+            self.depth += 1
+            if self.depth > MAX_RULE_DEPTH:
+                raise self.error(
+                    f"rule nests 'not' and '(' more than {MAX_RULE_DEPTH} deep "
+                    f"(at character {tok.pos + 1})"
+                )
+            rule = self._nested(tok)
+            self.depth -= 1
             return rule
+        self.conditions += 1
+        if self.conditions > MAX_RULE_CONDITIONS:
+            raise self.error(f"rule has more than {MAX_RULE_CONDITIONS} conditions")
         return self.condition(tok)
+
+    def _nested(self, tok: _Tok) -> Rule:
+        if tok.kind == "word":  # not
+            return Not(self.not_())
+        rule = self.or_()
+        close = self.peek()
+        if close is None or close.text != ")":
+            raise self.error(f"missing ')' for the '(' at character {tok.pos + 1}")
+        self.take()
+        return rule
 
     def string(self, after: str) -> str:
         tok = self.peek()
@@ -271,6 +293,8 @@ class _Parser:
                 day = date.fromisoformat(day_tok.text)
             except ValueError:
                 raise self.error(f"{day_tok.text!r} is not a valid date") from None
+            if not MIN_DATE <= day <= MAX_DATE:
+                raise self.error(f"{day_tok.text} is outside {MIN_DATE.year}-{MAX_DATE.year}")
             return DateCompare(name, op.text.lower(), day)
         if name in KEYWORDS:
             raise self.error(f"expected a condition, found {self.where(tok)}")

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 
 from digest.config import Config, NewsletterConfig
 from digest.errors import InputError, NotFound
+from digest.limits import MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTE_VALUE, MAX_NAME, MAX_TAG
+from digest.text import line_problem
 from subscribers.audience import find_subscriber, sections_for
 from subscribers.models import (
     Attribute,
@@ -45,10 +47,22 @@ def check_email(raw: str) -> str:
     return normalise_email(address)
 
 
+def check_line(value: str, what: str, limit: int) -> str:
+    """`value` stripped, if it is one line of at most `limit` characters without control
+    characters (it may end up in a header or a spreadsheet); InputError naming `what` else."""
+    problem = line_problem(value)
+    if problem:
+        raise InputError(f"{what} {problem}")
+    value = value.strip()
+    if len(value) > limit:
+        raise InputError(f"{what} is longer than {limit} characters")
+    return value
+
+
 def check_timezone(tz: str) -> str:
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long
         raise InputError(f"{tz!r} is not an IANA time zone (e.g. Europe/Berlin)") from None
     return tz
 
@@ -100,21 +114,22 @@ def _set_details(
     timezone: str | None,
 ) -> None:
     if name:
-        sub.name = name.strip()
+        sub.name = check_line(name, "name", MAX_NAME) or sub.name
     if timezone:
         sub.timezone = check_timezone(timezone)
     current = {a.name: a for a in sub.attributes}
     for key, value in attributes.items():
-        key = key.strip().lower()
+        key = check_line(key, "attribute name", MAX_ATTRIBUTE_NAME).lower()
         if key in RESERVED or not key:
             raise InputError(f"{key!r} cannot be used as an attribute name")
+        value = check_line(value, f"attribute {key}", MAX_ATTRIBUTE_VALUE)
         if key in current:
             current[key].value = value
         else:
             sub.attributes.append(Attribute(name=key, value=value))
     have = {t.tag for t in sub.tags}
     for tag in tags:
-        tag = tag.strip().lower()
+        tag = check_line(tag, "tag", MAX_TAG).lower()
         if tag and tag not in have:
             sub.tags.append(Tag(tag=tag))
             have.add(tag)
@@ -237,6 +252,8 @@ def subscribe(
     (the returned link goes in the confirmation email); without it they are active at once.
     Signing up again after unsubscribing is allowed (it is their own request)."""
     address = check_email(email)
+    if name:
+        name = check_line(name, "name", MAX_NAME) or None
     _refuse_suppressed(session, address)
     sub = session.scalar(select(Subscriber).where(Subscriber.email == address))
     pending = newsletter.double_opt_in
@@ -244,7 +261,7 @@ def subscribe(
         sub = Subscriber(
             email=address,
             email_hash=email_hash(address),
-            name=name.strip() if name else None,
+            name=name,
             status="pending" if pending else "active",
             created_at=at,
             confirmed_at=None if pending else at,
@@ -254,7 +271,7 @@ def subscribe(
         session.flush()
     else:
         if name:
-            sub.name = name.strip()
+            sub.name = name
         if sub.status in ("bounced", "complained"):
             raise InputError(
                 f"{address} is {sub.status}: mail to it does not arrive or is unwanted"

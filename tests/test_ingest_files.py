@@ -277,16 +277,27 @@ def test_non_strict_sections_keep_the_given_name(
     assert [a.section for a in by_guid(sessions).values()] == ["Crime"]
 
 
-def test_text_is_cleaned_of_control_characters(
+def test_control_characters_reject_a_title_and_are_dropped_from_long_text(
     sessions: sessionmaker[Session], now: datetime, tmp_path: Path
 ) -> None:
     path = tmp_path / "ctl.json"
     # ASCII JSON with escapes: a NUL, a C1 control and a lone surrogate, none storable as text.
-    path.write_text(json.dumps([story(title="  Nul\u0000 and C1\u0085 gone  ", dek="\ud800x")]))
+    items = [
+        story(title="Nul\u0000 in a headline"),
+        story(url="https://x.example/c1", title="C1\u0085 in a headline"),
+        story(
+            url="https://x.example/ok", title="  Wrapped\n headline ", dek="C1\u0085 \ud800x\u0000"
+        ),
+    ]
+    path.write_text(json.dumps(items))
     (report,) = ingest(sessions, path, at=now)
     assert report.new == 1
+    assert report.rejections == [
+        "ctl.json: item 1: title contains the control character U+0000 (NUL)",
+        "ctl.json: item 2: title contains the control character U+0085 (NEXT LINE)",
+    ]
     (article,) = by_guid(sessions).values()
-    assert (article.title, article.dek) == ("Nul and C1 gone", "\ufffdx")
+    assert (article.title, article.dek) == ("Wrapped headline", "C1 \ufffdx")
 
 
 @pytest.mark.parametrize(

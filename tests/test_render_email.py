@@ -332,5 +332,5 @@ def test_a_broken_template_is_one_clear_error(config: Config, tmp_path: Path) ->
 
     (tmp_path / "digest.txt").write_text("{% for %}", encoding="utf-8")
     custom = dataclasses.replace(config, templates_dir=tmp_path)
-    with pytest.raises(RenderError, match=r"digest\.txt:1: "):
+    with pytest.raises(RenderError, match=r"digest\.txt, line 1: "):
         Renderer(custom, config.newsletter("daily"), make_edition()).variant(())

@@ -90,7 +90,7 @@ def test_bad_rows_are_reported_and_good_rows_imported(
         "Entertainment)",
         "list.csv: row 7: timezone 'Mars/Base' is not an IANA time zone",
         "list.csv: row 8: 5 cells but the header names 4 columns",
-        "list.csv: row 10: name is too long",
+        "list.csv: row 10: name is longer than 300 characters",
     ]
     assert find_subscriber(session, "ann@example.com").name == "Ann"
 

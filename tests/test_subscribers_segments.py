@@ -99,7 +99,7 @@ _leaf = st.one_of(
         DateCompare,
         st.sampled_from(["created", "confirmed"]),
         st.sampled_from(["before", "after"]),
-        st.dates(min_value=date(1000, 1, 1)),
+        st.dates(min_value=date(1970, 1, 1), max_value=date(2199, 12, 31)),
     ),
 )
 _rules: st.SearchStrategy[Rule] = st.recursive(

@@ -1,11 +1,12 @@
 """The public sign-up form /subscribe/<newsletter>: always double opt-in, the same answer
-whatever the address's state, and the form, rate-limit and logging rules of the other pages."""
+whatever the address's state, and the form, rate-limit and logging rules of the other pages.
+The form only queues a sign-up; `deliver` runs the confirmation sender as digest serve does."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest.clock import fixed
 from digest.config import Config, SmtpConfig
+from digest.confirmations import CONFIRM_COOLDOWN, SignUpDelivery, deliver_sign_ups
 from digest.web import create_app, make_form_token
+from digest.web_models import SignupRequest
 from subscribers.models import Consent, Subscriber
 from subscribers.service import suppress, unsubscribe
 from tests.confirm_support import csrf_of, link_path, opt_in, parse
@@ -56,6 +59,16 @@ def post(client: FlaskClient, email: str, **fields: str):  # type: ignore[no-unt
     return client.post(FORM, data=data)
 
 
+def deliver(cfg: Config, sessions: sessionmaker[Session], at: datetime) -> SignUpDelivery:
+    """One pass of the confirmation sender, as digest serve runs every few seconds."""
+    return deliver_sign_ups(cfg, sessions, clock=fixed(at))
+
+
+def queued(sessions: sessionmaker[Session]) -> list[SignupRequest]:
+    with sessions() as s:
+        return list(s.scalars(select(SignupRequest).order_by(SignupRequest.id)))
+
+
 def subscriber(sessions: sessionmaker[Session], email: str) -> Subscriber | None:
     with sessions() as s:
         return s.scalar(select(Subscriber).where(Subscriber.email == email))
@@ -74,10 +87,14 @@ def test_the_form_names_the_newsletter_and_asks_for_consent(client: FlaskClient)
 
 
 def test_signing_up_emails_a_link_that_confirms_even_without_double_opt_in_configured(
-    client: FlaskClient, cfg: Config, sessions: sessionmaker[Session]
+    client: FlaskClient, cfg: Config, sessions: sessionmaker[Session], now: datetime
 ) -> None:
     r = post(client, "New@Example.com", name="Nia")
     assert r.status_code == 200 and CHECK_INBOX in r.get_data(as_text=True)
+    # The request itself only queued the sign-up: nothing stored about the person, no email.
+    assert subscriber(sessions, "new@example.com") is None and outbox(cfg) == []
+    assert [q.email for q in queued(sessions)] == ["new@example.com"]
+    assert deliver(cfg, sessions, now).sent == 1
     sub = subscriber(sessions, "new@example.com")
     assert sub is not None and sub.source == "web" and sub.name == "Nia"
     assert membership(sessions, sub.id).status == "pending"  # not active on a form post alone
@@ -98,6 +115,7 @@ def test_every_known_address_gets_the_same_page_and_suppressed_ones_no_email(
     client: FlaskClient, cfg: Config, sessions: sessionmaker[Session], now: datetime
 ) -> None:
     fresh = post(client, "fresh@example.com").get_data(as_text=True)
+    deliver(cfg, sessions, now)
     assert len(outbox(cfg)) == 1
 
     active = add_reader(sessions, cfg, "active@example.com", now)
@@ -109,18 +127,24 @@ def test_every_known_address_gets_the_same_page_and_suppressed_ones_no_email(
     for email in ("fresh@example.com", "active@example.com", "blocked@example.com"):
         r = post(client, email)
         assert r.status_code == 200 and r.get_data(as_text=True) == fresh, email
+    # No email for the active or suppressed address, and none again for the pending one
+    # within the cooldown (the link it got minutes ago still works).
+    assert deliver(cfg, sessions, now) == SignUpDelivery(skipped=3)
     assert membership(sessions, active).status == "active"
     assert subscriber(sessions, "blocked@example.com") is None
-    # A fresh link for the pending one (its file is rewritten), none for active or suppressed.
     assert recipients(cfg) == ["fresh@example.com"]
 
     r = post(client, "bounced@example.com")
     assert r.get_data(as_text=True) == fresh
     r = post(client, "gone@example.com")
     assert r.get_data(as_text=True) == fresh
+    assert deliver(cfg, sessions, now) == SignUpDelivery(sent=1, skipped=1)
     # Signing up again after leaving is the person's own request: it needs a new confirmation.
     assert membership(sessions, gone).status == "pending"
     assert recipients(cfg) == ["fresh@example.com", "gone@example.com"]
+    # After the cooldown, signing up again sends a fresh link (its file is rewritten).
+    post(client, "fresh@example.com")
+    assert deliver(cfg, sessions, now + CONFIRM_COOLDOWN * 2).sent == 1
 
 
 def test_a_filled_honeypot_is_accepted_silently_and_changes_nothing(
@@ -129,7 +153,7 @@ def test_a_filled_honeypot_is_accepted_silently_and_changes_nothing(
     r = post(client, "bot@example.com", website="https://spam.example")
     assert r.status_code == 200 and CHECK_INBOX in r.get_data(as_text=True)
     assert subscriber(sessions, "bot@example.com") is None
-    assert outbox(cfg) == []
+    assert outbox(cfg) == [] and queued(sessions) == []
 
 
 def test_posts_without_the_form_token_or_from_another_site_are_refused(
@@ -181,8 +205,12 @@ def test_sign_ups_are_rate_limited_per_client(
     assert r.status_code == 200
 
 
-def test_a_provider_failure_asks_to_try_later_and_never_logs_the_address(
-    cfg: Config, sessions: sessionmaker[Session], now: datetime, caplog: pytest.LogCaptureFixture
+def test_a_provider_outage_is_retried_by_the_sender_and_never_logs_the_address(
+    client: FlaskClient,
+    cfg: Config,
+    sessions: sessionmaker[Session],
+    now: datetime,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     down = replace(cfg.newsletter("daily"), provider="smtp")
     broken = replace(
@@ -190,12 +218,28 @@ def test_a_provider_failure_asks_to_try_later_and_never_logs_the_address(
         newsletters={**cfg.newsletters, "daily": down},
         smtp=SmtpConfig(port=free_port(), timeout=2),  # nothing listens there
     )
-    client = create_app(unlimited(broken), sessions, clock=fixed(now)).test_client()
     with caplog.at_level(logging.DEBUG):
         r = post(client, "reader@example.org")
-        assert r.status_code == 503 and "try again" in r.get_data(as_text=True).lower()
-        # Once the provider is back, signing up again sends a fresh link.
-        good = create_app(unlimited(cfg), sessions, clock=fixed(now)).test_client()
-        assert post(good, "reader@example.org").status_code == 200
+        assert r.status_code == 200 and CHECK_INBOX in r.get_data(as_text=True)
+        assert deliver(broken, sessions, now) == SignUpDelivery(retrying=1)
+        (waiting,) = queued(sessions)
+        assert waiting.attempts == 1 and waiting.next_attempt_at > now
+        assert deliver(cfg, sessions, now) == SignUpDelivery()  # not due yet
+        # Once the provider is back, the next pass after the backoff sends the link.
+        assert deliver(cfg, sessions, waiting.next_attempt_at).sent == 1
     assert len(outbox(cfg)) == 1
     assert "reader@example.org" not in caplog.text
+
+
+def test_a_sign_up_is_dropped_after_a_day_of_provider_failures(
+    client: FlaskClient, cfg: Config, sessions: sessionmaker[Session], now: datetime
+) -> None:
+    broken = replace(
+        cfg,
+        newsletters={**cfg.newsletters, "daily": replace(cfg.newsletter("daily"), provider="smtp")},
+        smtp=SmtpConfig(port=free_port(), timeout=2),
+    )
+    post(client, "reader@example.org")
+    assert deliver(broken, sessions, now).retrying == 1
+    assert deliver(broken, sessions, now + timedelta(hours=25)).dropped == 1
+    assert queued(sessions) == []

@@ -6,6 +6,7 @@ name comes from the ledger row, so a re-run after a crash overwrites rather than
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -36,6 +37,9 @@ class OutboxProvider:
                 tmp.write_bytes(batch.mime(i))
                 os.replace(tmp, path)
             except OSError as e:
+                # A full disk fails the write half-way: leave no partial .tmp behind.
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
                 outcomes.append(
                     Outcome(m.delivery_id, Kind.RETRY, error=f"cannot write {path}: {e.strerror}")
                 )
