@@ -77,8 +77,10 @@ def build(config: Config, title: str, name: str, subject: str) -> bytes:
 
 
 def shown(name: str) -> str:
-    """The name intact apart from its control characters; runs of spaces are one space."""
-    return " ".join(one_line(name).split())
+    """The name intact apart from its control characters; runs of spaces are one space; cut
+    to the documented 200 characters and 400 UTF-8 bytes (at a character)."""
+    text = " ".join(one_line(name).split())[:200]
+    return text.encode("utf-8")[:400].decode("utf-8", "ignore").strip()
 
 
 def display(msg: EmailMessage, header: str) -> str:
