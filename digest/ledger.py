@@ -477,8 +477,13 @@ def unsettled(session: Session, edition_id: int) -> int:
 
 
 def fast_commits(session: Session | Connection) -> None:
-    """Per-message checkpoints on PostgreSQL need not wait for the WAL flush: they protect
-    against this process dying, not the database server losing power."""
+    """This transaction's commit need not wait for PostgreSQL's WAL flush: a power cut of the
+    database host may forget it (up to about 3 × wal_writer_delay of such commits, 600 ms by
+    default), a crash of this process never does. Only for writes whose loss cannot cause a
+    resend: settles (a forgotten `sent` leaves the row handed, so it becomes `unknown`).
+    Never for a claim or a hand-over mark: the mark is what stops a re-run sending again,
+    so it is committed durably before the bytes go out (and with it the WAL of every fast
+    commit before it)."""
     if not _sqlite(session):
         session.execute(text("SET LOCAL synchronous_commit TO OFF"))
 

@@ -617,7 +617,10 @@ class _Worker:
         final = [o for o in settled if o.kind in _FINAL]
         # SMTP calls this once per message.
         with self._write() as session:
-            ledger.fast_commits(session)
+            if not handed:
+                # Settles alone may be forgotten by a database power cut (the row falls back
+                # to handed, then `unknown`: no resend); a hand-over mark must not be.
+                ledger.fast_commits(session)
             if handed:
                 ledger.mark_handed(session, handed, self.worker, self.clock())
             if final:
