@@ -908,7 +908,9 @@ def _worker_process(
     results: Any,
 ) -> None:
     from digest.errors import DigestError
+    from digest.lifeline import die_with_parent
 
+    die_with_parent()  # kill -9 of `digest send` stops its workers too
     engine = make_engine(url)
     sessions = session_factory(engine)
     nl = config.newsletter(newsletter_id)
