@@ -652,6 +652,11 @@ def subscribers_add(app: App, email, newsletter_id, name, tags, attrs, sections,
             timezone=timezone,
         )
         click.echo(f"added {sub.email} (id {sub.id}) to {nl.id}")
+    from subscribers.service import reach_note
+
+    note = reach_note(sub.email)
+    if note:
+        click.echo(note)
 
 
 @subscribers_group.command("subscribe")
@@ -843,6 +848,8 @@ def subscribers_import(app: App, file, newsletter_id, strict):
         for line in report.error_lines():
             click.echo(f"rejected: {line}", err=True)
         click.echo(report.summary())
+        for note in report.notes():
+            click.echo(note)
         check_import(report, strict=strict)  # raising rolls the import back
 
 

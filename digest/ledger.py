@@ -522,6 +522,8 @@ class LedgerReport:
     # sections and differ by their blocks).
     variant_blocks: dict[str, tuple[int, ...]] = field(default_factory=dict)
     approval: str = ""  # who signed the edition off (digest.desk)
+    # Rows settled by a provider's later event (SendGrid's webhook), by state.
+    resolved: dict[str, int] = field(default_factory=dict)
 
 
 def report(session: Session, edition_id: int, max_failures: int = 200) -> LedgerReport:
@@ -565,6 +567,7 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
         failures,
         blocks,
         approval_text(edition),
+        resolved_counts(session, edition_id),
     )
 
 
@@ -608,3 +611,72 @@ def csv_rows(session: Session, edition_id: int) -> Iterable[tuple[object, ...]]:
         yield tuple(
             "" if v is None else v.isoformat() if isinstance(v, datetime) else v for v in row
         )
+
+
+# --- rows settled by what the provider reports later (issue 12: resolving `unknown`) --------
+#
+# SendGrid's Event Webhook (digest.web) names the ledger row of each event by the
+# `delivery_id` custom arg. A row whose fate is open — `unknown` (no answer came back),
+# `sending` (the answer is on its way), `pending` (reopened by --resend-unknown) — is settled
+# by it: the provider has the message, so sending it again would be a duplicate. The note in
+# last_error says so ("resolved by SendGrid event delivered at …"), and `sends report` counts
+# those rows. Precedence keeps the end state independent of arrival order: a refusal (bounce,
+# drop) marks the row failed whatever came before; an acceptance never undoes a refusal.
+
+OPEN_STATES = ("unknown", "sending", "pending")
+RESOLVED_BY = "resolved by "
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    """What a provider reported later about one ledger row, in provider-neutral terms."""
+
+    delivery_id: int
+    provider: str  # as a reader knows it: "SendGrid"
+    event: str  # the provider's own word: "processed", "delivered", "bounce"
+    accepted: bool  # True: the provider has or delivered it; False: refused for good
+    at: datetime  # when the provider says it happened
+    detail: str = ""  # its reason for a refusal
+    provider_message_id: str | None = None
+
+
+def resolution_note(event: ProviderEvent) -> str:
+    return f"{RESOLVED_BY}{event.provider} event {event.event} at {event.at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def apply_provider_event(session: Session, event: ProviderEvent, now: datetime) -> str:
+    """Settle a row from a provider's later report; returns "resolved" when it settled an
+    open row, "failed" when it failed a settled one, "confirmed" when it changed nothing
+    (a `sent` row delivered, or a closed row), "unmatched" when there is no such row."""
+    row = session.get(Delivery, event.delivery_id)
+    if row is None:
+        return "unmatched"
+    was_open = row.state in OPEN_STATES
+    if event.accepted:
+        if was_open:
+            row.state, row.settled_at, row.last_error = "sent", now, resolution_note(event)
+            row.claimed_by = row.claimed_at = None
+        if row.state == "sent" and not row.provider_message_id:
+            row.provider_message_id = event.provider_message_id
+        return "resolved" if was_open else "confirmed"
+    # An open row, or one an earlier event resolved, keeps saying how it was settled.
+    resolved = was_open or RESOLVED_BY in (row.last_error or "")
+    reason = f"{event.event}: {event.detail}" if event.detail else event.event
+    row.state, row.settled_at = "failed", now
+    row.claimed_by = row.claimed_at = None
+    row.last_error = (f"{reason} ({resolution_note(event)})" if resolved else reason)[:2000]
+    return "resolved" if was_open else "failed"
+
+
+def resolved_counts(session: Session, edition_id: int) -> dict[str, int]:
+    """Rows of an edition settled by a provider's event rather than its answer, by state."""
+    rows = session.execute(
+        select(Delivery.state, func.count())
+        .where(
+            Delivery.edition_id == edition_id,
+            Delivery.last_error.like(f"%{RESOLVED_BY}% event %"),
+        )
+        .group_by(Delivery.state)
+    ).all()
+    found = {state: int(n) for state, n in rows}
+    return {state: found[state] for state in STATES if state in found}

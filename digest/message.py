@@ -91,16 +91,44 @@ def _one_spaced(name: str) -> str:
     return " ".join(one_line(name).split())
 
 
+def wire_address(address: str) -> str:
+    """An address as it goes on the wire: ASCII whenever it can be, so every server and API
+    takes it — an internationalised domain in its IDNA form (`user@xn--bcher-kva.example`,
+    RFC 5890); only a mailbox name that is not ASCII (`zoë@example.de`) stays UTF-8, and that
+    needs SMTPUTF8 (RFC 6531) on the way (see needs_smtputf8)."""
+    return address if address.isascii() else _international(address)
+
+
+@lru_cache(maxsize=4096)
+def _international(address: str) -> str:
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        checked = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as e:
+        raise HeaderError(f"{address[:80]!r} is not a valid email address: {e}") from None
+    return checked.ascii_email or checked.normalized
+
+
+def needs_smtputf8(address: str) -> bool:
+    """Whether the address has a non-ASCII mailbox name: only SMTPUTF8 (RFC 6531) carries
+    it, in the envelope and in the message's own headers (RFC 6532)."""
+    return not address.isascii() and not wire_address(address).isascii()
+
+
 def mailbox(name: str | None, address: str, header: str = "To") -> str:
     """`Name <address>` for a header, or the bare address when there is no name. A name that
     is not ASCII, or that looks like an RFC 2047 encoded word ("=?"), is sent encoded, so no
-    reader decodes text the name only pretended to be."""
-    address = _address(header, address)
+    reader decodes text the name only pretended to be. The address is its wire form: ASCII,
+    or UTF-8 for a non-ASCII mailbox name (an encoded word cannot carry an address)."""
+    address = wire_address(_address(header, address))
     shown = display_name(name)
     if not shown:
         return address
     if shown.isascii() and "=?" not in shown:
-        return formataddr((shown, address))  # quotes specials
+        # formataddr quotes specials, but refuses an address that is not ASCII.
+        quoted = formataddr((shown, "a@b"))
+        return f"{quoted[: -len('<a@b>')]}<{address}>"
     return f"{_UTF8.header_encode(shown)} <{address}>"
 
 
@@ -178,21 +206,22 @@ def _checked_mailto(mailto: str) -> str:
     return _address("List-Unsubscribe", mailto)
 
 
-def _fold(name: str, value: str, *, text: bool = False) -> bytes:
+def _fold(name: str, value: str, *, text: bool = False, utf8: bool = False) -> bytes:
     """One header line, folded at spaces to 78 columns; non-ASCII text as RFC 2047 encoded
     words. (email.policy.SMTP's own folder puts a long value on a continuation line, which
     the stdlib parser then reads back with a leading space.) `text` (a subject) is cleaned
     first and encoded also when it merely looks like an encoded word; any other value holding
-    a control character is refused."""
+    a control character is refused. `utf8`: the value is written as UTF-8 (RFC 6532), for an
+    address an encoded word cannot carry."""
     if text:
         value = one_line(value)
     _refuse_unsafe(name, value)
-    if not value.isascii() or (text and "=?" in value):
+    if (not value.isascii() and not utf8) or (text and "=?" in value):
         value = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
         return f"{name}: {value}\r\n".encode("ascii")
     line = f"{name}: {value}"
     if len(line) <= 78:
-        return f"{line}\r\n".encode("ascii")
+        return f"{line}\r\n".encode()
     lines: list[str] = []
     current = f"{name}:"
     for word in value.split(" "):
@@ -201,7 +230,7 @@ def _fold(name: str, value: str, *, text: bool = False) -> bytes:
             current = ""
         current += " " + word
     lines.append(current)
-    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+    return ("\r\n".join(lines) + "\r\n").encode()
 
 
 _header_line = lru_cache(maxsize=1024)(_fold)
@@ -220,7 +249,8 @@ def _date_line(when: datetime) -> bytes:
 
 
 def _address_header(name: str, display: str | None, email: str) -> bytes:
-    return _fold(name, mailbox(display, email, name))
+    value = mailbox(display, email, name)
+    return _fold(name, value, utf8=not value.isascii())
 
 
 def _list_unsubscribe_line(value: str) -> bytes:
@@ -286,8 +316,9 @@ def _sendgrid_body(
 
 
 def _sendgrid_address(name: str | None, address: str, header: str) -> dict[str, str]:
-    """{"email", "name"} as SendGrid takes an address; the same rule as for a header."""
-    out = {"email": _address(header, address)}
+    """{"email", "name"} as SendGrid takes an address; the same rule as for a header (an
+    internationalised domain in its IDNA form: the API takes RFC 5321 ASCII addresses)."""
+    out = {"email": wire_address(_address(header, address))}
     shown = display_name(name)
     if shown:
         out["name"] = shown

@@ -1041,6 +1041,10 @@ def format_report(r: ledger.LedgerReport, nl: NewsletterConfig) -> str:
             for v, c in sorted(r.by_variant.items())
         ),
     ]
+    if r.resolved:
+        lines.append(
+            f"resolved by provider events (no answer had come back): {states(r.resolved)}"
+        )
     if r.failures:
         lines.append("not delivered:")
         lines += [
@@ -1072,9 +1076,10 @@ def preview_eml(mail: PreviewMail) -> str:
         personal.name, personal.email, personal.unsubscribe_url, personal.preferences_url
     )
     v.verify(personalise(mail.variant, personal), subs)
+    # UTF-8: a non-ASCII mailbox is written as such (RFC 6532); everything else is ASCII.
     if v.template is None:
-        return message.mime(mail.mail, to, utcnow()).decode("ascii")
-    return message.mime(v.template, to, utcnow(), subs).decode("ascii")
+        return message.mime(mail.mail, to, utcnow()).decode("utf-8")
+    return message.mime(v.template, to, utcnow(), subs).decode("utf-8")
 
 
 register_format("eml", preview_eml)

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,6 +53,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from digest import ledger
 from digest.clock import Clock, utcnow
 from digest.config import Config, NewsletterConfig, load_config
 from digest.confirmations import ConfirmationSender, queue_sign_up
@@ -763,13 +764,11 @@ def _preferences_page(
 
 # --- provider events ---------------------------------------------------------------------------
 
-# Precedence keeps the outcome independent of arrival order: a bounce or drop marks the row
-# failed whatever came before, and a later processed/delivered never undoes it; those only
-# settle rows whose fate is still open. `unknown` (no answer came back), `sending` (the answer
-# is on its way; the sender's settle then leaves the row alone) and `pending` (reopened by
-# --resend-unknown): SendGrid has the message, so sending it again would be a duplicate.
-OPEN_STATES = ("unknown", "sending", "pending")
-CONFIRMING = ("processed", "delivered")
+# What each event does to the ledger row is digest.ledger.apply_provider_event's business
+# (precedence, open states, the "resolved by" note). `deferred`: the receiving server asked
+# SendGrid to try later, so SendGrid has the message (it retries for up to 72 hours).
+OPEN_STATES = ledger.OPEN_STATES
+CONFIRMING = ("processed", "delivered", "deferred")
 FAILING = ("bounce", "dropped")
 UNSUBSCRIBING = ("unsubscribe", "group_unsubscribe")
 EVENT_RETENTION = timedelta(days=7)  # SendGrid retries a batch for up to 72 hours
@@ -827,17 +826,13 @@ def _apply_event(session: Session, kind: str, event: dict[str, Any], at: datetim
     if kind in CONFIRMING:
         if row is None:
             return "unmatched"
-        if row.state in OPEN_STATES:
-            row.state, row.settled_at, row.last_error = "sent", at, None
-            row.claimed_by = row.claimed_at = None
-        if row.state == "sent" and not row.provider_message_id:
-            row.provider_message_id = _message_id(event)
+        ledger.apply_provider_event(session, _provider_event(row.id, kind, event, at, ""), at)
         return kind
     if kind in FAILING:
         reason = strip_controls(str(event.get("reason") or event.get("type") or kind))
         if row is not None:
-            row.state, row.settled_at = "failed", at
-            row.last_error = f"{kind}: {reason}"[:2000]
+            found = _provider_event(row.id, kind, event, at, reason)
+            ledger.apply_provider_event(session, found, at)
         suppression = _suppression_reason(kind, event, reason)
         if email and suppression:
             suppress(session, email, suppression, at)
@@ -862,6 +857,32 @@ def _delivery_of(session: Session, event: dict[str, Any], email: str) -> Deliver
     if row is None or normalise_email(row.email) != email:
         return None
     return row
+
+
+def _provider_event(
+    delivery_id: int, kind: str, event: dict[str, Any], received: datetime, reason: str
+) -> ledger.ProviderEvent:
+    return ledger.ProviderEvent(
+        delivery_id,
+        "SendGrid",
+        kind,
+        accepted=kind in CONFIRMING,
+        at=_event_time(event, received),
+        detail=reason,
+        provider_message_id=_message_id(event),
+    )
+
+
+def _event_time(event: dict[str, Any], received: datetime) -> datetime:
+    """The event's own time (unix seconds), or when it arrived if it has none that makes
+    sense (at most a year old, not in the future)."""
+    raw = event.get("timestamp")
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            when = datetime.fromtimestamp(raw, UTC)
+            if received - timedelta(days=366) <= when <= received + timedelta(minutes=5):
+                return when
+    return received
 
 
 def _message_id(event: dict[str, Any]) -> str | None:

@@ -48,7 +48,7 @@ from subscribers.models import (
     normalise_email,
 )
 from subscribers.segments import segment_condition
-from subscribers.service import RESERVED
+from subscribers.service import RESERVED, reach
 
 CHUNK = 500  # ids or keys per IN (...) list: well under every backend's parameter limit
 _SPLIT = re.compile(r"\s*[;,]\s*")
@@ -84,6 +84,26 @@ class ImportReport:
     rejected: int = 0
     suppressed: int = 0
     errors: list[RowError] = field(default_factory=list)
+    # Internationalised addresses among the imported rows: {"utf8"|"idn": (count, example)}.
+    international: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def notes(self) -> list[str]:
+        """Which providers reach the internationalised addresses (see service.reach)."""
+        out = []
+        if "utf8" in self.international:
+            n, example = self.international["utf8"]
+            out.append(
+                f"note: {n} address(es) have a non-ASCII mailbox name (e.g. {example}): SMTP "
+                "delivers them only through a server that offers SMTPUTF8 (otherwise those "
+                "messages fail), SendGrid cannot send to them, the outbox writes them"
+            )
+        if "idn" in self.international:
+            n, example = self.international["idn"]
+            out.append(
+                f"note: {n} address(es) have an internationalised domain (e.g. {example}): "
+                "sent in IDNA (xn--) form, which every provider reaches"
+            )
+        return out
 
     def summary(self) -> str:
         return (
@@ -314,6 +334,12 @@ def import_bytes(
 ) -> ImportReport:
     rows, errors = _parse(_read_text(data, file), file, newsletter)
     report = ImportReport(file=file, newsletter=newsletter.id, errors=errors, rejected=len(errors))
+    for r in rows:
+        if not r.email.isascii():
+            kind = reach(r.email)
+            if kind != "any":
+                n, example = report.international.get(kind, (0, r.email))
+                report.international[kind] = (n + 1, example)
     with _big_cache(session):
         _write(session, newsletter, rows, report, file=file, at=at)
     # The bulk statements bypass the identity map: objects already loaded must be reread.

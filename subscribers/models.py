@@ -23,8 +23,19 @@ CONSENT_METHODS = ("import", "signup", "double_opt_in", "admin")
 
 def normalise_email(email: str) -> str:
     """The stored form of an address: trimmed and lower-cased as a whole (mailbox providers treat
-    the local part case-insensitively, and list managers must not keep Ann@ and ann@ apart)."""
-    return email.strip().lower()
+    the local part case-insensitively, and list managers must not keep Ann@ and ann@ apart). An
+    internationalised one is also in Unicode NFC with its domain in Unicode (email-validator's
+    normalisation), so `zoë@` typed composed or decomposed, and a domain given in its IDNA
+    `xn--` form (as provider events report it), are one address."""
+    email = email.strip().lower()
+    if email.isascii() and "xn--" not in email:
+        return email
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        return validate_email(email, check_deliverability=False).normalized.lower()
+    except EmailNotValidError:
+        return email  # not an address: whoever checks it says so
 
 
 def email_hash(normalised_email: str) -> str:

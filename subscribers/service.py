@@ -47,6 +47,39 @@ def check_email(raw: str) -> str:
     return normalise_email(address)
 
 
+def reach(address: str) -> str:
+    """Which providers can reach an address: "any" for a plain one; "idn" for an
+    internationalised domain (sent in IDNA form, so every provider reaches it); "utf8" for a
+    non-ASCII mailbox name (only SMTP through a server offering SMTPUTF8, and the outbox)."""
+    from digest.message import HeaderError, needs_smtputf8
+
+    if address.isascii():
+        return "any"
+    try:
+        return "utf8" if needs_smtputf8(address) else "idn"
+    except HeaderError:
+        return "any"  # not an address: whoever checks it says so
+
+
+def reach_note(address: str) -> str | None:
+    """A note line for an address not every provider handles alike, or None."""
+    from digest.message import wire_address
+
+    kind = reach(address)
+    if kind == "utf8":
+        return (
+            f"note: {address} has a non-ASCII mailbox name: SMTP delivers it only through a "
+            "server that offers SMTPUTF8 (otherwise that one message fails), SendGrid cannot "
+            "send to it, the outbox writes it"
+        )
+    if kind == "idn":
+        return (
+            f"note: {address} has an internationalised domain: it is sent as "
+            f"{wire_address(address)}, which every provider reaches"
+        )
+    return None
+
+
 def check_line(value: str, what: str, limit: int) -> str:
     """`value` stripped, if it is one line of at most `limit` characters without control
     characters (it may end up in a header or a spreadsheet); InputError naming `what` else."""

@@ -34,7 +34,13 @@ class OutboxProvider:
             path = self.path_for(batch, m.delivery_id)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             try:
-                tmp.write_bytes(batch.mime(i))
+                message = batch.mime(i)
+            except ValueError as e:  # an address or header that cannot be encoded
+                error = f"cannot build the message: {e}"
+                outcomes.append(Outcome(m.delivery_id, Kind.FAILED, error=error))
+                continue
+            try:
+                tmp.write_bytes(message)
                 os.replace(tmp, path)
             except OSError as e:
                 # A full disk fails the write half-way: leave no partial .tmp behind.

@@ -20,10 +20,23 @@ from sendgrid import SendGridAPIClient
 
 from digest.config import SendGridConfig
 from digest.errors import ConfigError
-from digest.message import VariantMessage
+from digest.message import HeaderError, VariantMessage, needs_smtputf8
 from digest.providers.base import Batch, Checkpoint, Kind, Outcome, Outgoing, RateLimiter
 
 _FIELD_INDEX = re.compile(r"personalizations\.(\d+)")
+# Its API takes RFC 5321 addresses (the spec's `format: email`, not `idn-email`) and its docs
+# leave a non-ASCII mailbox name to SMTPUTF8; an internationalised domain goes in IDNA form.
+NO_UTF8_MAILBOX = (
+    "SendGrid does not accept a non-ASCII mailbox name (its API takes ASCII addresses); "
+    "send to this reader through SMTP with a server that offers SMTPUTF8"
+)
+
+
+def _unsendable(m: Outgoing) -> str | None:
+    try:
+        return NO_UTF8_MAILBOX if needs_smtputf8(m.to.email) else None
+    except HeaderError as e:
+        return f"cannot build the message: {e}"
 
 
 def _header(headers: Any, name: str) -> str | None:
@@ -68,6 +81,25 @@ class SendGridProvider:
         self.limiter = RateLimiter(config.rate)
 
     def send(self, batch: Batch, checkpoint: Checkpoint) -> list[Outcome]:
+        refused = {i: why for i, m in enumerate(batch.messages) if (why := _unsendable(m))}
+        if not refused:
+            return self._send(batch, checkpoint)
+        # Those readers fail alone, before the request; the others go as usual.
+        keep = [i for i in range(len(batch.messages)) if i not in refused]
+        rest = Batch(
+            batch.variant,
+            [batch.messages[i] for i in keep],
+            batch.when,
+            template=batch.template,
+            substitutions=[batch.substitutions[i] for i in keep] if batch.substitutions else [],
+        )
+        failed = [
+            Outcome(batch.messages[i].delivery_id, Kind.FAILED, error=why)
+            for i, why in refused.items()
+        ]
+        return failed + (self._send(rest, checkpoint) if rest.messages else [])
+
+    def _send(self, batch: Batch, checkpoint: Checkpoint) -> list[Outcome]:
         if batch.template is not None and len(batch.substitutions) == len(batch.messages):
             groups = [
                 (batch.messages[i : i + self.batch_size], i)

@@ -20,7 +20,10 @@ import threading
 from collections.abc import Callable, Sequence
 
 from digest.config import SmtpConfig
+from digest.message import wire_address
 from digest.providers.base import Batch, Checkpoint, Kind, Outcome, RateLimiter
+
+NO_SMTPUTF8 = "server does not offer SMTPUTF8; cannot deliver to a non-ASCII mailbox"
 
 # Postfix/Exim/aiosmtpd "queued as X", Sendmail-style "id=X"; otherwise the whole reply is kept.
 _QUEUE_ID = re.compile(r"(?:queued as\s+|\bid=)<?([\w.@:-]+)", re.IGNORECASE)
@@ -66,6 +69,14 @@ def _build_ahead(batch: Batch, i: int, ahead: dict[int, bytes]) -> None:
         # A message that cannot be built fails in its own turn, not in its predecessor's.
         with contextlib.suppress(Exception):
             ahead[i] = batch.mime(i)
+
+
+def _utf8_options(conn: smtplib.SMTP) -> list[str] | None:
+    """MAIL FROM parameters for a non-ASCII mailbox (RFC 6531), as smtplib.send_message
+    chooses them; None when the server cannot take one."""
+    if not conn.has_extn("smtputf8"):
+        return None
+    return ["SMTPUTF8", "BODY=8BITMIME"] if conn.has_extn("8bitmime") else ["SMTPUTF8"]
 
 
 def _refusal(delivery_id: int, code: int, text: str | bytes) -> Outcome:
@@ -168,12 +179,19 @@ class SmtpProvider:
                 conn = self._conn = self._connect()
                 with self._lock:
                     self._open.add(conn)
-            message = ahead.pop(i, None) or batch.mime(i)
-            code, reply = conn.mail(batch.envelope_sender(i) or self.envelope_from)
+            try:
+                message = ahead.pop(i, None) or batch.mime(i)
+                rcpt = wire_address(m.to.email)
+            except ValueError as e:  # an address or header that cannot be encoded
+                return Outcome(rid, Kind.FAILED, error=f"cannot build the message: {e}")
+            options = _utf8_options(conn) if not rcpt.isascii() else []
+            if options is None:
+                return Outcome(rid, Kind.FAILED, error=NO_SMTPUTF8)
+            code, reply = conn.mail(batch.envelope_sender(i) or self.envelope_from, options)
             if code != 250:
                 conn.rset()
                 return _refusal(rid, code, reply)
-            code, reply = conn.rcpt(m.to.email)
+            code, reply = conn.rcpt(rcpt)
             if code not in (250, 251):
                 conn.rset()
                 return _refusal(rid, code, reply)

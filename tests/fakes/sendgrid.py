@@ -5,11 +5,13 @@ description (tests/data/sendgrid/tsg_mail_v3.json, a copy of ../shared/sendgrid/
 repository so a fresh clone tests without it; MIT, see LICENSE beside it; with the documented
 `custom_args` defect patched) plus the limits the schema does not express, records what it accepted, and answers what
 a test asks for: 202, 400, 401, 413, 429 with X-RateLimit-Reset, 500, 503, or a hang past the
-client's timeout.
+client's timeout. It also posts signed Event Webhook events (processed, delivered, deferred,
+bounce, dropped) for what it accepted to a web app, as SendGrid does.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 import json
@@ -155,9 +157,18 @@ def limit_errors(body: dict[str, Any], now: float) -> list[dict[str, str]]:
     total = 0
     for i, p in enumerate(ps):
         for kind in ("to", "cc", "bcc"):
-            for r in p.get(kind, []):
+            for j, r in enumerate(p.get(kind, [])):
                 total += 1
                 email = r["email"].lower()
+                if not email.isascii():
+                    # The spec's `format: email` is an RFC 5321 (ASCII) address; SendGrid
+                    # answers 400 to a non-ASCII one.
+                    errors.append(
+                        {
+                            "message": "Does not contain a valid address.",
+                            "field": f"personalizations.{i}.{kind}.{j}.email",
+                        }
+                    )
                 if email in seen:
                     errors.append(
                         {
@@ -248,6 +259,8 @@ class SendGridStandIn:
         self.on_accept: Callable[[int], None] | None = None  # called with the accepted count
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._signing_key: Any = None  # the Event Webhook's key, made when first needed
+        self.webhook_clock: Callable[[], float] = time.time  # signing time of posted events
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -299,6 +312,83 @@ class SendGridStandIn:
                         custom_args={**body.get("custom_args", {}), **p.get("custom_args", {})},
                         message_id=message_id,
                     )
+
+    # --- the Event Webhook ---------------------------------------------------------------
+
+    @property
+    def webhook_public_key(self) -> str:
+        """The verification key as SendGrid shows it (Mail Settings > Event Webhook): base64
+        DER SubjectPublicKeyInfo of its P-256 key."""
+        from cryptography.hazmat.primitives import serialization
+
+        der = (
+            self._webhook_key()
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        return base64.b64encode(der).decode()
+
+    def _webhook_key(self) -> Any:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        with self._lock:
+            if self._signing_key is None:
+                self._signing_key = ec.generate_private_key(ec.SECP256R1())
+            return self._signing_key
+
+    def events(
+        self, kind: str, *, emails: set[str] | None = None, at: float | None = None, **extra: Any
+    ) -> list[dict[str, Any]]:
+        """One event of `kind` per message accepted so far (or per one to `emails`), shaped as
+        SendGrid posts them: custom_args at the top level, sg_message_id the request's
+        X-Message-Id plus a per-recipient suffix."""
+        out = []
+        for n, d in enumerate(self.delivered()):
+            if emails is not None and d.email not in emails:
+                continue
+            out.append(
+                {
+                    "email": d.email,
+                    "timestamp": int(at if at is not None else time.time()),
+                    "event": kind,
+                    "sg_event_id": f"{kind}-{d.message_id}-{n}",
+                    "sg_message_id": f"{d.message_id}.filter0001-{n}",
+                    **d.custom_args,
+                    **extra,
+                }
+            )
+        return out
+
+    def post_events(self, url: str, events: list[dict[str, Any]], at: float | None = None) -> int:
+        """POST events to a webhook URL as SendGrid does: a JSON array, signed with ECDSA
+        (P-256, SHA-256) over timestamp + body, the signature base64 DER. Returns the status."""
+        import urllib.error
+        import urllib.request
+
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        body = json.dumps(events).encode()
+        timestamp = str(int(at if at is not None else self.webhook_clock()))
+        signature = self._webhook_key().sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+        request = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "SendGrid Event API",
+                "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+                "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
 
     def counts(self) -> Counter[str]:
         """Messages received per recipient address."""

@@ -15,7 +15,7 @@ import ssl
 import threading
 from collections import Counter
 from collections.abc import Callable
-from email import message_from_bytes, policy
+from email import message_from_bytes, message_from_string, policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,7 @@ class SmtpServer:
         auth: bool = True,
         keep: bool = True,
         implicit_tls: bool = False,
+        smtputf8: bool = True,
     ) -> None:
         self.port = free_port()
         self.keep = keep  # False: remember recipients only (big sends)
@@ -145,7 +146,8 @@ class SmtpServer:
         self.mails = 0
         self.senders: list[str] = []  # MAIL FROM addresses, in order
         self.drop_at_mail: set[int] = set()  # MAIL FROM numbers at which to drop the connection
-        kwargs: dict[str, Any] = {}
+        # SMTPUTF8 (RFC 6531) offered as most modern servers do; False: one that does not.
+        kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
         if cert is not None and key is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(cert, key)
@@ -185,7 +187,12 @@ class SmtpServer:
     def messages(self) -> list[EmailMessage]:
         out = []
         for _, raw in self.received:
-            msg = message_from_bytes(raw, policy=policy.default)
+            # A message to a non-ASCII mailbox has UTF-8 headers (RFC 6532): read as text.
+            msg = (
+                message_from_bytes(raw, policy=policy.default)
+                if raw.isascii()
+                else message_from_string(raw.decode("utf-8"), policy=policy.default)
+            )
             assert isinstance(msg, EmailMessage)
             out.append(msg)
         return out
