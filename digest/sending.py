@@ -1042,9 +1042,7 @@ def format_report(r: ledger.LedgerReport, nl: NewsletterConfig) -> str:
         ),
     ]
     if r.resolved:
-        lines.append(
-            f"resolved by provider events (no answer had come back): {states(r.resolved)}"
-        )
+        lines.append(f"resolved by provider events (no answer had come back): {states(r.resolved)}")
     if r.failures:
         lines.append("not delivered:")
         lines += [
