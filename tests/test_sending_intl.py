@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from email_validator import EmailNotValidError, validate_email
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -270,3 +273,40 @@ def test_subscribers_import_accepts_them_and_notes_who_can_reach_them(
     )
     with sessions() as session:
         assert len(list(session.scalars(select(Subscriber.email)))) == 4
+
+
+# --- any address the validator accepts -------------------------------------------------------
+
+_LETTERS = st.characters(categories=("Ll", "Lu", "Lo", "Nd"), max_codepoint=0x2FFF)
+
+
+@st.composite
+def addresses(draw: st.DrawFn) -> str:
+    local = draw(st.text(_LETTERS, min_size=1, max_size=20))
+    labels = draw(st.lists(st.text(_LETTERS, min_size=1, max_size=12), min_size=1, max_size=2))
+    address = f"{local}@{'.'.join(labels)}.example"
+    try:
+        return validate_email(address, check_deliverability=False).normalized
+    except EmailNotValidError:
+        assume(False)
+        raise
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(address=addresses(), name=st.one_of(st.none(), st.text(max_size=40)))
+def test_every_valid_address_round_trips_through_the_to_header(
+    config: Config, address: str, name: str | None
+) -> None:
+    v = VariantMessage(config, config.newsletter("daily"), EDITION_DATE, "v-1")
+    to = Addressee(address, name, "https://news.example/u/t", "m.1@news.example", 1)
+    raw = v.mime(Personalised("Hi", "<p>Hi</p>", "Hi"), to, datetime(2026, 3, 10))
+    head = raw.partition(b"\r\n\r\n")[0]
+    assert raw.isascii() == (not needs_smtputf8(address))
+    (got,) = parse(raw)["To"].addresses
+    assert got.addr_spec == wire_address(address)
+    assert normalise_email(got.addr_spec) == normalise_email(address)
+    assert all(len(line) <= 998 for line in head.split(b"\r\n"))
