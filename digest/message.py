@@ -9,6 +9,12 @@ configured, the DKIM-Signature (digest.dkim) are produced. Building a message th
 `email.policy.SMTP` produces (CRLF line ends, quoted-printable bodies so no line passes 76
 octets, RFC 2047 encoded words for non-ASCII headers), and the tests parse them back with the
 stdlib `email` package.
+
+Addresses go out in their wire form (wire_address): an internationalised domain in IDNA form,
+so the message stays ASCII; only a non-ASCII mailbox name (`zoë@example.de`) is written as raw
+UTF-8 in its header, as `email.policy.SMTPUTF8` (utf8=True) writes it (RFC 6532): an encoded
+word cannot carry an address. Such a message needs a transport that takes UTF-8 (SMTPUTF8,
+RFC 6531); providers check needs_smtputf8 before they hand it over.
 """
 
 from __future__ import annotations
