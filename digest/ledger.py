@@ -172,6 +172,7 @@ class Claimed(NamedTuple):
     sections: tuple[str, ...]
     variant: str
     blocks: tuple[int, ...] = ()
+    deferred_since: datetime | None = None  # a row deferred before: when that began
 
 
 def worker_id() -> str:
@@ -285,7 +286,7 @@ def claim(
         found = parsed.get(r[4])
         if found is None:
             found = parsed[r[4]] = decode_variant(r[4])
-        out.append(Claimed(r[0], r[1], r[2], r[3], found[0], r[5], found[1]))
+        out.append(Claimed(r[0], r[1], r[2], r[3], found[0], r[5], found[1], r[6]))
     out.sort(key=lambda c: c.id)
     return out
 
@@ -308,7 +309,9 @@ _TAKE = (
         handed_at=None,
         attempts=_T.attempts + 1,
     )
-    .returning(_T.id, _T.subscriber_id, _T.email, _T.name, _T.sections, _T.variant)
+    .returning(
+        _T.id, _T.subscriber_id, _T.email, _T.name, _T.sections, _T.variant, _T.deferred_since
+    )
 )
 _CLAIM_NEXT = _TAKE.where(_T.id.in_(_PICK.scalar_subquery()), _T.state == "pending")
 _CLAIM_IDS = _TAKE.where(_T.id.in_(bindparam("b_ids", expanding=True)), _T.state == "pending")
@@ -368,6 +371,14 @@ class DeferralPolicy:
     cap: timedelta = timedelta(hours=4)
     max_age: timedelta = timedelta(days=3)
 
+    def expired(self, deferred_since: datetime | None, now: datetime) -> bool:
+        """Whether a temporary answer now is the last one this row gets."""
+        return deferred_since is not None and deferred_since <= now - self.max_age
+
+    def final_error(self, error: str | None) -> str:
+        hours = self.max_age.total_seconds() / 3600
+        return f"still refused after {hours:g} hours of retries; last answer: {error or ''}"
+
     def steps(self) -> list[timedelta]:
         out = [min(self.first, self.cap)]
         while out[-1] < self.cap and len(out) < 12:
@@ -413,14 +424,11 @@ def _defer(
 ) -> None:
     steps = policy.steps()
     times = {f"b_at{k}": now + step for k, step in enumerate(steps)}
-    hours = policy.max_age.total_seconds() / 3600
     params = [
         {
             "b_id": o.delivery_id,
             "b_error": (o.error or "")[:2000],
-            "b_final": (
-                f"still refused after {hours:g} hours of retries; last answer: {o.error or ''}"
-            )[:2000],
+            "b_final": policy.final_error(o.error)[:2000],
             "b_cutoff": now - policy.max_age,
             **times,
             **common,

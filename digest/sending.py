@@ -494,6 +494,8 @@ class _Worker:
             timedelta(hours=d.max_age_hours),
         )
         self._streak = 0  # batches in a row the provider refused message by message
+        # Rows deferred before (claimed again): when their first deferral was.
+        self._deferred_since: dict[int, datetime] = {}
         self._variants: dict[tuple[tuple[str, ...], tuple[int, ...]], _Variant] = {}
         self._links = Links(config, nl, edition)
         self._message_id = message_id_parts(nl, edition.edition_date)
@@ -591,6 +593,9 @@ class _Worker:
             # Nothing pending: rows deferred earlier in a long send may be due by now.
             if not claimed and ledger.wake_deferred(session, self.edition.id, now):
                 claimed = ledger.claim(session, self.edition.id, self.worker, n, now)
+        for c in claimed:
+            if c.deferred_since is not None:
+                self._deferred_since[c.id] = c.deferred_since
         return claimed
 
     def _report(self) -> None:
@@ -695,17 +700,19 @@ class _Worker:
             ledger.fast_commits(session)
             if handed:
                 ledger.mark_handed(session, handed, self.worker, self.clock())
-            if settled:
-                self._settle(session, settled)
+            recorded = self._settle(session, settled) if settled else []
         delivery.recorded.update(o.delivery_id for o in settled)
-        self._count(settled, delivery)
+        self._count(recorded, delivery)
         delivery.handed.set()
 
-    def _settle(self, session: Connection, outcomes: Sequence[Outcome]) -> None:
+    def _settle(self, session: Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
         """Record outcomes: final ones settle their rows (deferred ones on the backoff); a
         RETRY or AUTH answer means the provider does not have the message, so the row is no
-        longer `handed` (a crash from here on may send it again safely)."""
+        longer `handed` (a crash from here on may send it again safely). Returns the final
+        outcomes as recorded (a deferral past the maximum age is a failure)."""
         final = [o for o in outcomes if o.kind in _FINAL]
+        if self._deferred_since:
+            final = [self._aged(o) for o in final]
         if final:
             ledger.settle(
                 session, final, self.worker, self.provider.name, self.clock(), self.deferral
@@ -713,6 +720,14 @@ class _Worker:
         back = [o.delivery_id for o in outcomes if o.kind in (Kind.AUTH, Kind.RETRY)]
         if back:
             ledger.unhand(session, back, self.worker)
+        return final
+
+    def _aged(self, o: Outcome) -> Outcome:
+        """A temporary answer to a row first deferred more than the maximum age ago fails it."""
+        since = self._deferred_since.get(o.delivery_id)
+        if o.kind is Kind.DEFER and self.deferral.expired(since, self.clock()):
+            return o._replace(kind=Kind.FAILED, error=self.deferral.final_error(o.error))
+        return o
 
     def _count(self, outcomes: Iterable[Outcome], delivery: _Delivery | None) -> None:
         """Tally outcomes whose record was just committed."""
@@ -755,7 +770,7 @@ class _Worker:
             rest = [o for o in outcomes if o.delivery_id not in delivery.recorded]
             if rest:
                 with self._write() as session:
-                    self._settle(session, rest)
+                    rest = self._settle(session, rest)
                 self._count(rest, delivery)
             auth = [o for o in outcomes if o.kind is Kind.AUTH]
             if auth:
