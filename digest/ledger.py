@@ -659,6 +659,7 @@ class Failure:
     state: str
     attempts: int
     error: str
+    next_attempt_at: datetime | None = None  # deferred rows: when they are tried again
 
 
 @dataclass(frozen=True)
@@ -698,12 +699,18 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
         by_variant[variant][state] += n
         sections[variant], blocks[variant] = decode_variant(secs)
     failures = [
-        Failure(email, state, attempts, error or "")
-        for email, state, attempts, error in session.execute(
-            select(Delivery.email, Delivery.state, Delivery.attempts, Delivery.last_error)
+        Failure(email, state, attempts, error or "", due if state == "deferred" else None)
+        for email, state, attempts, error, due in session.execute(
+            select(
+                Delivery.email,
+                Delivery.state,
+                Delivery.attempts,
+                Delivery.last_error,
+                Delivery.next_attempt_at,
+            )
             .where(
                 Delivery.edition_id == edition_id,
-                Delivery.state.in_(("failed", "unknown", "suppressed", "skipped")),
+                Delivery.state.in_(("deferred", "failed", "unknown", "suppressed", "skipped")),
             )
             .order_by(Delivery.state, Delivery.id)
             .limit(max_failures)
@@ -735,6 +742,7 @@ CSV_COLUMNS = (
     "provider_message_id",
     "settled_at",
     "last_error",
+    "next_attempt_at",
 )
 
 
@@ -754,6 +762,7 @@ def csv_rows(session: Session, edition_id: int) -> Iterable[tuple[object, ...]]:
             Delivery.provider_message_id,
             Delivery.settled_at,
             Delivery.last_error,
+            Delivery.next_attempt_at,
         )
         .where(Delivery.edition_id == edition_id)
         .order_by(Delivery.id)

@@ -1158,7 +1158,13 @@ def format_report(r: ledger.LedgerReport, nl: NewsletterConfig) -> str:
     if r.failures:
         lines.append("not delivered:")
         lines += [
-            f"  {f.email}  {f.state}  after {f.attempts} attempt(s): {f.error}" for f in r.failures
+            f"  {f.email}  {f.state}  after {f.attempts} attempt(s): {f.error}"
+            + (
+                f" (next attempt {f.next_attempt_at:%Y-%m-%d %H:%M} UTC)"
+                if f.next_attempt_at
+                else ""
+            )
+            for f in r.failures
         ]
     return "\n".join(lines)
 
