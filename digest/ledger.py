@@ -253,11 +253,20 @@ def recover(session: Session, edition_id: int, now: datetime) -> tuple[int, int]
 
 
 def reopen(session: Session, edition_id: int, states: Iterable[str]) -> int:
-    """Put failed/unknown rows back to pending (--retry-failed, --resend-unknown)."""
+    """Put failed/unknown rows back to pending (--retry-failed, --resend-unknown), with a
+    fresh deferral clock: the cause was fixed, so the maximum age starts again."""
     result = session.execute(
         update(Delivery)
         .where(Delivery.edition_id == edition_id, Delivery.state.in_(list(states)))
-        .values(state="pending", claimed_by=None, claimed_at=None, handed_at=None)
+        .values(
+            state="pending",
+            claimed_by=None,
+            claimed_at=None,
+            handed_at=None,
+            deferrals=0,
+            deferred_since=None,
+            next_attempt_at=None,
+        )
     )
     return int(getattr(result, "rowcount", 0) or 0)
 

@@ -20,10 +20,12 @@ from digest import ledger
 from digest.editions import Edition
 from digest.errors import ProviderError
 from digest.ledger import Delivery
+from digest.sending import format_report, ledger_report
 from tests.fakes.fixtures import sendgrid_server, smtp_server, tls_cert  # noqa: F401
 from tests.fakes.population import email_for
 from tests.fakes.sendgrid import SendGridStandIn
 from tests.fakes.smtp import SmtpServer
+from tests.render_support import EDITION_DATE
 from tests.test_sending_ledger import (
     edition,  # noqa: F401
     populate,
@@ -67,6 +69,12 @@ def test_one_greylisted_reader_of_1000_is_deferred_and_delivered_by_a_later_run(
     assert row.next_attempt_at == now + timedelta(minutes=5)
     assert row.deferred_since == now and row.deferrals == 1
     assert first.edition_status == "frozen"  # someone is still waiting for their copy
+    with sessions() as session:
+        shown = format_report(
+            ledger_report(session, config, "daily", EDITION_DATE), config.newsletter("daily")
+        )
+    assert f"{grey}  deferred  after 1 attempt(s): SMTP {GREYLISTED}" in shown
+    assert "(next attempt 2026-03-10 10:05 UTC)" in shown
     with sessions() as session:
         assert ledger.unsettled(session, edition.id) == 1
         assert ledger.deferred_due(session, edition.id, now) == 0
@@ -114,6 +122,11 @@ def test_a_full_mailbox_backs_off_over_hours_then_fails_with_the_last_answer(
     assert row.last_error == f"still refused after 72 hours of retries; last answer: SMTP {FULL}"
     assert report.edition_status == "sent"  # everyone's copy is accounted for
     assert smtp_server.counts()[full] == 0
+
+    # --retry-failed after the reader made room: a fresh start, delivered.
+    del smtp_server.refuse[full]
+    again = send(config, sessions, now + timedelta(days=4), provider="smtp", retry_failed=True)
+    assert again.sent_now == 1 and smtp_server.counts()[full] == 1
 
 
 def test_the_maximum_age_is_configurable(
