@@ -6,7 +6,10 @@ the answer. A re-run — after Ctrl-C, kill -9 or a power cut — recovers rows 
 never handed → sent again; handed without an answer → `unknown`, not resent unless asked. The
 residual window is one message per SMTP connection (final dot written, reply not yet
 recorded) and up to `in_flight` requests per SendGrid worker; those rows say `unknown`, they
-are never silently resent.
+are never silently resent. A refusal is recorded before the next message, so a refused
+message is never `unknown`; one recipient's temporary refusal defers that row alone
+(`deferred`, on its own backoff: digest.ledger), and only the provider's own trouble stops a
+send (README: "The delivery ledger: states, deferrals, crash windows").
 """
 
 from __future__ import annotations

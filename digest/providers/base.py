@@ -2,9 +2,10 @@
 
 A provider never touches the ledger. It returns, per message, one `Outcome`; and it calls
 `checkpoint(handed, settled)` just before messages leave its hands (before the SMTP final dot,
-before the HTTP request) — the point after which a crash leaves "maybe delivered" — passing the
-outcomes it already knows. The sender records both durably before the provider goes on, so a
-re-run after a crash resends only what was never handed over.
+once the HTTP body is serialised) — the point after which a crash leaves "maybe delivered" —
+passing the outcomes it already knows, and with every refusal as soon as it comes (a refused
+message must never be left looking handed over). The sender records both durably before the
+provider goes on, so a re-run after a crash resends only what was never handed over.
 """
 
 from __future__ import annotations
