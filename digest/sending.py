@@ -564,7 +564,8 @@ class _Worker:
                     break
                 taken += len(claimed)
                 try:
-                    batches = self._prepare(claimed)
+                    delivery = _Delivery()
+                    batches = self._prepare(claimed, delivery)
                     while in_flight and (len(in_flight) >= self.in_flight or self.stop.is_set()):
                         # A provider error of an earlier batch stops here.
                         in_flight.popleft().result()
@@ -577,7 +578,6 @@ class _Worker:
                     if self.stop.is_set() and not in_flight:
                         break
                     raise
-                delivery = _Delivery()
                 delivery.future = pool.submit(self._deliver, delivery, claimed, batches)
                 in_flight.append(delivery)
             while in_flight:
@@ -625,7 +625,7 @@ class _Worker:
             )
         return v
 
-    def _prepare(self, claimed: list[Claimed]) -> list[Batch]:
+    def _prepare(self, claimed: list[Claimed], delivery: _Delivery) -> list[Batch]:
         groups: dict[tuple[tuple[str, ...], tuple[int, ...]], list[Claimed]] = {}
         for c in claimed:
             groups.setdefault((c.sections, c.blocks), []).append(c)
@@ -639,7 +639,7 @@ class _Worker:
             # Settled now: these rows never reach the provider; their batch goes on without them.
             with self._write() as session:
                 self._settle(session, unbuilt)
-            self._count(unbuilt, None)
+            self._count(unbuilt, delivery)  # a batch nobody's message builds counts as refused
         return batches
 
     def _deliver(self, delivery: _Delivery, claimed: list[Claimed], batches: list[Batch]) -> None:
