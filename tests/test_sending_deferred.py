@@ -333,3 +333,21 @@ def test_deferred_rows_of_people_who_leave_are_skipped(
     report = send(config, sessions, now + timedelta(hours=1), provider="smtp")
     assert report.sent_now == 0 and report.skipped_now == 1
     assert by_state(sessions) == Counter({"sent": 2, "skipped": 1})
+
+
+def test_deferral_settings_are_checked(config_path: Path) -> None:
+    import tomllib
+
+    from digest.config import parse_config
+    from digest.errors import ConfigError
+
+    raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    ok = parse_config({**raw, "deferral": {"max_age_hours": 24}}, config_path)
+    assert ok.deferral.max_age_hours == 24 and ok.deferral.first_retry_minutes == 5
+    for bad, needle in [
+        ({"max_age_hours": 0}, "deferral.max_age_hours: must be at least 1.0"),
+        ({"first_retry_minutes": 60, "max_backoff_hours": 0.5}, "must be at least first_retry"),
+        ({"retries": 3}, "retries"),
+    ]:
+        with pytest.raises(ConfigError, match=needle):
+            parse_config({**raw, "deferral": bad}, config_path)
