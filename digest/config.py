@@ -279,6 +279,15 @@ class BounceConfig:
 
 
 @dataclass(frozen=True)
+class DeferralConfig:
+    """[deferral]: when a recipient refused with a temporary answer is tried again."""
+
+    first_retry_minutes: float = 5.0  # then three times longer at each step…
+    max_backoff_hours: float = 4.0  # …up to this
+    max_age_hours: float = 72.0  # refused this long after the first deferral: failed
+
+
+@dataclass(frozen=True)
 class WebConfig:
     """The subscriber-facing web app (`digest serve`): webhook verification and rate limits."""
 
@@ -308,6 +317,7 @@ class Config:
     locales_dir: Path | None = None
     dkim: DkimConfig = field(default_factory=DkimConfig)
     bounces: BounceConfig = field(default_factory=BounceConfig)
+    deferral: DeferralConfig = field(default_factory=DeferralConfig)
 
     @property
     def database_url(self) -> str:
@@ -375,6 +385,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         "web",
         "dkim",
         "bounces",
+        "deferral",
     )
     newsletters_tbl = r.table("newsletters", required=True)
     if not newsletters_tbl.raw:
@@ -499,6 +510,20 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         templates_dir=tdir,
         web=web,
         locales_dir=ldir,
+        deferral=_deferral(r.table("deferral")),
+    )
+
+
+def _deferral(t: _Reader) -> DeferralConfig:
+    t.allow(*DeferralConfig.__dataclass_fields__)
+    first = t.number("first_retry_minutes", 5.0, minimum=0.5, maximum=24 * 60.0)
+    cap = t.number("max_backoff_hours", 4.0, minimum=0.1, maximum=48.0)
+    if cap * 60 < first:
+        raise t.error("max_backoff_hours", "must be at least first_retry_minutes")
+    return DeferralConfig(
+        first_retry_minutes=first,
+        max_backoff_hours=cap,
+        max_age_hours=t.number("max_age_hours", 72.0, minimum=1.0, maximum=30 * 24.0),
     )
 
 

@@ -3,7 +3,12 @@
 States:
     pending    row created, not yet given to a provider
     sending    claimed by a worker (claimed_by/claimed_at); handed_at is set the moment the
-               message left for the provider (SMTP final dot written, HTTP request started)
+               message left for the provider (SMTP: before the final dot; HTTP: the body
+               serialised, just before the request is written)
+    deferred   the recipient's server answered "try again later" (SMTP 4xx at RCPT or after
+               the message, a SendGrid 400 naming the address): due again at next_attempt_at,
+               on a backoff (`deferrals` steps), `failed` with the last answer once the first
+               deferral (`deferred_since`) is older than the maximum age
     sent       the provider accepted it (provider_message_id)
     failed     the provider refused it for good (last_error); `--retry-failed` tries again
     suppressed the address was suppressed after the row was created; not sent
@@ -13,7 +18,9 @@ States:
 
 A row is claimed (committed) before the provider call and settled (committed) after it, so a
 crash leaves it in `sending`; `recover()` returns such rows to `pending` when they were never
-handed over, and marks them `unknown` when they were.
+handed over, and marks them `unknown` when they were. Settled: sent, failed, suppressed,
+skipped, unknown (a person's copy is accounted for); pending, sending and deferred are not, so
+an edition with deferred rows stays open until they are delivered or fail.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import cache
 from typing import NamedTuple, cast
 
 from sqlalchemy import (
@@ -35,10 +43,14 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    Update,
+    and_,
     bindparam,
+    case,
     exists,
     func,
     literal_column,
+    null,
     select,
     text,
     update,
@@ -51,8 +63,18 @@ from digest.articles import UTCDateTime
 from digest.db import Base
 from digest.providers.base import Kind, Outcome
 
-STATES = ("pending", "sending", "sent", "failed", "suppressed", "skipped", "unknown")
+STATES = (
+    "pending",
+    "sending",
+    "deferred",
+    "sent",
+    "failed",
+    "suppressed",
+    "skipped",
+    "unknown",
+)
 SETTLED = ("sent", "failed", "suppressed", "skipped", "unknown")
+UNSETTLED = ("pending", "sending", "deferred")
 # A claim older than this belongs to a worker presumed dead (other machines cannot be asked).
 LEASE = timedelta(minutes=15)
 _STOPPED = (
@@ -84,6 +106,11 @@ class Delivery(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     handed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Temporary refusals of this recipient (state `deferred`): how many, since when, next try.
+    # A server default only: the bulk insert of new rows binds a fixed list of columns.
+    deferrals: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    deferred_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         UniqueConstraint("edition_id", "subscriber_id"),
@@ -97,6 +124,14 @@ class Delivery(Base):
             "id",
             sqlite_where=text("state = 'pending'"),
             postgresql_where=text("state = 'pending'"),
+        ),
+        # Due deferred rows of an edition, for waking them and for the scheduler.
+        Index(
+            "ix_deliveries_deferred",
+            "edition_id",
+            "next_attempt_at",
+            sqlite_where=text("state = 'deferred'"),
+            postgresql_where=text("state = 'deferred'"),
         ),
     )
 
@@ -124,6 +159,7 @@ def decode_variant(raw: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
 DELIVERIES = cast(Table, Delivery.__table__)
 _T = DELIVERIES.c
 _PENDING: ColumnClause[str] = literal_column("'pending'")
+_DEFERRED: ColumnClause[str] = literal_column("'deferred'")  # literal: the partial index
 
 
 class Claimed(NamedTuple):
@@ -136,6 +172,7 @@ class Claimed(NamedTuple):
     sections: tuple[str, ...]
     variant: str
     blocks: tuple[int, ...] = ()
+    deferred_since: datetime | None = None  # a row deferred before: when that began
 
 
 def worker_id() -> str:
@@ -167,14 +204,15 @@ def existing_subscribers(session: Session, edition_id: int) -> set[int]:
 def pending_of(
     session: Session, edition_id: int, subscriber_ids: Sequence[int], segment: str
 ) -> list[int]:
-    """Ids of the pending rows these subscribers have in the edition, for this segment."""
+    """Ids of the rows still to deliver (pending or deferred) these subscribers have in the
+    edition, for this segment."""
     found: list[int] = []
     for chunk in _chunks(subscriber_ids):
         found += session.scalars(
             select(Delivery.id).where(
                 Delivery.edition_id == edition_id,
                 Delivery.subscriber_id.in_(chunk),
-                Delivery.state == "pending",
+                Delivery.state.in_(("pending", "deferred")),
                 Delivery.segment == segment,
             )
         )
@@ -215,11 +253,20 @@ def recover(session: Session, edition_id: int, now: datetime) -> tuple[int, int]
 
 
 def reopen(session: Session, edition_id: int, states: Iterable[str]) -> int:
-    """Put failed/unknown rows back to pending (--retry-failed, --resend-unknown)."""
+    """Put failed/unknown rows back to pending (--retry-failed, --resend-unknown), with a
+    fresh deferral clock: the cause was fixed, so the maximum age starts again."""
     result = session.execute(
         update(Delivery)
         .where(Delivery.edition_id == edition_id, Delivery.state.in_(list(states)))
-        .values(state="pending", claimed_by=None, claimed_at=None, handed_at=None)
+        .values(
+            state="pending",
+            claimed_by=None,
+            claimed_at=None,
+            handed_at=None,
+            deferrals=0,
+            deferred_since=None,
+            next_attempt_at=None,
+        )
     )
     return int(getattr(result, "rowcount", 0) or 0)
 
@@ -248,7 +295,7 @@ def claim(
         found = parsed.get(r[4])
         if found is None:
             found = parsed[r[4]] = decode_variant(r[4])
-        out.append(Claimed(r[0], r[1], r[2], r[3], found[0], r[5], found[1]))
+        out.append(Claimed(r[0], r[1], r[2], r[3], found[0], r[5], found[1], r[6]))
     out.sort(key=lambda c: c.id)
     return out
 
@@ -271,7 +318,9 @@ _TAKE = (
         handed_at=None,
         attempts=_T.attempts + 1,
     )
-    .returning(_T.id, _T.subscriber_id, _T.email, _T.name, _T.sections, _T.variant)
+    .returning(
+        _T.id, _T.subscriber_id, _T.email, _T.name, _T.sections, _T.variant, _T.deferred_since
+    )
 )
 _CLAIM_NEXT = _TAKE.where(_T.id.in_(_PICK.scalar_subquery()), _T.state == "pending")
 _CLAIM_IDS = _TAKE.where(_T.id.in_(bindparam("b_ids", expanding=True)), _T.state == "pending")
@@ -321,6 +370,83 @@ _SETTLED = (
 )
 
 
+@dataclass(frozen=True)
+class DeferralPolicy:
+    """When a deferred row is tried again: `first`, then three times longer at each step up
+    to `cap` (5 min, 15 min, 45 min, 2 h 15, 4 h, 4 h … by default); once the first deferral
+    is older than `max_age`, the next temporary answer fails the row with that answer."""
+
+    first: timedelta = timedelta(minutes=5)
+    cap: timedelta = timedelta(hours=4)
+    max_age: timedelta = timedelta(days=3)
+
+    def expired(self, deferred_since: datetime | None, now: datetime) -> bool:
+        """Whether a temporary answer now is the last one this row gets."""
+        return deferred_since is not None and deferred_since <= now - self.max_age
+
+    def final_error(self, error: str | None) -> str:
+        hours = self.max_age.total_seconds() / 3600
+        return f"still refused after {hours:g} hours of retries; last answer: {error or ''}"
+
+    def steps(self) -> list[timedelta]:
+        out = [min(self.first, self.cap)]
+        while out[-1] < self.cap and len(out) < 12:
+            out.append(min(out[-1] * 3, self.cap))
+        return out
+
+
+DEFAULT_DEFERRAL = DeferralPolicy()
+
+
+@cache
+def _defer_statement(steps: int) -> Update:
+    """Defer a row this worker holds, or fail it when its first deferral passed the maximum
+    age. One statement per length of the backoff ladder (the step is the row's own count)."""
+    expired = and_(_T.deferred_since.is_not(None), _T.deferred_since <= bindparam("b_cutoff"))
+    at = [bindparam(f"b_at{k}", type_=UTCDateTime()) for k in range(steps)]
+    next_at = case(*((_T.deferrals == k, at[k]) for k in range(steps - 1)), else_=at[-1])
+    return (
+        update(DELIVERIES)
+        .where(
+            _T.id == bindparam("b_id"),
+            _T.state == "sending",
+            _T.claimed_by == bindparam("b_worker"),
+        )
+        .values(
+            state=case((expired, "failed"), else_="deferred"),
+            provider=bindparam("b_provider"),
+            deferrals=_T.deferrals + 1,
+            deferred_since=func.coalesce(_T.deferred_since, bindparam("b_now")),
+            next_attempt_at=case((expired, null()), else_=next_at),
+            settled_at=case((expired, bindparam("b_now")), else_=null()),
+            last_error=case((expired, bindparam("b_final")), else_=bindparam("b_error")),
+        )
+    )
+
+
+def _defer(
+    session: Session | Connection,
+    outcomes: Sequence[Outcome],
+    common: dict[str, object],
+    now: datetime,
+    policy: DeferralPolicy,
+) -> None:
+    steps = policy.steps()
+    times = {f"b_at{k}": now + step for k, step in enumerate(steps)}
+    params = [
+        {
+            "b_id": o.delivery_id,
+            "b_error": (o.error or "")[:2000],
+            "b_final": policy.final_error(o.error)[:2000],
+            "b_cutoff": now - policy.max_age,
+            **times,
+            **common,
+        }
+        for o in outcomes
+    ]
+    session.execute(_defer_statement(len(steps)), params)
+
+
 def mark_handed(
     session: Session | Connection, ids: Sequence[int], worker: str, now: datetime
 ) -> None:
@@ -337,14 +463,18 @@ def settle(
     worker: str,
     provider: str,
     now: datetime,
+    deferral: DeferralPolicy = DEFAULT_DEFERRAL,
 ) -> None:
-    """Record final outcomes (accepted, failed, unknown) of rows this worker holds."""
+    """Record final outcomes (accepted, failed, unknown, deferred) of rows this worker holds."""
     accepted: dict[str | None, list[int]] = defaultdict(list)
     others: list[dict[str, object]] = []
+    deferred: list[Outcome] = []
     common = {"b_worker": worker, "b_provider": provider, "b_now": now}
     for o in outcomes:
         if o.kind is Kind.ACCEPTED:
             accepted[o.provider_id].append(o.delivery_id)
+        elif o.kind is Kind.DEFER:
+            deferred.append(o)
         elif o.kind in (Kind.FAILED, Kind.UNKNOWN):
             others.append(
                 {
@@ -365,6 +495,8 @@ def settle(
             session.execute(_SENT_MANY, {"b_ids": chunk, "b_pid": pid, **common})
     if others:
         session.execute(_SETTLED, others)
+    if deferred:
+        _defer(session, deferred, common, now, deferral)
 
 
 def unhand(session: Session | Connection, ids: Sequence[int], worker: str) -> None:
@@ -397,8 +529,9 @@ def release(session: Session | Connection, ids: Sequence[int], worker: str, now:
 
 
 def leave_audience(session: Session, ids: Sequence[int], now: datetime) -> int:
-    """Pending rows of people no longer in the audience: `suppressed` when the address is on
-    the suppression list, `skipped` otherwise (unsubscribed, paused, left the segment)."""
+    """Pending or deferred rows of people no longer in the audience: `suppressed` when the
+    address is on the suppression list, `skipped` otherwise (unsubscribed, paused, left the
+    segment)."""
     from subscribers.models import Subscriber, Suppression
 
     for chunk in _chunks(list(ids)):
@@ -420,7 +553,7 @@ def leave_audience(session: Session, ids: Sequence[int], now: datetime) -> int:
             if rows:
                 session.execute(
                     update(Delivery)
-                    .where(Delivery.id.in_(rows), Delivery.state == "pending")
+                    .where(Delivery.id.in_(rows), Delivery.state.in_(("pending", "deferred")))
                     .values(state=state, settled_at=now, last_error=why)
                 )
     return len(ids)
@@ -432,7 +565,10 @@ def erase_recipient(session: Session, subscriber_id: int, label: str, now: datet
     person gets nothing more. `label` replaces the address (a non-reversible tag)."""
     session.execute(
         update(Delivery)
-        .where(Delivery.subscriber_id == subscriber_id, Delivery.state == "pending")
+        .where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.state.in_(("pending", "deferred")),
+        )
         .values(state="skipped", settled_at=now, last_error="subscriber erased")
     )
     result = session.execute(
@@ -466,14 +602,47 @@ def pending(session: Session, edition_id: int) -> int:
 
 
 def unsettled(session: Session, edition_id: int) -> int:
+    """Rows whose reader's copy is not accounted for yet: pending, sending or deferred."""
     return int(
         session.scalar(
             select(func.count()).where(
-                Delivery.edition_id == edition_id, Delivery.state.in_(("pending", "sending"))
+                Delivery.edition_id == edition_id, Delivery.state.in_(UNSETTLED)
             )
         )
         or 0
     )
+
+
+def wake_deferred(session: Session | Connection, edition_id: int, now: datetime) -> int:
+    """Deferred rows whose next attempt is due become pending: claimed like any other."""
+    result = session.execute(
+        update(DELIVERIES)
+        .where(_T.edition_id == edition_id, _T.state == _DEFERRED, _T.next_attempt_at <= now)
+        .values(state="pending")
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def deferred_due(session: Session | Connection, edition_id: int, now: datetime) -> int:
+    """Deferred rows of the edition whose next attempt is due (the scheduler sends them)."""
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                _T.edition_id == edition_id, _T.state == _DEFERRED, _T.next_attempt_at <= now
+            )
+        )
+        or 0
+    )
+
+
+def next_due(session: Session | Connection, edition_id: int) -> datetime | None:
+    """When the edition's earliest deferred row is due again (None: no deferred rows)."""
+    found: datetime | None = session.scalar(
+        select(func.min(_T.next_attempt_at)).where(
+            _T.edition_id == edition_id, _T.state == _DEFERRED
+        )
+    )
+    return found
 
 
 def fast_commits(session: Session | Connection) -> None:
@@ -504,6 +673,7 @@ class Failure:
     state: str
     attempts: int
     error: str
+    next_attempt_at: datetime | None = None  # deferred rows: when they are tried again
 
 
 @dataclass(frozen=True)
@@ -545,12 +715,18 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
         by_variant[variant][state] += n
         sections[variant], blocks[variant] = decode_variant(secs)
     failures = [
-        Failure(email, state, attempts, error or "")
-        for email, state, attempts, error in session.execute(
-            select(Delivery.email, Delivery.state, Delivery.attempts, Delivery.last_error)
+        Failure(email, state, attempts, error or "", due if state == "deferred" else None)
+        for email, state, attempts, error, due in session.execute(
+            select(
+                Delivery.email,
+                Delivery.state,
+                Delivery.attempts,
+                Delivery.last_error,
+                Delivery.next_attempt_at,
+            )
             .where(
                 Delivery.edition_id == edition_id,
-                Delivery.state.in_(("failed", "unknown", "suppressed", "skipped")),
+                Delivery.state.in_(("deferred", "failed", "unknown", "suppressed", "skipped")),
             )
             .order_by(Delivery.state, Delivery.id)
             .limit(max_failures)
@@ -583,6 +759,7 @@ CSV_COLUMNS = (
     "provider_message_id",
     "settled_at",
     "last_error",
+    "next_attempt_at",
 )
 
 
@@ -602,6 +779,7 @@ def csv_rows(session: Session, edition_id: int) -> Iterable[tuple[object, ...]]:
             Delivery.provider_message_id,
             Delivery.settled_at,
             Delivery.last_error,
+            Delivery.next_attempt_at,
         )
         .where(Delivery.edition_id == edition_id)
         .order_by(Delivery.id)

@@ -6,7 +6,10 @@ the answer. A re-run — after Ctrl-C, kill -9 or a power cut — recovers rows 
 never handed → sent again; handed without an answer → `unknown`, not resent unless asked. The
 residual window is one message per SMTP connection (final dot written, reply not yet
 recorded) and up to `in_flight` requests per SendGrid worker; those rows say `unknown`, they
-are never silently resent.
+are never silently resent. A refusal is recorded before the next message, so a refused
+message is never `unknown`; one recipient's temporary refusal defers that row alone
+(`deferred`, on its own backoff: digest.ledger), and only the provider's own trouble stops a
+send (README: "The delivery ledger: states, deferrals, crash windows").
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
 from html import escape
 from typing import Any
 
@@ -47,7 +50,16 @@ from digest.message import (
     message_id_parts,
 )
 from digest.preview import PreviewMail, register_format, sample_personal
-from digest.providers.base import Batch, Kind, Outcome, Outgoing, Provider, backoff
+from digest.providers.base import (
+    BUILD_ERRORS,
+    Batch,
+    Kind,
+    Outcome,
+    Outgoing,
+    Provider,
+    backoff,
+    unbuildable,
+)
 from digest.render import (
     SLOTS,
     Links,
@@ -63,7 +75,15 @@ from digest.render import (
 from digest.text import csv_row
 from subscribers.audience import Recipient, audience
 
-_FINAL = (Kind.ACCEPTED, Kind.FAILED, Kind.UNKNOWN)
+# Outcomes that settle a row (deferred rows wait for their next attempt, but the answer is
+# recorded like any other); RETRY and AUTH hand the row back to this worker's own retries.
+_FINAL = (Kind.ACCEPTED, Kind.FAILED, Kind.UNKNOWN, Kind.DEFER)
+# Whole batches (of at least _STREAK_BATCH messages) in a row in which the provider refused
+# every message, one by one, before the send stops: one recipient's server may say "later",
+# a relay that says it to everyone (or 5xx to everyone: relaying denied) is the provider's
+# trouble, and a million deferred or failed rows would be the wrong answer to it.
+_STREAK = 3
+_STREAK_BATCH = 10
 _INSERT_CHUNK = 2000
 _BUFFERED_ROWS = 50_000
 _ROW_COLUMNS = ("subscriber_id", "email", "name", "sections", "variant")  # what a new row binds
@@ -109,10 +129,11 @@ class ProgressEvent:
     total: int  # rows this run may still deliver (after --limit)
     rate: float  # messages per second
     eta_seconds: float | None
+    deferred: int = 0  # refused "for now" by the recipient's server: tried again later
 
     @property
     def done(self) -> int:
-        return self.sent + self.failed + self.unknown
+        return self.sent + self.failed + self.unknown + self.deferred
 
 
 @dataclass
@@ -133,6 +154,8 @@ class SendReport:
     edition_status: str = ""
     stopped: bool = False
     notes: list[str] = field(default_factory=list)
+    deferred_now: int = 0
+    next_attempt: datetime | None = None  # when the earliest deferred row is due
 
     def summary(self) -> str:
         if self.dry_run:
@@ -162,7 +185,17 @@ class SendReport:
                 lines.append(f"{self.recovered} row(s) recovered from an interrupted send")
             if self.stopped:
                 lines.append("stopped before the end: run the same command again to continue")
+            if self.deferred_now:
+                lines.append(self._deferred_line())
         return "\n".join(lines + self.notes)
+
+    def _deferred_line(self) -> str:
+        when = f" at {self.next_attempt:%Y-%m-%d %H:%M} UTC" if self.next_attempt else ""
+        return (
+            f"{self.deferred_now} recipient(s) deferred: their server answered 'try again "
+            f"later'; they are due again{when}: run the same command then (`digest schedule` "
+            "does it by itself)"
+        )
 
 
 Progress = Callable[[ProgressEvent], None]
@@ -248,6 +281,7 @@ def send_edition(
             w.progress = progress
             w.run(options.limit)
             report.sent_now, report.failed_now, report.unknown_now = w.sent, w.failed, w.unknown
+            report.deferred_now = w.deferred
         else:
             assert isinstance(bind, Engine)
             totals = _run_processes(config, bind, nl, edition.id, name, options, stop, progress)
@@ -264,6 +298,7 @@ def send_edition(
                 .values(status="sent")
             )
         report.counts = ledger.counts(session, edition.id)
+        report.next_attempt = ledger.next_due(session, edition.id)
         report.edition_status = (
             session.scalar(select(Edition.status).where(Edition.id == edition.id)) or ""
         )
@@ -454,7 +489,16 @@ class _Worker:
         self.worker = ledger.worker_id() + f":{threading.get_ident() % 100000}"
         self.batch_size = options.batch_size or provider.batch_size
         self.progress: Progress | None = None
-        self.sent = self.failed = self.unknown = 0
+        self.sent = self.failed = self.unknown = self.deferred = 0
+        d = config.deferral
+        self.deferral = ledger.DeferralPolicy(
+            timedelta(minutes=d.first_retry_minutes),
+            timedelta(hours=d.max_backoff_hours),
+            timedelta(hours=d.max_age_hours),
+        )
+        self._streak = 0  # batches in a row the provider refused message by message
+        # Rows deferred before (claimed again): when their first deferral was.
+        self._deferred_since: dict[int, datetime] = {}
         self._variants: dict[tuple[tuple[str, ...], tuple[int, ...]], _Variant] = {}
         self._links = Links(config, nl, edition)
         self._message_id = message_id_parts(nl, edition.edition_date)
@@ -495,6 +539,9 @@ class _Worker:
         personalised while up to `in_flight` batches are with the provider (a delivery thread
         each), so the provider's round trips overlap the CPU work; progress is reported per
         delivered batch."""
+        with self._write() as conn:
+            # Deferred rows whose time has come are claimed like pending ones.
+            ledger.wake_deferred(conn, self.edition.id, self.clock())
         with self.sessions() as session:
             self._remaining = ledger.pending(session, self.edition.id)
         if limit is not None:
@@ -512,13 +559,13 @@ class _Worker:
                 if in_flight:
                     # Bounded: a provider that never checkpoints (the outbox) only costs this.
                     in_flight[-1].handed.wait(_HANDED_WAIT)
-                with self._write() as session:
-                    claimed = ledger.claim(session, self.edition.id, self.worker, n, self.clock())
+                claimed = self._claim(n)
                 if not claimed:
                     break
                 taken += len(claimed)
                 try:
-                    batches = self._prepare(claimed)
+                    delivery = _Delivery()
+                    batches = self._prepare(claimed, delivery)
                     while in_flight and (len(in_flight) >= self.in_flight or self.stop.is_set()):
                         # A provider error of an earlier batch stops here.
                         in_flight.popleft().result()
@@ -531,7 +578,6 @@ class _Worker:
                     if self.stop.is_set() and not in_flight:
                         break
                     raise
-                delivery = _Delivery()
                 delivery.future = pool.submit(self._deliver, delivery, claimed, batches)
                 in_flight.append(delivery)
             while in_flight:
@@ -543,16 +589,30 @@ class _Worker:
             for conn in self._connections:
                 conn.close()
 
+    def _claim(self, n: int) -> list[Claimed]:
+        with self._write() as session:
+            now = self.clock()
+            claimed = ledger.claim(session, self.edition.id, self.worker, n, now)
+            # Nothing pending: rows deferred earlier in a long send may be due by now.
+            if not claimed and ledger.wake_deferred(session, self.edition.id, now):
+                claimed = ledger.claim(session, self.edition.id, self.worker, n, now)
+        for c in claimed:
+            if c.deferred_since is not None:
+                self._deferred_since[c.id] = c.deferred_since
+        return claimed
+
     def _report(self) -> None:
         if self.progress is None:
             return
         elapsed = time.monotonic() - self._started
-        done = self.sent + self.failed + self.unknown
+        done = self.sent + self.failed + self.unknown + self.deferred
         rate = done / elapsed if elapsed > 0 else 0.0
         left = max(self._remaining - done, 0)
         eta = left / rate if rate > 0 else None
         self.progress(
-            ProgressEvent(self.sent, self.failed, self.unknown, self._remaining, rate, eta)
+            ProgressEvent(
+                self.sent, self.failed, self.unknown, self._remaining, rate, eta, self.deferred
+            )
         )
 
     def _variant(self, sections: tuple[str, ...], blocks: tuple[int, ...]) -> _Variant:
@@ -565,17 +625,29 @@ class _Worker:
             )
         return v
 
-    def _prepare(self, claimed: list[Claimed]) -> list[Batch]:
+    def _prepare(self, claimed: list[Claimed], delivery: _Delivery) -> list[Batch]:
         groups: dict[tuple[tuple[str, ...], tuple[int, ...]], list[Claimed]] = {}
         for c in claimed:
             groups.setdefault((c.sections, c.blocks), []).append(c)
-        return [self._batch(self._variant(*pair), rows) for pair, rows in groups.items()]
+        batches: list[Batch] = []
+        unbuilt: list[Outcome] = []
+        for pair, rows in groups.items():
+            batch = self._batch(self._variant(*pair), rows, unbuilt)
+            if batch.messages:
+                batches.append(batch)
+        if unbuilt:
+            # Settled now: these rows never reach the provider; their batch goes on without them.
+            with self._write() as session:
+                self._settle(session, unbuilt)
+            self._count(unbuilt, delivery)  # a batch nobody's message builds counts as refused
+        return batches
 
     def _deliver(self, delivery: _Delivery, claimed: list[Claimed], batches: list[Batch]) -> None:
         self._current.delivery = delivery
         try:
             for batch in batches:
                 self._send_with_retries(batch)
+            self._judge(delivery, len(claimed))
         finally:
             # Anything still held (stop, auth failure, an error) is let go: back to pending
             # when it never reached the provider, `unknown` when it did.
@@ -587,35 +659,46 @@ class _Worker:
             finally:
                 delivery.handed.set()
 
-    def _batch(self, v: _Variant, rows: list[Claimed]) -> Batch:
+    def _batch(self, v: _Variant, rows: list[Claimed], unbuilt: list[Outcome]) -> Batch:
+        """The batch of these rows; a row whose message cannot be personalised goes to
+        `unbuilt` (failed, with the reason) and the others go on."""
         when = self.clock()
         links = self._links
-        if v.template is not None and not v.verified:
-            c = rows[0]
-            personal = links.personal(c.subscriber_id, c.email, c.name)
-            subs = v.substitutions(
-                c.name, c.email, personal.unsubscribe_url, personal.preferences_url
-            )
-            v.verify(personalise(v.rendered, personal), subs)
+        for c in rows if v.template is not None and not v.verified else ():
+            try:
+                personal = links.personal(c.subscriber_id, c.email, c.name)
+                subs = v.substitutions(
+                    c.name, c.email, personal.unsubscribe_url, personal.preferences_url
+                )
+                v.verify(personalise(v.rendered, personal), subs)
+                break
+            except BUILD_ERRORS:
+                continue  # that reader fails below; the check needs a reader who can be built
         template = v.template
         prefix, suffix = self._message_id
         messages: list[Outgoing] = []
         substitutions: list[dict[str, str]] = []
         # Per recipient: this loop is most of what a send costs the sender besides the ledger.
         for c in rows:
-            unsubscribe, preferences = links.urls(c.subscriber_id)
-            to = Addressee(c.email, c.name, unsubscribe, f"{prefix}{c.subscriber_id}{suffix}", c.id)
-            if template is not None:
-                substitutions.append(v.substitutions(c.name, c.email, unsubscribe, preferences))
-                messages.append(Outgoing(to, template))
-            else:
-                personal = Personal(c.email, c.name, unsubscribe, preferences, links.view_url)
-                messages.append(Outgoing(to, personalise(v.rendered, personal)))
+            try:
+                unsubscribe, preferences = links.urls(c.subscriber_id)
+                message_id = f"{prefix}{c.subscriber_id}{suffix}"
+                to = Addressee(c.email, c.name, unsubscribe, message_id, c.id)
+                if template is not None:
+                    subs = v.substitutions(c.name, c.email, unsubscribe, preferences)
+                    substitutions.append(subs)
+                    messages.append(Outgoing(to, template))
+                else:
+                    personal = Personal(c.email, c.name, unsubscribe, preferences, links.view_url)
+                    messages.append(Outgoing(to, personalise(v.rendered, personal)))
+            except BUILD_ERRORS as e:
+                unbuilt.append(unbuildable(c.id, e))
         return Batch(v.message, messages, when, template=template, substitutions=substitutions)
 
     def _checkpoint(self, handed: Sequence[int], settled: Sequence[Outcome]) -> None:
-        final = [o for o in settled if o.kind in _FINAL]
-        # SMTP calls this once per message.
+        """Called by the provider just before messages leave (SMTP: once per message, before
+        the final dot) and with every refusal as it comes: one commit records both."""
+        delivery: _Delivery = self._current.delivery
         with self._write() as session:
             if not handed:
                 # Settles alone may be forgotten by a database power cut (the row falls back
@@ -623,46 +706,78 @@ class _Worker:
                 ledger.fast_commits(session)
             if handed:
                 ledger.mark_handed(session, handed, self.worker, self.clock())
-            if final:
-                ledger.settle(session, final, self.worker, self.provider.name, self.clock())
-        self._count(final)
-        delivery: _Delivery = self._current.delivery
-        delivery.settled.update(o.delivery_id for o in final)
+            recorded = self._settle(session, settled) if settled else []
+        delivery.recorded.update(o.delivery_id for o in settled)
+        self._count(recorded, delivery)
         delivery.handed.set()
 
-    def _count(self, outcomes: Iterable[Outcome]) -> None:
-        """Tally outcomes whose settlement was just committed."""
-        done = self._current.delivery.done
-        sent = failed = unknown = 0
+    def _settle(self, session: Connection, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Record outcomes: final ones settle their rows (deferred ones on the backoff); a
+        RETRY or AUTH answer means the provider does not have the message, so the row is no
+        longer `handed` (a crash from here on may send it again safely). Returns the final
+        outcomes as recorded (a deferral past the maximum age is a failure)."""
+        final = [o for o in outcomes if o.kind in _FINAL]
+        if self._deferred_since:
+            final = [self._aged(o) for o in final]
+        if final:
+            ledger.settle(
+                session, final, self.worker, self.provider.name, self.clock(), self.deferral
+            )
+        back = [o.delivery_id for o in outcomes if o.kind in (Kind.AUTH, Kind.RETRY)]
+        if back:
+            ledger.unhand(session, back, self.worker)
+        return final
+
+    def _aged(self, o: Outcome) -> Outcome:
+        """A temporary answer to a row first deferred more than the maximum age ago fails it."""
+        since = self._deferred_since.get(o.delivery_id)
+        if o.kind is Kind.DEFER and self.deferral.expired(since, self.clock()):
+            return o._replace(kind=Kind.FAILED, error=self.deferral.final_error(o.error))
+        return o
+
+    def _count(self, outcomes: Iterable[Outcome], delivery: _Delivery | None) -> None:
+        """Tally outcomes whose record was just committed."""
+        sent = failed = unknown = deferred = 0
         for o in outcomes:
-            done.add(o.delivery_id)
             if o.kind is Kind.ACCEPTED:
                 sent += 1
             elif o.kind is Kind.FAILED:
                 failed += 1
             elif o.kind is Kind.UNKNOWN:
                 unknown += 1
+            elif o.kind is Kind.DEFER:
+                deferred += 1
+            else:
+                continue
+            if delivery is not None:
+                delivery.done.add(o.delivery_id)
+                if o.kind is not Kind.ACCEPTED:
+                    delivery.last_refusal = o.error or o.kind.value
+        if delivery is not None:
+            delivery.accepted += sent
+            delivery.refused += failed + deferred
         with self._tally:
             self.sent += sent
             self.failed += failed
             self.unknown += unknown
+            self.deferred += deferred
 
     def _send_with_retries(self, batch: Batch) -> None:
+        """Deliver a batch, retrying what the provider answered RETRY (its own trouble: 429,
+        5xx, a lost connection) with backoff. A round in which some messages got an answer
+        does not count as an attempt: only a provider that answers nothing but "later" runs
+        out of attempts, and then the send stops with those rows pending."""
         policy = self.options.retry
+        delivery: _Delivery = self._current.delivery
         attempt = 1
         while True:
-            settled = self._current.delivery.settled
-            settled.clear()
+            delivery.recorded.clear()
             outcomes = self.provider.send(batch, self._checkpoint)
-            final = [o for o in outcomes if o.kind in _FINAL and o.delivery_id not in settled]
-            if final:
+            rest = [o for o in outcomes if o.delivery_id not in delivery.recorded]
+            if rest:
                 with self._write() as session:
-                    ledger.settle(session, final, self.worker, self.provider.name, self.clock())
-                self._count(final)
-            unanswered = [o.delivery_id for o in outcomes if o.kind in (Kind.AUTH, Kind.RETRY)]
-            if unanswered:
-                with self._write() as session:
-                    ledger.unhand(session, unanswered, self.worker)
+                    rest = self._settle(session, rest)
+                self._count(rest, delivery)
             auth = [o for o in outcomes if o.kind is Kind.AUTH]
             if auth:
                 raise ProviderError(
@@ -672,9 +787,14 @@ class _Worker:
             retry = [o for o in outcomes if o.kind is Kind.RETRY]
             if not retry:
                 return
-            if attempt >= policy.attempts:
-                self._give_up(batch, retry, outcomes)
-                return
+            progress = len(retry) < len(outcomes)
+            if not progress and attempt >= policy.attempts:
+                # The provider is down or throttling hard: stop rather than fail anyone.
+                raise ProviderError(
+                    f"{self.provider.name} kept answering {retry[0].error} after "
+                    f"{policy.attempts} attempts; unsent rows stay pending: run the same "
+                    "command again later"
+                )
             delay = backoff(
                 attempt,
                 policy.base,
@@ -683,28 +803,27 @@ class _Worker:
             )
             if self.stop.wait(delay):
                 return  # stopping: the rows still held go back to pending
-            attempt += 1
+            if not progress:
+                attempt += 1
             batch = _subset(batch, {o.delivery_id for o in retry})
 
-    def _give_up(self, batch: Batch, retry: list[Outcome], outcomes: list[Outcome]) -> None:
-        if len(retry) == len(outcomes):
-            # The provider is down or throttling hard: stop rather than fail everyone.
-            raise ProviderError(
-                f"{self.provider.name} kept answering {retry[0].error} after "
-                f"{self.options.retry.attempts} attempts; unsent rows stay pending: run the "
-                "same command again later"
-            )
-        gave_up = [
-            Outcome(
-                o.delivery_id,
-                Kind.FAILED,
-                error=f"gave up after {self.options.retry.attempts} attempts: {o.error}",
-            )
-            for o in retry
-        ]
-        with self._write() as session:
-            ledger.settle(session, gave_up, self.worker, self.provider.name, self.clock())
-        self._count(gave_up)
+    def _judge(self, delivery: _Delivery, size: int) -> None:
+        """Stop the send when the provider refused every message of _STREAK whole batches in
+        a row (see _STREAK); one answered message resets the count."""
+        with self._tally:
+            if delivery.accepted:
+                self._streak = 0
+                return
+            if size < _STREAK_BATCH or delivery.refused < size:
+                return
+            self._streak += 1
+            if self._streak < _STREAK:
+                return
+        raise ProviderError(
+            f"{self.provider.name} refused every message of {_STREAK} batches in a row (last "
+            f"answer: {delivery.last_refusal}); stopping: the refused rows say why, the rest "
+            "stay pending. Run the same command again once the cause is fixed"
+        )
 
     def _credentials_hint(self) -> str:
         if self.provider.name == "sendgrid":
@@ -730,12 +849,15 @@ def _subset(batch: Batch, ids: set[int]) -> Batch:
 
 class _Delivery:
     """A batch with the provider: which of its rows are settled (committed), which this attempt
-    settled through checkpoints, and whether its first hand-over is committed (the next claim
-    waits for that rather than contending with it for SQLite's write lock)."""
+    recorded through checkpoints, how many were accepted and refused, and whether its first
+    hand-over is committed (the next claim waits for that rather than contending with it for
+    SQLite's write lock)."""
 
     def __init__(self) -> None:
         self.done: set[int] = set()
-        self.settled: set[int] = set()
+        self.recorded: set[int] = set()  # ids whose outcome this attempt already recorded
+        self.accepted = self.refused = 0
+        self.last_refusal = ""
         self.handed = threading.Event()
         self.future: Future[None] | None = None
 
@@ -1046,7 +1168,13 @@ def format_report(r: ledger.LedgerReport, nl: NewsletterConfig) -> str:
     if r.failures:
         lines.append("not delivered:")
         lines += [
-            f"  {f.email}  {f.state}  after {f.attempts} attempt(s): {f.error}" for f in r.failures
+            f"  {f.email}  {f.state}  after {f.attempts} attempt(s): {f.error}"
+            + (
+                f" (next attempt {f.next_attempt_at:%Y-%m-%d %H:%M} UTC)"
+                if f.next_attempt_at
+                else ""
+            )
+            for f in r.failures
         ]
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import threading
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -404,7 +404,7 @@ def test_dry_run_writes_messages_without_touching_the_ledger(
         assert session.scalar(select(Edition.status)) == "draft"
 
 
-def test_smtp_temporary_failures_are_retried_and_everyone_gets_one_message(
+def test_smtp_451_after_the_message_defers_that_reader_and_a_later_run_delivers_them(
     config: Config,
     sessions: sessionmaker[Session],
     edition: Edition,
@@ -414,11 +414,22 @@ def test_smtp_temporary_failures_are_retried_and_everyone_gets_one_message(
     config = with_smtp(config, smtp_server)
     populate(sessions, 40, now)
     smtp_server.fail_rate = 0.2  # 451 after the message
-    report = send(config, sessions, now, provider="smtp")
-    assert report.sent_now == 40
+    first = send(config, sessions, now, provider="smtp")
+    deferred = [r for r in rows(sessions) if r.state == "deferred"]
+    assert deferred and first.deferred_now == len(deferred)
+    assert first.sent_now == 40 - len(deferred)  # the others went on at full speed
+    assert first.counts["unknown"] == 0  # a refused message is never "maybe delivered"
+    assert first.edition_status == "frozen"  # not everyone has their copy yet
+    assert all(r.last_error == "SMTP 451 4.3.0 stand-in temporary failure" for r in deferred)
+    assert "deferred" in first.summary() and "10:05 UTC" in first.summary()
+
+    smtp_server.fail_rate = 0.0
+    assert send(config, sessions, now, provider="smtp").sent_now == 0  # not due yet
+    later = send(config, sessions, now + timedelta(minutes=6), provider="smtp")
+    assert later.sent_now == len(deferred)
     assert smtp_server.counts() == Counter({email_for(i): 1 for i in range(1, 41)})
-    assert max(r.attempts for r in rows(sessions)) > 1
-    assert all(r.handed_at is not None for r in rows(sessions))
+    assert later.edition_status == "sent"
+    assert {r.state for r in rows(sessions)} == {"sent"}
 
 
 def test_forget_erases_the_address_from_the_ledger_and_skips_unsent_rows(

@@ -260,13 +260,13 @@ def test_sendgrid_429_carries_the_reset_time(
     assert o.retry_after is not None and 1.0 <= o.retry_after <= 3.0
 
 
-def test_sendgrid_400_blaming_one_personalization_fails_only_that_recipient(
+def test_sendgrid_400_blaming_one_personalization_defers_only_that_recipient(
     config: Config,
     sendgrid_server: SendGridStandIn,  # noqa: F811
 ) -> None:
     sendgrid_server.answer(400, message="Invalid email", field="personalizations.1.to.0.email")
     outcomes = sg_provider(sendgrid_server).send(substituted_batch(config, 3), Marks())
-    assert [o.kind for o in outcomes] == [Kind.RETRY, Kind.FAILED, Kind.RETRY]
+    assert [o.kind for o in outcomes] == [Kind.RETRY, Kind.DEFER, Kind.RETRY]
     assert "Invalid email (personalizations.1.to.0.email)" in (outcomes[1].error or "")
 
 
@@ -312,7 +312,8 @@ def test_stand_in_rejects_what_sendgrid_would(
         to=batch.messages[1].to._replace(email="READER1@example.org")
     )
     outcomes = sg_provider(sendgrid_server).send(batch, Marks())
-    assert [o.kind for o in outcomes] == [Kind.RETRY, Kind.FAILED]
+    # The second copy of an address is deferred: sent again later, in another request.
+    assert [o.kind for o in outcomes] == [Kind.RETRY, Kind.DEFER]
     assert "should be unique" in (outcomes[1].error or "")
 
 
@@ -331,7 +332,7 @@ def test_stand_in_names_the_personalization_that_breaks_the_spec(
 
     batch.variant.sendgrid_personalization = with_empty_subject  # type: ignore[method-assign]
     outcomes = sg_provider(sendgrid_server).send(batch, Marks())
-    assert [o.kind for o in outcomes] == [Kind.RETRY, Kind.RETRY, Kind.FAILED]
+    assert [o.kind for o in outcomes] == [Kind.RETRY, Kind.RETRY, Kind.DEFER]
     assert "'' should be non-empty (personalizations.2.subject)" in (outcomes[2].error or "")
 
 

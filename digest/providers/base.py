@@ -2,9 +2,10 @@
 
 A provider never touches the ledger. It returns, per message, one `Outcome`; and it calls
 `checkpoint(handed, settled)` just before messages leave its hands (before the SMTP final dot,
-before the HTTP request) — the point after which a crash leaves "maybe delivered" — passing the
-outcomes it already knows. The sender records both durably before the provider goes on, so a
-re-run after a crash resends only what was never handed over.
+once the HTTP body is serialised) — the point after which a crash leaves "maybe delivered" —
+passing the outcomes it already knows, and with every refusal as soon as it comes (a refused
+message must never be left looking handed over). The sender records both durably before the
+provider goes on, so a re-run after a crash resends only what was never handed over.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class Kind(StrEnum):
     FAILED = "failed"  # permanent for this message (other 4xx, SMTP 5xx); error set
     AUTH = "auth"  # credentials refused: the whole send must stop
     UNKNOWN = "unknown"  # timed out after handing over: may or may not have been accepted
+    # Temporary refusal of this one recipient (SMTP 4xx at RCPT or after the message, a
+    # SendGrid 400 naming the address): the row waits for its next attempt, the send goes on.
+    DEFER = "deferred"
 
 
 class Outcome(NamedTuple):
@@ -35,6 +39,18 @@ class Outcome(NamedTuple):
     provider_id: str | None = None
     error: str | None = None
     retry_after: float | None = None
+
+
+# What building one recipient's message can raise on bad data (digest.message.HeaderError
+# and UnicodeError are ValueErrors; a missing substitution a LookupError): that message fails
+# alone, with the reason, and the others go on.
+BUILD_ERRORS: tuple[type[Exception], ...] = (ValueError, LookupError)
+
+
+def unbuildable(delivery_id: int, error: Exception) -> Outcome:
+    """The outcome of a message that could not be built for its recipient."""
+    error_text = f"cannot build the message for this recipient: {type(error).__name__}: {error}"
+    return Outcome(delivery_id, Kind.FAILED, error=error_text[:500])
 
 
 class Outgoing(NamedTuple):

@@ -10,7 +10,15 @@ import contextlib
 import os
 from pathlib import Path
 
-from digest.providers.base import Batch, Checkpoint, Kind, Outcome, RateLimiter
+from digest.providers.base import (
+    BUILD_ERRORS,
+    Batch,
+    Checkpoint,
+    Kind,
+    Outcome,
+    RateLimiter,
+    unbuildable,
+)
 
 
 class OutboxProvider:
@@ -34,13 +42,12 @@ class OutboxProvider:
             path = self.path_for(batch, m.delivery_id)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             try:
-                message = batch.mime(i)
-            except ValueError as e:  # an address or header that cannot be encoded
-                error = f"cannot build the message: {e}"
-                outcomes.append(Outcome(m.delivery_id, Kind.FAILED, error=error))
+                raw = batch.mime(i)
+            except BUILD_ERRORS as e:
+                outcomes.append(unbuildable(m.delivery_id, e))
                 continue
             try:
-                tmp.write_bytes(message)
+                tmp.write_bytes(raw)
                 os.replace(tmp, path)
             except OSError as e:
                 # A full disk fails the write half-way: leave no partial .tmp behind.

@@ -20,10 +20,30 @@ from sendgrid import SendGridAPIClient
 
 from digest.config import SendGridConfig
 from digest.errors import ConfigError
-from digest.message import HeaderError, VariantMessage, needs_smtputf8
-from digest.providers.base import Batch, Checkpoint, Kind, Outcome, Outgoing, RateLimiter
+from digest.message import HeaderError, TransactionalMessage, VariantMessage, needs_smtputf8
+from digest.providers.base import (
+    BUILD_ERRORS,
+    Batch,
+    Checkpoint,
+    Kind,
+    Outcome,
+    Outgoing,
+    RateLimiter,
+    unbuildable,
+)
 
 _FIELD_INDEX = re.compile(r"personalizations\.(\d+)")
+# The body goes to the library already serialised (see _request); python_http_client passes a
+# body through unchanged when the content type is not exactly "application/json".
+_JSON = {"Content-Type": "application/json; charset=utf-8"}
+_Part = tuple[list[Outgoing], list[dict[str, str]] | None]
+
+
+def _variant(v: VariantMessage | TransactionalMessage) -> VariantMessage:
+    assert isinstance(v, VariantMessage)
+    return v
+
+
 # Its API takes RFC 5321 addresses (the spec's `format: email`, not `idn-email`) and its docs
 # leave a non-ASCII mailbox name to SMTPUTF8; an internationalised domain goes in IDNA form.
 NO_UTF8_MAILBOX = (
@@ -117,14 +137,40 @@ class SendGridProvider:
 
     def _body(
         self, batch: Batch, messages: list[Outgoing], subs: list[dict[str, str]] | None
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any] | None, _Part, list[Outcome]]:
+        """The request body for the messages that can be built, those messages (and their
+        substitutions), and a `failed` outcome for each recipient whose personalization
+        cannot be built: that one alone."""
         v = batch.variant
-        if subs is not None:
-            assert batch.template is not None and isinstance(v, VariantMessage)
-            ps = [v.sendgrid_personalization(m.to, s) for m, s in zip(messages, subs, strict=True)]
-            return v.sendgrid_body(batch.template, ps)
-        (m,) = messages
-        return v.sendgrid_body(m.content, [v.sendgrid_personalization(m.to)])
+        ok: list[Outgoing] = []
+        ok_subs: list[dict[str, str]] | None = None if subs is None else []
+        ps: list[dict[str, Any]] = []
+        failed: list[Outcome] = []
+        for i, m in enumerate(messages):
+            try:
+                ps.append(
+                    v.sendgrid_personalization(m.to)
+                    if subs is None
+                    else _variant(v).sendgrid_personalization(m.to, subs[i])
+                )
+            except BUILD_ERRORS as e:
+                failed.append(unbuildable(m.delivery_id, e))
+                continue
+            ok.append(m)
+            if ok_subs is not None and subs is not None:
+                ok_subs.append(subs[i])
+        body: dict[str, Any] | None = None
+        if ok:
+            try:
+                if subs is not None:
+                    assert batch.template is not None
+                    body = _variant(v).sendgrid_body(batch.template, ps)
+                else:
+                    body = v.sendgrid_body(ok[0].content, ps)
+            except BUILD_ERRORS as e:
+                failed += [unbuildable(m.delivery_id, e) for m in ok]
+                ok, ok_subs = [], None
+        return body, (ok, ok_subs), failed
 
     def _request(
         self,
@@ -133,26 +179,34 @@ class SendGridProvider:
         subs: list[dict[str, str]] | None,
         checkpoint: Checkpoint,
     ) -> list[Outcome]:
+        body, (messages, subs), failed = self._body(batch, messages, subs)
+        if failed:
+            checkpoint([], failed)  # recorded at once, before the request
+        if body is None:
+            return failed
         ids = [m.delivery_id for m in messages]
-        body = self._body(batch, messages, subs)
+        # Serialised here, not in the library, so the rows are marked handed over only once
+        # the bytes are ready to go: a crash while a 1000-recipient body is being built or
+        # encoded leaves the rows claimable, not `unknown`.
+        data = json.dumps(body)
         self.limiter.take(len(messages))
         checkpoint(ids, [])
         try:
-            response = self.client.send(body)
+            response = self.client.client.mail.send.post(request_body=data, request_headers=_JSON)
         except HTTPError as e:
-            return self._refused(batch, messages, subs, checkpoint, e)
+            return failed + self._refused(batch, messages, subs, checkpoint, e)
         except TimeoutError:
             error = f"no answer from {self.config.host} within {self.config.timeout:g}s"
-            return [Outcome(i, Kind.UNKNOWN, error=error) for i in ids]
+            return failed + [Outcome(i, Kind.UNKNOWN, error=error) for i in ids]
         except urllib.error.URLError as e:
             error = f"cannot reach {self.config.host}: {e.reason}"
-            return [Outcome(i, Kind.RETRY, error=error) for i in ids]
+            return failed + [Outcome(i, Kind.RETRY, error=error) for i in ids]
         except OSError as e:
             # A connection reset after the request went out: it may have been accepted.
             error = f"connection to {self.config.host} lost: {e}"
-            return [Outcome(i, Kind.UNKNOWN, error=error) for i in ids]
+            return failed + [Outcome(i, Kind.UNKNOWN, error=error) for i in ids]
         message_id = _header(response.headers, "X-Message-Id") or f"sendgrid-{time.time_ns()}"
-        return [Outcome(i, Kind.ACCEPTED, provider_id=message_id) for i in ids]
+        return failed + [Outcome(i, Kind.ACCEPTED, provider_id=message_id) for i in ids]
 
     def _refused(
         self,
@@ -192,11 +246,14 @@ class SendGridProvider:
                 else:
                     out += self._request(batch, part, part_subs, checkpoint)
             return out
-        if blamed and len(messages) > 1:
-            bad = {ids[i] for i in blamed if i < len(ids)}
-            others = "refused together with a bad recipient; retrying"
+        bad = {ids[i] for i in blamed if i < len(ids)}
+        if bad:
+            # A 400 naming personalizations concerns those recipients: they are deferred (tried
+            # again later, failed with this answer after the maximum age); the rest of the
+            # request never reached a verdict and goes again at once.
+            others = "refused together with a recipient SendGrid named; sent again"
             return [
-                Outcome(i, Kind.FAILED, error=error)
+                Outcome(i, Kind.DEFER, error=error)
                 if i in bad
                 else Outcome(i, Kind.RETRY, error=others, retry_after=0.0)
                 for i in ids

@@ -252,6 +252,7 @@ class SendGridStandIn:
         self.accepted: list[tuple[str, dict[str, Any]]] = []  # (X-Message-Id, body)
         self.requests = 0
         self.rejected: list[tuple[int, Any]] = []
+        self.arrived: Counter[str] = Counter()  # recipients of every request read whole
         # Scripted answers, used first; then `fail_rate` random 429/500; then 202.
         self.script: list[Answer] = []
         self.fail_rate = 0.0
@@ -418,6 +419,11 @@ class SendGridStandIn:
             body = json.loads(raw)
         except ValueError:
             return Answer(400, {}, error_body("Bad Request: body is not JSON")), None
+        with self._lock:  # every request that arrived whole, whatever the answer
+            for p in body.get("personalizations", []) if isinstance(body, dict) else []:
+                for r in p.get("to", []) if isinstance(p, dict) else []:
+                    if isinstance(r, dict):
+                        self.arrived[str(r.get("email"))] += 1
         if self.validate:
             problems = schema_errors(body) + limit_errors(body, time.time())
             if problems:
