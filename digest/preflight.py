@@ -24,8 +24,9 @@ from sqlalchemy.orm import Session
 from digest import ledger
 from digest.config import Config, NewsletterConfig
 from digest.editions import Edition
-from digest.errors import DigestError
+from digest.errors import DigestError, InputError
 from digest.ledger import Delivery
+from digest.limits import MAX_ARTICLE_FIELD
 from digest.message import Addressee, HeaderError, VariantMessage, make_message_id
 from digest.preview import sample_personal
 from digest.render import Renderer, check_size, personalise
@@ -40,6 +41,41 @@ class NotFrozen(DigestError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# The email's text of a story, and the stored field whose bound (digest.limits) applies to it.
+# The desk command that overrides it, if any.
+_ITEM_FIELDS = (
+    ("title", "title", "shown_title", "headline"),
+    ("dek", "dek", "shown_dek", "blurb"),
+    ("byline", "byline", "byline", None),
+    ("source", "source", "source", None),
+    ("url", "url", "url", None),
+    ("image URL", "image_url", "image_url", None),
+    ("image alt text", "image_alt", "image_alt", None),
+    ("image caption", "image_caption", "image_caption", None),
+)
+
+
+def check_items(nl: NewsletterConfig, edition: Edition) -> None:
+    """Every story's text within the bounds ingest applies (a story stored before them, or
+    put in by hand, could otherwise make every variant unsendable): InputError naming the
+    story and what to do, before anything is rendered."""
+    for item in edition.items:
+        for label, bound, attr, desk in _ITEM_FIELDS:
+            value = getattr(item, attr)
+            limit = MAX_ARTICLE_FIELD[bound]
+            if value is None or len(value) <= limit:
+                continue
+            date = f"--date {edition.edition_date}"
+            fix = (
+                f"`digest edition {desk} {nl.id} {item.article_id} TEXT {date}` or " if desk else ""
+            )
+            raise InputError(
+                f"story #{item.article_id} ({item.section} {item.rank}): its {label} is "
+                f"{len(value):,} characters, above the {limit:,} a story may have; {fix}take "
+                f"it out with `digest edition drop {nl.id} {item.article_id} {date}`"
+            )
 
 
 class VariantCheck:

@@ -51,6 +51,7 @@ from digest.preflight import (
     VariantCheck,
     audience_without_rows,
     check_full_audience,
+    check_items,
     next_due,
     open_rows,
     refusal,
@@ -366,6 +367,7 @@ def _prepare_rows(
     template (even for an empty audience), and, for a partial run, every variant of the full
     audience. Returns how many recipients a local-time wave left for a later run."""
     if check.edition_was_draft:
+        check_items(nl, edition)
         check.check(())
         if options.segments or options.recipient_filter is not None:
             check_full_audience(session, check)
