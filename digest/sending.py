@@ -208,10 +208,11 @@ class SendReport:
         if self.edition_status != "frozen":
             return []
         total = sum(self.counts.values())
-        reached = total - (self.counts.get("pending", 0) + self.counts.get("sending", 0))
+        settled = sum(self.counts.get(state, 0) for state in ledger.SETTLED)
         lines = [
-            f"edition open: {self.newsletter} {self.edition_date} is open: {reached} of its "
-            f"audience reached; it is closed (sent) once every reader has a settled row"
+            f"edition open: {self.newsletter} {self.edition_date} has {settled} of {total} "
+            "ledger row(s) settled; it is closed (sent) once every reader of its full audience "
+            "has a settled row"
         ]
         if self.segments and self.without_rows:
             lines.append(

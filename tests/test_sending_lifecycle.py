@@ -73,7 +73,11 @@ def test_a_segment_send_leaves_the_edition_open_and_the_full_send_reaches_all_21
     assert vip.edition_status == "frozen" == status(sessions, edition)
     assert "already sent" not in vip.summary()
     assert "edition open" in vip.summary()
-    assert "daily 2026-03-10 is open: 1 of its audience reached" in vip.summary()
+    assert "daily 2026-03-10 has 1 of 1 ledger row(s) settled" in vip.summary()
+    assert (
+        "this run was for segment(s) vip; 20 reader(s) of the full audience have no row yet: "
+        "run `digest send daily --date 2026-03-10` to send them"
+    ) in vip.summary()
 
     full = send(config, sessions, now, provider=provider)
 
