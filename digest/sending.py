@@ -588,7 +588,9 @@ def _create_rows(
             flush(max(pending, key=lambda k: len(pending[k])))
     for variant in list(pending):
         flush(variant)
-    missed_count = max(conn.execute(_insert(session), missed).rowcount, 0) if missed else 0
+    # RETURNING names the rows written (a bulk INSERT's rowcount is not reliable on psycopg).
+    added = _insert(session).returning(DELIVERIES.c.id)
+    missed_count = len(conn.execute(added, missed).all()) if missed else 0
     # Only rows from an earlier run can belong to someone who has left since.
     gone = ledger.pending_of(session, edition_id, sorted(existing - present), segment)
     skipped = ledger.leave_audience(session, gone, now)
