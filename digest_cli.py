@@ -1067,7 +1067,13 @@ def send_cmd(
     force,
     if_due,
 ):
-    """Deliver the edition to its audience, exactly once per subscriber (safe to re-run)."""
+    """Deliver the edition to its audience, exactly once per subscriber (safe to re-run).
+
+    The edition closes (sent) once every member of its full audience has a settled row; a
+    --segment or --limit run leaves it open for the next full send. Exit codes: 0 done; 1 the
+    send failed (nothing frozen when its checks fail); 2 configuration; 3 held back (a gate,
+    approval); 4 it ended with failed, deferred or unknown rows (the summary says what next).
+    """
     from digest.sending import SendOptions
 
     nl = app.config.newsletter(newsletter)
@@ -1104,7 +1110,8 @@ def _send_if_due(app: App, newsletter_id: str, options: Any, force, date_, dry_r
         Runner(app.config, app.sessions, utcnow, options=options, force=force), newsletter_id
     )
     for r in results:
-        if r.outcome in ("finished", "busy"):
+        # A run waiting for its deferred rows' next attempt sent nothing and logged quietly.
+        if r.outcome in ("finished", "busy") or (r.outcome == "deferred" and not r.undelivered):
             click.echo(f"{r.newsletter} {r.edition_date}: nothing to do ({r.message})")
     return exit_code(results)
 
