@@ -999,30 +999,37 @@ def run_send(app: App, newsletter_id: str, day: date, options: Any) -> Any:
         click.echo("\nstopping after the current batch (Ctrl-C again to abort)", err=True)
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        with _send_progress_bar() as bar:
+    # Shown from the first delivered batch on: a send refused by its checks prints only its
+    # error line.
+    bar = _send_progress_bar()
+    task: Any = None
+
+    def progress(e: Any) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
             task = bar.add_task("send", total=None, detail="")
+        bar.update(
+            task,
+            completed=e.done,
+            total=e.total,
+            detail=f"sent {e.sent} · failed {e.failed} · unknown {e.unknown} · {e.rate:.0f}/s",
+        )
 
-            def progress(e: Any) -> None:
-                bar.update(
-                    task,
-                    completed=e.done,
-                    total=e.total,
-                    detail=f"sent {e.sent} · failed {e.failed} · unknown {e.unknown} · "
-                    f"{e.rate:.0f}/s",
-                )
-
-            return send_edition(
-                app.config,
-                app.sessions,
-                newsletter_id,
-                day,
-                options,
-                clock=utcnow,
-                progress=progress,
-                stop=stop,
-            )
+    try:
+        return send_edition(
+            app.config,
+            app.sessions,
+            newsletter_id,
+            day,
+            options,
+            clock=utcnow,
+            progress=progress,
+            stop=stop,
+        )
     finally:
+        if task is not None:
+            bar.stop()
         signal.signal(signal.SIGINT, previous)
 
 
@@ -1067,7 +1074,13 @@ def send_cmd(
     force,
     if_due,
 ):
-    """Deliver the edition to its audience, exactly once per subscriber (safe to re-run)."""
+    """Deliver the edition to its audience, exactly once per subscriber (safe to re-run).
+
+    The edition closes (sent) once every member of its full audience has a settled row; a
+    --segment or --limit run leaves it open for the next full send. Exit codes: 0 done; 1 the
+    send failed (nothing frozen when its checks fail); 2 configuration; 3 held back (a gate,
+    approval); 4 it ended with failed, deferred or unknown rows (the summary says what next).
+    """
     from digest.sending import SendOptions
 
     nl = app.config.newsletter(newsletter)
@@ -1089,6 +1102,8 @@ def send_cmd(
         prepare_edition(app.config, app.sessions, nl, day, clock=utcnow, gates=not force)
     report = run_send(app, nl.id, day, options)
     click.echo(report.summary())
+    # 4: the send ran to its end but someone did not get the edition (README, exit codes).
+    click.get_current_context().exit(report.exit_code)
 
 
 def _send_if_due(app: App, newsletter_id: str, options: Any, force, date_, dry_run) -> int:
@@ -1102,7 +1117,8 @@ def _send_if_due(app: App, newsletter_id: str, options: Any, force, date_, dry_r
         Runner(app.config, app.sessions, utcnow, options=options, force=force), newsletter_id
     )
     for r in results:
-        if r.outcome in ("finished", "busy"):
+        # A run waiting for its deferred rows' next attempt sent nothing and logged quietly.
+        if r.outcome in ("finished", "busy") or (r.outcome == "deferred" and not r.undelivered):
             click.echo(f"{r.newsletter} {r.edition_date}: nothing to do ({r.message})")
     return exit_code(results)
 
@@ -1128,6 +1144,25 @@ def sends_report(app: App, newsletter, date_, as_csv):
             click.echo(ledger_csv(session, app.config, nl.id, day), nl=False)
         else:
             click.echo(format_report(ledger_report(session, app.config, nl.id, day), nl))
+
+
+# --- the edition's lifecycle: reopening an edition nobody was handed ------------------------
+
+
+@edition.command("reopen")
+@click.argument("newsletter")
+@click.option("--date", "date_", help="Edition date (default today).")
+@click.option("--by", envvar="DIGEST_EDITOR", help="Who reopens it ($DIGEST_EDITOR).")
+@pass_app
+def edition_reopen(app: App, newsletter: str, date_: str | None, by: str | None):
+    """Make a frozen edition a draft again when no message of it reached a provider."""
+    from digest.db import transaction
+    from digest.editions import reopen_edition
+
+    nl = app.config.newsletter(newsletter)
+    who = _editor(by)
+    with transaction(app.sessions) as session:
+        click.echo(reopen_edition(session, nl, parse_date(date_, nl.tz), who, clock=utcnow))
 
 
 # --- web -------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    delete,
     false,
     func,
     select,
@@ -43,7 +44,9 @@ from digest.selection import (
     pick,
 )
 
-# draft: may be rebuilt. frozen: sending has started; never changes again. sent: all rows settled.
+# draft: may be rebuilt. frozen: sending has started, the edition is open (some of its audience
+# has no settled row yet); its content never changes again, unless nobody was handed it
+# (reopen_edition). sent: closed, every member of its full audience has a settled row.
 STATUSES = ("draft", "frozen", "sent")
 
 
@@ -178,7 +181,7 @@ class EditionEdit(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     by: Mapped[str] = mapped_column(String(100))
     # drop, add, move, pin, unpin, headline, blurb, note, subject, preheader, approve,
-    # withdraw, rebuild
+    # withdraw, rebuild, reopen
     action: Mapped[str] = mapped_column(String(20))
     article_id: Mapped[int | None] = mapped_column(Integer)
     section: Mapped[str | None] = mapped_column(String(100))
@@ -268,6 +271,7 @@ def build_edition(
             raise EditionFrozen(
                 f"edition {newsletter.id} {edition_date} is frozen (sending started "
                 f"{existing.frozen_at:%Y-%m-%d %H:%M} UTC); it can no longer be rebuilt"
+                + _reopen_hint(session, existing)
             )
         if not force:
             return BuildResult(
@@ -528,3 +532,73 @@ def format_edition(edition: Edition, newsletter: NewsletterConfig | None = None)
         for e in edition.edits:
             lines.append(f"  {e.at.astimezone(UTC):%Y-%m-%d %H:%M} UTC  {e.by}: {e.summary}")
     return "\n".join(lines)
+
+
+# --- reopening an edition nobody was handed -------------------------------------------------
+
+# Rows that mean a reader has (or may have) the edition, or a sender is working on it.
+_HANDED_STATES = ("sending", "sent", "unknown", "deferred")
+
+
+def handed_rows(session: Session, edition_id: int) -> int:
+    """Ledger rows of the edition that reached a provider (or may have, or are being sent)."""
+    from digest.ledger import Delivery
+
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                Delivery.edition_id == edition_id,
+                Delivery.handed_at.is_not(None) | Delivery.state.in_(_HANDED_STATES),
+            )
+        )
+        or 0
+    )
+
+
+def _reopen_hint(session: Session, edition: Edition) -> str:
+    if handed_rows(session, edition.id):
+        return ""
+    return (
+        f"; nobody was handed it yet: `digest edition reopen {edition.newsletter} --date "
+        f"{edition.edition_date}` makes it a draft again"
+    )
+
+
+def reopen_edition(
+    session: Session, newsletter: NewsletterConfig, edition_date: date, by: str, *, clock: Clock
+) -> str:
+    """Make a frozen (or closed) edition a draft again, when no provider was handed any of its
+    messages: the rows waiting to be sent are removed, the desk's log records who reopened it,
+    and the editor can fix it, rebuild it and send it the same day. The caller commits."""
+    from digest.ledger import Delivery
+
+    edition = load_edition(session, newsletter.id, edition_date)
+    what = f"edition {newsletter.id} {edition_date}"
+    if not edition.frozen:
+        raise InputError(f"{what} is a draft: nothing to reopen")
+    handed = handed_rows(session, edition.id)
+    if handed:
+        raise EditionFrozen(
+            f"{what} cannot be reopened: {handed} of its messages were handed to the provider "
+            "(sent, on their way or unknown); send the rest with `digest send`"
+        )
+    removed = session.execute(
+        delete(Delivery)
+        .where(Delivery.edition_id == edition.id)
+        .execution_options(synchronize_session=False)
+    )
+    rows = int(getattr(removed, "rowcount", 0) or 0)
+    reopened = session.execute(
+        update(Edition)
+        .where(Edition.id == edition.id, Edition.status == edition.status)
+        .values(status="draft", frozen_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(reopened, "rowcount", 0):
+        raise EditionFrozen(f"{what} changed while it was being reopened: try again")
+    summary = f"reopened (was {edition.status}; {rows} unsent ledger row(s) removed)"
+    session.add(
+        EditionEdit(edition_id=edition.id, at=clock(), by=by, action="reopen", summary=summary)
+    )
+    session.refresh(edition)
+    return f"{what} {summary}: it is a draft again; change, rebuild or send it"

@@ -39,3 +39,8 @@ class GateClosed(DigestError):
     """A content gate blocked an unattended send (stale store, thin section, repeat)."""
 
     exit_code = 3  # distinct, so cron/systemd can tell "held back on purpose" from a failure
+
+
+# Not an error: a send that ran to its end but left failed, deferred or unknown rows exits with
+# this code (README, exit codes), distinct from 1 (failed), 2 (configuration) and 3 (held back).
+EXIT_UNDELIVERED = 4

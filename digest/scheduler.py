@@ -25,14 +25,18 @@ from types import FrameType
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from digest import ledger
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
 from digest.db import transaction
 from digest.editions import build_edition, get_edition, load_edition
-from digest.errors import DigestError, GateClosed
+from digest.errors import EXIT_UNDELIVERED, DigestError, GateClosed
 from digest.gates import check_gates
+from digest.ledger import deferred_due, next_due
+from digest.preflight import open_rows
 from digest.runs import (
     FINAL,
     STALE_AFTER,
@@ -56,6 +60,9 @@ log = logging.getLogger("digest.scheduler")
 # clock at or after the newsletter's send instant: within one local day (at most 25 h).
 LOCAL_SPAN = timedelta(hours=25)
 RETRY_EVERY_MINUTES = 15
+# How far back the retry job looks for editions still open for deferred rows (the ledger
+# fails a deferred row once it is older than its maximum age, which closes the edition).
+DEFERRED_DAYS = 3
 
 
 class Report(Protocol):
@@ -100,13 +107,16 @@ def _send(
 @dataclass(frozen=True)
 class RunResult:
     """What one look at one edition did. `outcome` is one of: sent, waiting (local-time waves
-    remain), interrupted, blocked (a gate), failed, skipped (missed beyond catch-up), busy
-    (another process holds it), finished (done or given up earlier)."""
+    remain), deferred (the edition is open for deferred rows, retried when due), interrupted,
+    blocked (a gate), failed, skipped (missed beyond catch-up), busy (another process holds
+    it), finished (done or given up earlier). `undelivered`: failed, deferred and unknown rows
+    of the edition after the send."""
 
     newsletter: str
     edition_date: date
     outcome: str
     message: str
+    undelivered: int = 0
 
     @property
     def ok(self) -> bool:
@@ -220,14 +230,55 @@ def run_due(runner: Runner, newsletter_id: str) -> list[RunResult]:
     now = runner.clock()
     day, at = due_edition(newsletter, now)
     if not newsletter.local_time_delivery:
-        return [_run_edition(runner, newsletter, day, at, now, local=False)]
-    results = []
-    grace = timedelta(hours=newsletter.catch_up_hours)
-    for d in (day - timedelta(days=1), day):
-        start = send_instant(newsletter, d)
-        if now < start + LOCAL_SPAN + grace:
-            results.append(_run_edition(runner, newsletter, d, start, now, local=True))
+        current = [day]
+        results = [_run_edition(runner, newsletter, day, at, now, local=False)]
+    else:
+        current, results = [], []
+        grace = timedelta(hours=newsletter.catch_up_hours)
+        for d in (day - timedelta(days=1), day):
+            start = send_instant(newsletter, d)
+            if now < start + LOCAL_SPAN + grace:
+                current.append(d)
+                results.append(_run_edition(runner, newsletter, d, start, now, local=True))
+    # Earlier editions still open for deferred rows: their retries, adding nobody new.
+    for d in _deferred_days(runner, newsletter, day, current):
+        results.append(_run_edition(runner, newsletter, d, send_instant(newsletter, d), now))
     return results
+
+
+def _deferred_days(
+    runner: Runner, nl: NewsletterConfig, day: date, current: list[date]
+) -> list[date]:
+    """Dates before `day` (at most DEFERRED_DAYS back) whose run waits for deferred rows."""
+    with runner.sessions() as session:
+        days = session.scalars(
+            select(ScheduledRun.edition_date).where(
+                ScheduledRun.newsletter == nl.id,
+                ScheduledRun.status == "waiting",
+                ScheduledRun.edition_date >= day - timedelta(days=DEFERRED_DAYS),
+                ScheduledRun.edition_date < day,
+            )
+        )
+        return sorted(d for d in days if d not in current)
+
+
+def deferred_wait(
+    sessions: sessionmaker[Session], nl: NewsletterConfig, d: date, now: datetime
+) -> str | None:
+    """Why a run can wait: the edition is open only for deferred rows, none of them due
+    before `now` (the reason names the next attempt). None: there is something to send."""
+    with sessions() as session:
+        edition = get_edition(session, nl.id, d)
+        if edition is None or edition.status != "frozen":
+            return None
+        counts = ledger.counts(session, edition.id)
+        deferred = counts.get("deferred", 0)
+        if not deferred or open_rows(counts) > deferred or deferred_due(session, edition.id, now):
+            return None
+        at = next_due(session, edition.id)
+        if at is None or at <= now:
+            return None
+        return f"{deferred} deferred row(s), next attempt {at:%Y-%m-%d %H:%M} UTC"
 
 
 def _event(
@@ -248,8 +299,16 @@ def _result(
 
 
 def _run_edition(
-    runner: Runner, nl: NewsletterConfig, d: date, at: datetime, now: datetime, *, local: bool
+    runner: Runner,
+    nl: NewsletterConfig,
+    d: date,
+    at: datetime,
+    now: datetime,
+    *,
+    local: bool | None = None,
 ) -> RunResult:
+    """One look at edition `d`. `local` None: a retry of an earlier edition's deferred rows
+    (nobody new is added; no waves, no catch-up limit)."""
     grace = timedelta(hours=nl.catch_up_hours)
     late = now - at
     with runner.sessions() as session:
@@ -262,7 +321,14 @@ def _run_edition(
             and not is_stale(existing, now, runner.stale_after)
         ):
             return _result(nl, d, "busy", f"held by {existing.claimed_by}", logging.DEBUG)
-    if not local and late > grace:
+    retry = local is None
+    waiting = existing is not None and existing.status == "waiting"
+    if waiting and (not local or now >= at + LOCAL_SPAN):
+        # Open for deferred rows only: nothing to do before the next one is due.
+        reason = deferred_wait(runner.sessions, nl, d, now)
+        if reason is not None:
+            return _result(nl, d, "deferred", f"waiting: {reason}", logging.DEBUG)
+    if not local and not waiting and late > grace:
         return _missed(runner, nl, d, at, now, existing)
 
     claim = claim_run(
@@ -285,6 +351,7 @@ def _run_edition(
         )
     mark_running(runner.sessions, claim, clock=runner.clock)
     recipients = wave(nl, d, now - grace, now) if local else None
+    options = replace(runner.options, add_recipients=False) if retry else runner.options
     if local and late > grace and existing is None:
         _event(
             logging.WARNING,
@@ -296,6 +363,7 @@ def _run_edition(
         )
     _event(logging.INFO, "start", nl.id, d, f"sending (due {at:%Y-%m-%d %H:%M} UTC)")
     status, outcome, level = "failed", "failed", logging.ERROR
+    undelivered = 0
     try:
         with keep_alive(runner.sessions, claim, clock=runner.clock):
             # Later waves of a local-time run go on without judging the edition again.
@@ -305,7 +373,7 @@ def _run_edition(
                 nl,
                 d,
                 clock=runner.clock,
-                gates=not runner.force and (existing is None or existing.status != "waiting"),
+                gates=not runner.force and not waiting,
             )
             report = (runner.send or _send)(
                 runner.config,
@@ -315,14 +383,18 @@ def _run_edition(
                 clock=runner.clock,
                 stop=runner.stop,
                 recipients=recipients,
-                options=runner.options,
+                options=options,
             )
         message = "; ".join(report.summary().splitlines())
+        undelivered = int(getattr(report, "undelivered", 0))
         if runner.stop.is_set():
             status, outcome, level = "failed", "interrupted", logging.WARNING
             message = f"interrupted, resumes on the next run: {message}"
         elif local and now < at + LOCAL_SPAN:
             status, outcome, level = "waiting", "waiting", logging.INFO
+        elif _open_for_deferred(report):
+            # Not done: the retry job sends the deferred rows when they are due.
+            status, outcome, level = "waiting", "deferred", logging.WARNING
         else:
             status, outcome, level = "done", "sent", logging.INFO
     except GateClosed as e:
@@ -332,7 +404,14 @@ def _run_edition(
     except Exception as e:  # a bug in one newsletter's run must not stop the scheduler
         message = f"unexpected {_describe(e)}"
     finish_run(runner.sessions, claim, status, message, clock=runner.clock)
-    return _result(nl, d, outcome, message, level)
+    _event(level, outcome, nl.id, d, message)
+    return RunResult(nl.id, d, outcome, message, undelivered)
+
+
+def _open_for_deferred(report: Report) -> bool:
+    """The send left the edition open with deferred rows (a stand-in report has no counts)."""
+    counts: dict[str, int] = getattr(report, "counts", {}) or {}
+    return getattr(report, "edition_status", "") == "frozen" and counts.get("deferred", 0) > 0
 
 
 def _describe(e: BaseException) -> str:
@@ -503,11 +582,14 @@ def run_once(runner: Runner, newsletter_id: str) -> list[RunResult]:
 
 
 def exit_code(results: list[RunResult]) -> int:
-    """3 when a gate held the edition back, 1 when a run failed or was interrupted, else 0
-    (sent, nothing due, already done, or another process is on it)."""
+    """3 when a gate held the edition back, 1 when a run failed or was interrupted, 4 when a
+    send ended with failed, deferred or unknown rows, else 0 (sent, nothing due, already done,
+    or another process is on it)."""
     if any(r.outcome == "blocked" for r in results):
         return GateClosed.exit_code
-    return 0 if all(r.ok for r in results) else 1
+    if not all(r.ok for r in results):
+        return 1
+    return EXIT_UNDELIVERED if any(r.undelivered for r in results) else 0
 
 
 EXIT_INTERRUPTED = 130

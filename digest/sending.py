@@ -40,7 +40,7 @@ from digest.config import Config, NewsletterConfig
 from digest.db import make_engine, session_factory, transaction
 from digest.dkim import signer_for
 from digest.editions import Edition, build_edition, freeze_edition, get_edition
-from digest.errors import InputError, NotFound, ProviderError
+from digest.errors import EXIT_UNDELIVERED, InputError, NotFound, ProviderError
 from digest.ledger import DELIVERIES, Claimed
 from digest.message import (
     Addressee,
@@ -48,6 +48,15 @@ from digest.message import (
     VariantMessage,
     make_message_id,
     message_id_parts,
+)
+from digest.preflight import (
+    CHECK_ERRORS,
+    VariantCheck,
+    audience_without_rows,
+    check_full_audience,
+    check_items,
+    open_rows,
+    refusal,
 )
 from digest.preview import PreviewMail, register_format, sample_personal
 from digest.providers.base import (
@@ -117,6 +126,9 @@ class SendOptions:
     resend_unknown: bool = False
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     batch_size: int | None = None  # default: the provider's own
+    # False: deliver the rows the ledger has and add nobody (the scheduler's retries of an
+    # earlier day's deferred rows: people who subscribed since get the current edition).
+    add_recipients: bool = True
     # Local-time delivery (the scheduler's waves): which recipients get rows now.
     recipient_filter: RecipientFilter | None = None
 
@@ -138,6 +150,9 @@ class ProgressEvent:
 
 @dataclass
 class SendReport:
+    """What one run did (the `_now` counts and `created` are this run's own rows, never rows
+    another sender added or settled) and where the edition stands after it."""
+
     newsletter: str
     edition_date: date
     provider: str
@@ -145,6 +160,7 @@ class SendReport:
     sent_now: int = 0
     failed_now: int = 0
     unknown_now: int = 0
+    deferred_now: int = 0
     created: int = 0
     skipped_now: int = 0
     missed_now: int = 0
@@ -153,9 +169,25 @@ class SendReport:
     dry_run: bool = False
     edition_status: str = ""
     stopped: bool = False
+    segments: tuple[str, ...] = ()
+    # Members of the full audience without a row (counted after a partial run), and when the
+    # next deferred row is due.
+    without_rows: int = 0
+    next_attempt: datetime | None = None
     notes: list[str] = field(default_factory=list)
-    deferred_now: int = 0
-    next_attempt: datetime | None = None  # when the earliest deferred row is due
+
+    @property
+    def undelivered(self) -> int:
+        """Rows of the edition that did not reach their reader and are not on their way:
+        failed, deferred or unknown."""
+        c = self.counts
+        return c.get("failed", 0) + c.get("deferred", 0) + c.get("unknown", 0)
+
+    @property
+    def exit_code(self) -> int:
+        """0, or EXIT_UNDELIVERED (4) when the edition's ledger ends with failed, deferred or
+        unknown rows: cron and the operator see that someone did not get it."""
+        return EXIT_UNDELIVERED if not self.dry_run and self.undelivered else 0
 
     def summary(self) -> str:
         if self.dry_run:
@@ -163,39 +195,87 @@ class SendReport:
                 f"dry run of {self.newsletter} {self.edition_date}: {self.sent_now} message(s) "
                 f"written to the outbox; the ledger was not touched"
             ]
-        else:
-            rate = self.sent_now / self.elapsed if self.elapsed > 0 else 0.0
-            state = ", ".join(f"{k} {v}" for k, v in self.counts.items() if v)
-            lines = [
-                f"{self.newsletter} {self.edition_date} via {self.provider}: sent {self.sent_now}, "
-                f"failed {self.failed_now}, unknown {self.unknown_now} in {self.elapsed:.1f}s "
-                f"({rate:.0f}/s)",
-                f"ledger: {state or 'no rows'}; edition {self.edition_status}",
-            ]
-            if self.created:
-                lines.append(f"{self.created} new recipient(s) added to the ledger")
-            if self.skipped_now:
-                lines.append(f"{self.skipped_now} row(s) skipped: no longer in the audience")
-            if self.missed_now:
-                lines.append(
-                    f"{self.missed_now} recipient(s) missed their local send time by more than "
-                    "catch_up_hours: recorded as skipped"
-                )
-            if self.recovered:
-                lines.append(f"{self.recovered} row(s) recovered from an interrupted send")
-            if self.stopped:
-                lines.append("stopped before the end: run the same command again to continue")
-            if self.deferred_now:
-                lines.append(self._deferred_line())
-        return "\n".join(lines + self.notes)
+            return "\n".join(lines + self.notes)
+        rate = self.sent_now / self.elapsed if self.elapsed > 0 else 0.0
+        state = ", ".join(f"{k} {v}" for k, v in self.counts.items() if v)
+        deferred = f", deferred {self.deferred_now}" if self.deferred_now else ""
+        lines = [
+            f"{self.newsletter} {self.edition_date} via {self.provider}: sent {self.sent_now}, "
+            f"failed {self.failed_now}, unknown {self.unknown_now}{deferred} in "
+            f"{self.elapsed:.1f}s ({rate:.0f}/s)",
+            f"ledger: {state or 'no rows'}; edition {self.edition_status}",
+        ]
+        if self.created:
+            lines.append(f"{self.created} new recipient(s) added to the ledger")
+        if self.skipped_now:
+            lines.append(f"{self.skipped_now} row(s) skipped: no longer in the audience")
+        if self.missed_now:
+            lines.append(
+                f"{self.missed_now} recipient(s) missed their local send time by more than "
+                "catch_up_hours: recorded as skipped"
+            )
+        if self.recovered:
+            lines.append(f"{self.recovered} row(s) recovered from an interrupted send")
+        if self.stopped:
+            lines.append("stopped before the end: run the same command again to continue")
+        return "\n".join(lines + self._open_lines() + self._next_steps() + self.notes)
 
-    def _deferred_line(self) -> str:
-        when = f" at {self.next_attempt:%Y-%m-%d %H:%M} UTC" if self.next_attempt else ""
-        return (
-            f"{self.deferred_now} recipient(s) deferred: their server answered 'try again "
-            f"later'; they are due again{when}: run the same command then (`digest schedule` "
-            "does it by itself)"
-        )
+    def _command(self, *flags: str) -> str:
+        return " ".join(["digest send", self.newsletter, f"--date {self.edition_date}", *flags])
+
+    def _open_lines(self) -> list[str]:
+        """Why the edition is still open, when it is."""
+        if self.edition_status != "frozen":
+            return []
+        total = sum(self.counts.values())
+        settled = sum(self.counts.get(state, 0) for state in ledger.SETTLED)
+        lines = [
+            f"edition open: {self.newsletter} {self.edition_date} has {settled} of {total} "
+            "ledger row(s) settled; it is closed (sent) once every reader of its full audience "
+            "has a settled row"
+        ]
+        if self.segments and self.without_rows:
+            lines.append(
+                f"this run was for segment(s) {', '.join(self.segments)}; {self.without_rows} "
+                f"reader(s) of the full audience have no row yet: run `{self._command()}` to "
+                "send them"
+            )
+        if not total:
+            lines.append(
+                "the audience is empty: nobody to send to; the edition stays open for its "
+                "first reader"
+                if not self.segments
+                else f"segment {', '.join(self.segments)} matched nobody: no rows were added"
+            )
+        pending = self.counts.get("pending", 0)
+        if pending and not self.stopped:
+            lines.append(f"{pending} pending: run `{self._command()}` again to send them")
+        return lines
+
+    def _next_steps(self) -> list[str]:
+        """For each kind of undelivered row: how many, and the command to run next."""
+        c, out = self.counts, []
+        report = f"digest sends report {self.newsletter} --date {self.edition_date}"
+        if c.get("deferred"):
+            when = f" (next attempt {self.next_attempt:%H:%M} UTC)" if self.next_attempt else ""
+            out.append(
+                f"{c['deferred']} deferred{when}: run `{self._command()}` again or let "
+                "`digest schedule` do it"
+            )
+        if c.get("unknown"):
+            out.append(
+                f"{c['unknown']} unknown (handed over, no answer: they may have been "
+                f"delivered): see `{report}`; `{self._command('--resend-unknown')}` only once "
+                "you know they were not"
+            )
+        if c.get("failed"):
+            out.append(
+                f"{c['failed']} failed: see `{report}`; "
+                f"`{self._command('--retry-failed')}` after fixing the cause"
+            )
+        if out:
+            out.append(f"exit code {EXIT_UNDELIVERED}: not everyone got this edition")
+        return out
 
 
 Progress = Callable[[ProgressEvent], None]
@@ -246,26 +326,23 @@ def send_edition(
     if provider.name != "sendgrid":
         # Raw MIME is DKIM-signed: an unreadable key stops the send before anything changes.
         signer_for(config, nl)
-    report = SendReport(nl.id, edition_date, provider.name, {})
+    report = SendReport(nl.id, edition_date, provider.name, {}, segments=options.segments)
 
     with transaction(sessions) as session:
-        edition = _frozen_edition(session, config, nl, edition_date, clock)
-    renderer = Renderer(config, nl, edition)
+        if get_edition(session, nl.id, edition_date) is None:
+            build_edition(session, config, nl, edition_date, clock=clock)  # kept if a check fails
     with transaction(sessions) as session:
-        back, unknown = ledger.recover(session, edition.id, clock())
-        report.recovered = back + unknown
-        if options.retry_failed:
-            ledger.reopen(session, edition.id, ["failed"])
-        if options.resend_unknown:
-            ledger.reopen(session, edition.id, ["unknown"])
-        left_out = 0
-        if edition.status == "sent":
-            # Done editions stay done: people who subscribed since do not get an old issue.
-            report.notes.append(f"edition {nl.id} {edition_date} was already sent to everyone")
-        else:
-            with _collector_paused():
-                created = _create_rows(session, config, nl, edition.id, renderer, options, clock)
-                report.created, report.skipped_now, report.missed_now, left_out = created
+        # Freezing and the first rows commit together, after the checks: see digest.preflight.
+        edition, froze = _frozen_edition(session, nl, edition_date, clock)
+        check = VariantCheck(config, nl, edition)
+        check.edition_was_draft = froze
+        try:
+            left_out = _prepare_rows(session, config, nl, edition, check, options, report, clock)
+        except CHECK_ERRORS as e:
+            if froze:
+                raise refusal(nl, edition, e) from e
+            raise
+    renderer = check.renderer
 
     workers = max(1, options.workers)
     bind = sessions.kw.get("bind")
@@ -291,19 +368,95 @@ def send_edition(
 
     report.stopped = stop.is_set()
     with transaction(sessions) as session:
-        if not left_out and not report.stopped and ledger.unsettled(session, edition.id) == 0:
-            session.execute(
-                update(Edition)
-                .where(Edition.id == edition.id, Edition.status == "frozen")
-                .values(status="sent")
-            )
-        report.counts = ledger.counts(session, edition.id)
-        report.next_attempt = ledger.next_due(session, edition.id)
-        report.edition_status = (
-            session.scalar(select(Edition.status).where(Edition.id == edition.id)) or ""
-        )
+        _close_if_complete(session, config, nl, edition.id, options, report, left_out, clock)
     report.elapsed = time.monotonic() - started
     return report
+
+
+def _prepare_rows(
+    session: Session,
+    config: Config,
+    nl: NewsletterConfig,
+    edition: Edition,
+    check: VariantCheck,
+    options: SendOptions,
+    report: SendReport,
+    clock: Clock,
+) -> int:
+    """Recover rows a dead sender held, reopen what the options ask for, and add a row per
+    audience member without one. When this run froze the edition, its checks run first: the
+    template (even for an empty audience), and, for a partial run, every variant of the full
+    audience. Returns how many recipients a local-time wave left for a later run."""
+    if check.edition_was_draft:
+        check_items(nl, edition)
+        check.check(())
+        if options.segments or options.recipient_filter is not None:
+            check_full_audience(session, check)
+    back, unknown = ledger.recover(session, edition.id, clock())
+    report.recovered = back + unknown
+    if options.retry_failed:
+        ledger.reopen(session, edition.id, ["failed"])
+    if options.resend_unknown:
+        ledger.reopen(session, edition.id, ["unknown"])
+    if edition.status == "sent":
+        # Closed editions stay closed: people who subscribed since do not get an old issue.
+        report.notes.append(_closed_note(session, edition))
+        return 0
+    if not options.add_recipients:
+        return 0
+    with _collector_paused():
+        created = _create_rows(session, config, nl, edition.id, check, options, clock)
+    report.created, report.skipped_now, report.missed_now, left_out = created
+    return left_out
+
+
+def _closed_note(session: Session, edition: Edition) -> str:
+    counts = ledger.counts(session, edition.id)
+    what = f"edition {edition.newsletter} {edition.edition_date}"
+    if not counts.get("failed") and not counts.get("unknown"):
+        return f"{what} was already sent to everyone"
+    return (
+        f"{what} is closed: every reader of its audience has a settled row (some failed or "
+        "unknown, below); nobody new is added"
+    )
+
+
+def _close_if_complete(
+    session: Session,
+    config: Config,
+    nl: NewsletterConfig,
+    edition_id: int,
+    options: SendOptions,
+    report: SendReport,
+    left_out: int,
+    clock: Clock,
+) -> None:
+    """Mark the edition sent when every member of its full audience has a settled row, and
+    fill in where it stands. A run for some segments closes it only when, counted, nobody of
+    the full audience is without a row; a local-time wave that left people for later, a
+    stopped run and an empty ledger never close it."""
+    counts = ledger.counts(session, edition_id)
+    if options.segments:
+        report.without_rows = audience_without_rows(session, config, nl, edition_id)
+    complete = (
+        not left_out
+        and not report.stopped
+        and sum(counts.values()) > 0
+        and open_rows(counts) == 0
+        and report.without_rows == 0
+    )
+    if complete:
+        session.execute(
+            update(Edition)
+            .where(Edition.id == edition_id, Edition.status == "frozen")
+            .values(status="sent")
+        )
+    report.counts = counts
+    report.edition_status = (
+        session.scalar(select(Edition.status).where(Edition.id == edition_id)) or ""
+    )
+    if counts.get("deferred"):
+        report.next_attempt = ledger.next_due(session, edition_id)
 
 
 @contextmanager
@@ -321,13 +474,16 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _frozen_edition(
-    session: Session, config: Config, nl: NewsletterConfig, edition_date: date, clock: Clock
-) -> Edition:
+    session: Session, nl: NewsletterConfig, edition_date: date, clock: Clock
+) -> tuple[Edition, bool]:
+    """The edition, frozen in the caller's transaction (which commits it only once the rows
+    are in), and whether this call froze it. On PostgreSQL the freeze locks the edition's row,
+    so a concurrent sender waits here and then finds it frozen."""
     edition = get_edition(session, nl.id, edition_date)
     if edition is None:
-        edition = build_edition(session, config, nl, edition_date, clock=clock).edition
-    freeze_edition(session, edition, clock=clock)
-    return _load(session, edition.id)
+        raise NotFound(f"no edition of {nl.id} for {edition_date}")  # deleted since the build
+    froze = freeze_edition(session, edition, clock=clock)
+    return _load(session, edition.id), froze
 
 
 def _load(session: Session, edition_id: int) -> Edition:
@@ -369,7 +525,7 @@ def _create_rows(
     config: Config,
     nl: NewsletterConfig,
     edition_id: int,
-    renderer: Renderer,
+    check: VariantCheck,
     options: SendOptions,
     clock: Clock,
 ) -> tuple[int, int, int, int]:
@@ -414,10 +570,12 @@ def _create_rows(
         nonlocal created, buffered
         rows = pending.pop(variant)
         if order is None:  # named parameters (psycopg)
-            conn.exec_driver_sql(sql, [dict(zip(_ROW_COLUMNS, r, strict=True)) for r in rows])
+            params: Any = [dict(zip(_ROW_COLUMNS, r, strict=True)) for r in rows]
         else:
-            conn.exec_driver_sql(sql, rows)
-        created += len(rows)
+            params = rows
+        # The rows this run added: a row another sender inserted first is skipped by the
+        # unique key and not counted (executemany sums the rows each insert wrote).
+        created += max(conn.exec_driver_sql(sql, params).rowcount, 0)
         buffered -= len(rows)
 
     for r in audience(session, config, nl, segments):
@@ -430,8 +588,8 @@ def _create_rows(
             continue
         v = variants.get((r.sections, r.blocks))
         if v is None:
-            rendered = renderer.variant(r.sections, r.blocks)
-            check_size(rendered)  # refuses a variant Gmail would clip
+            check.check(r.sections, r.blocks)  # refuses a variant Gmail would clip, a bad header
+            rendered = check.renderer.variant(r.sections, r.blocks)
             v = variants[(r.sections, r.blocks)] = (
                 rendered.key,
                 ledger.encode_variant(rendered.sections, rendered.blocks),
@@ -450,12 +608,13 @@ def _create_rows(
             flush(max(pending, key=lambda k: len(pending[k])))
     for variant in list(pending):
         flush(variant)
-    if missed:
-        conn.execute(_insert(session), missed)
+    # RETURNING names the rows written (a bulk INSERT's rowcount is not reliable on psycopg).
+    added = _insert(session).returning(DELIVERIES.c.id)
+    missed_count = len(conn.execute(added, missed).all()) if missed else 0
     # Only rows from an earlier run can belong to someone who has left since.
     gone = ledger.pending_of(session, edition_id, sorted(existing - present), segment)
     skipped = ledger.leave_audience(session, gone, now)
-    return created, skipped, len(missed), left_out
+    return created, skipped, missed_count, left_out
 
 
 # --- one worker ------------------------------------------------------------------------------

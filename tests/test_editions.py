@@ -82,7 +82,8 @@ def test_frozen_edition_cannot_be_rebuilt(
     assert result.exit_code == 1
     assert result.output.strip() == (
         "Error: edition daily 2026-03-10 is frozen (sending started 2026-03-10 11:00 UTC); "
-        "it can no longer be rebuilt"
+        "it can no longer be rebuilt; nobody was handed it yet: "
+        "`digest edition reopen daily --date 2026-03-10` makes it a draft again"
     )
 
 
