@@ -43,6 +43,8 @@ def load_models() -> None:
         "digest.web_models",
         "digest.proofs",
         "digest.bounces.models",
+        "digest.tracking",
+        "digest.clicks",
     ):
         try:
             importlib.import_module(name)

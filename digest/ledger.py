@@ -84,6 +84,7 @@ class Delivery(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     handed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    subject: Mapped[str | None] = mapped_column(String(300))  # as sent (A/B arms differ)
 
     __table_args__ = (
         UniqueConstraint("edition_id", "subscriber_id"),
@@ -97,6 +98,17 @@ class Delivery(Base):
             "id",
             sqlite_where=text("state = 'pending'"),
             postgresql_where=text("state = 'pending'"),
+        ),
+        # `digest report` counts delivered rows per edition, variant, segment and subject
+        # from this index alone; partial, so a row enters it once, when it is sent.
+        Index(
+            "ix_deliveries_sent",
+            "edition_id",
+            "variant",
+            "segment",
+            "subject",
+            sqlite_where=text("state = 'sent'"),
+            postgresql_where=text("state = 'sent'"),
         ),
     )
 

@@ -61,12 +61,20 @@ from digest.render import (
     personalise,
 )
 from digest.text import csv_row
+from digest.tracking import send_renderer
 from subscribers.audience import Recipient, audience
 
 _FINAL = (Kind.ACCEPTED, Kind.FAILED, Kind.UNKNOWN)
 _INSERT_CHUNK = 2000
 _BUFFERED_ROWS = 50_000
-_ROW_COLUMNS = ("subscriber_id", "email", "name", "sections", "variant")  # what a new row binds
+_ROW_COLUMNS = (
+    "subscriber_id",
+    "email",
+    "name",
+    "sections",
+    "variant",
+    "subject",
+)  # what a new row binds
 _TEXT: TypeEngine[str] = DELIVERIES.c.email.type
 _HANDED_WAIT = 0.02  # seconds; SendGrid checkpoints within a few ms of a batch's start
 
@@ -99,6 +107,7 @@ class SendOptions:
     batch_size: int | None = None  # default: the provider's own
     # Local-time delivery (the scheduler's waves): which recipients get rows now.
     recipient_filter: RecipientFilter | None = None
+    subject: str | None = None  # an A/B arm's subject template (digest.abtest)
 
 
 @dataclass(frozen=True)
@@ -217,7 +226,7 @@ def send_edition(
 
     with transaction(sessions) as session:
         edition = _frozen_edition(session, config, nl, edition_date, clock)
-    renderer = Renderer(config, nl, edition)
+    renderer = send_renderer(config, sessions, nl, edition, options.subject)  # digest.tracking
     with transaction(sessions) as session:
         back, unknown = ledger.recover(session, edition.id, clock())
         report.recovered = back + unknown
@@ -347,7 +356,7 @@ def _create_rows(
     segment = ",".join(segments)
     left_out = 0
     now = clock()
-    variants: dict[tuple[tuple[str, ...], tuple[int, ...]], tuple[str, str]] = {}
+    variants: dict[tuple[tuple[str, ...], tuple[int, ...]], tuple[str, str, str]] = {}
     # Rows are inserted variant by variant: claims take one variant's rows in id order, so
     # a batch's rows then sit together in the table and each ledger update of a batch
     # rewrites a few dozen pages rather than ten times as many (measured: 15% of a send).
@@ -400,8 +409,9 @@ def _create_rows(
             v = variants[(r.sections, r.blocks)] = (
                 rendered.key,
                 ledger.encode_variant(rendered.sections, rendered.blocks),
+                rendered.subject[:300],
             )
-        row = (r.subscriber_id, r.email, r.name, v[1], v[0])
+        row = (r.subscriber_id, r.email, r.name, v[1], v[0], v[2])
         if verdict is not True:  # rare (a scheduler that was down): plain bound rows
             settled = {"state": "skipped", "settled_at": now, "last_error": verdict}
             missed.append(shared | dict(zip(_ROW_COLUMNS, row, strict=True)) | settled)
@@ -829,6 +839,7 @@ def _tag_personal(tags: dict[str, str], view_url: str) -> Personal:
         unsubscribe_url=tags["unsubscribe_url"],
         preferences_url=tags["preferences_url"],
         view_url=view_url,
+        click=tags["click"],
     )
 
 
@@ -913,7 +924,7 @@ def _worker_process(
         provider = make_provider(config, provider_name, nl)
         with sessions() as session:
             edition = _load(session, edition_id)
-        renderer = Renderer(config, nl, edition)
+        renderer = send_renderer(config, sessions, nl, edition, options.subject)
         w = _Worker(config, sessions, nl, edition, renderer, provider, options, utcnow, stop)
         try:
             w.run(limit)
