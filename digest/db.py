@@ -45,6 +45,7 @@ def load_models() -> None:
         "digest.bounces.models",
         "digest.tracking",
         "digest.clicks",
+        "digest.abtest",
     ):
         try:
             importlib.import_module(name)

@@ -93,9 +93,27 @@ def upgrade() -> None:
         ["edition_id", "kind", "counted", "variant", "segment", "subject", "delivery_id"],
     )
     op.create_index("ix_click_events_delivery", "click_events", ["delivery_id", "clicked_at"])
+    op.create_table(
+        "ab_tests",
+        sa.Column("edition_id", sa.Integer(), nullable=False),
+        sa.Column("subjects", sa.Text(), nullable=False),
+        sa.Column("sample", sa.String(length=20), nullable=False),
+        sa.Column("phase", sa.String(length=10), nullable=False),
+        sa.Column("sample_done_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("winner", sa.Text(), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["edition_id"],
+            ["editions.id"],
+            name=op.f("fk_ab_tests_edition_id_editions"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("edition_id", name=op.f("pk_ab_tests")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("ab_tests")
     op.drop_table("click_events")
     op.drop_table("tracked_links")
     op.drop_index("ix_deliveries_sent", table_name="deliveries")
