@@ -32,6 +32,7 @@ from digest.tracking import TrackedLink
 
 TREND_EDITIONS = 10
 TOP_STORIES = 5
+TEXT_ROWS = 8  # rows per breakdown in the terminal
 OPENS_CAVEAT = (
     "unreliable: Apple Mail Privacy Protection and image proxies open every message; "
     "use clicks to measure engagement"
@@ -380,8 +381,10 @@ def format_report(r: Report) -> str:
             lines += ["", f"{title}:"]
             lines += [
                 f"  {_pct(x.rate):>6}  {x.clickers:>6} of {x.delivered:<7} {x.name or '(all)'}"
-                for x in rows
+                for x in rows[:TEXT_ROWS]
             ]
+            if len(rows) > TEXT_ROWS:
+                lines.append(f"  … {len(rows) - TEXT_ROWS} more (--csv, --json or --html)")
     if r.ab_winner:
         lines.append(f"A/B winner: {r.ab_winner}")
     if len(r.trend) > 1:

@@ -868,7 +868,7 @@ def _apply_event(
     if kind in UNSUBSCRIBING:
         _unsubscribe_from_event(session, row, email, at)
         return kind
-    if kind in ("click", "open") and config is not None:
+    if kind in ("click", "open") and config is not None and row is not None:
         return sendgrid_event(session, config, kind, row, event)  # digest.clicks
     return "ignored"
 
