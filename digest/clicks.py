@@ -284,7 +284,7 @@ def sendgrid_event(
     nl = config.newsletters.get(edition.newsletter) if edition is not None else None
     if kind == "open":
         if nl is None or not nl.track_opens:
-            return "open (not tracked)"
+            return "ignored"  # as before opens were tracked at all
         at = _event_time(event)
         return record_open(session, row, event, at) if at is not None else "open (no time)"
     click = from_sendgrid(session, site_secret(config), config.site.base_url, row, event)

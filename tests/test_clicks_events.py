@@ -209,7 +209,7 @@ def test_opens_are_stored_only_with_track_opens(
     }
     with sessions.begin() as session:
         got = apply_events(session, [event], at=now, config=config).counts
-    assert got == {"open (not tracked)": 1}
+    assert got == {"ignored": 1}
     nl = dataclasses.replace(config.newsletter("daily"), track_opens=True)
     opens = dataclasses.replace(config, newsletters={**config.newsletters, "daily": nl})
     with sessions.begin() as session:
