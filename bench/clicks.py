@@ -92,12 +92,11 @@ def _fire(port: int, method: str, paths: list[str], threads: int, ok: int) -> tu
 
 
 def bench_redirect(args: argparse.Namespace) -> None:
+    from digest.clicks import ClickEvent
+    from digest.web import create_app, make_web_server
     from tests.clicks_support import outbox, path_of, send
     from tests.fakes.population import add_population
     from tests.render_support import store_edition
-
-    from digest.clicks import ClickEvent
-    from digest.web import create_app, make_web_server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -275,10 +274,9 @@ def _drop_pg(url: str) -> None:
 
 
 def bench_render(args: argparse.Namespace) -> None:
-    from tests.render_support import make_edition
-
     from digest.render import Links, Renderer, personalise
     from digest.tracking import LinkMap
+    from tests.render_support import make_edition
 
     with tempfile.TemporaryDirectory() as tmp_name:
         config = _config(Path(tmp_name))

@@ -17,13 +17,14 @@ from datetime import datetime
 
 from sqlalchemy import ForeignKey, String, Text, func, literal_column, select, true
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.sql.elements import ColumnClause
 
 from digest.articles import UTCDateTime
 from digest.clicks import ClickEvent
 from digest.db import Base
 from digest.ledger import Delivery
 
-_SENT = literal_column("'sent'")
+_SENT: ColumnClause[str] = literal_column("'sent'")
 
 
 class AbTest(Base):

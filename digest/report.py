@@ -16,12 +16,14 @@ import csv
 import io
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
 from sqlalchemy import false, func, literal_column, select, true
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnClause
 
 from digest.clicks import ClickEvent
 from digest.config import Config
@@ -37,7 +39,7 @@ OPENS_CAVEAT = (
     "unreliable: Apple Mail Privacy Protection and image proxies open every message; "
     "use clicks to measure engagement"
 )
-_SENT = literal_column("'sent'")  # a literal, so SQLite uses the partial index
+_SENT: ColumnClause[str] = literal_column("'sent'")  # a literal, so SQLite uses the partial index
 
 
 @dataclass(frozen=True)
@@ -214,8 +216,8 @@ def _totals(
     report: Report,
     ids: list[int],
     trend: list[Edition],
-    delivered: list[Any],
-    clickers: list[Any],
+    delivered: Sequence[Any],
+    clickers: Sequence[Any],
 ) -> None:
     groups: dict[str, dict[str, list[int]]] = {
         k: defaultdict(lambda: [0, 0, 0]) for k in ("variant", "segment", "subject")
@@ -274,7 +276,7 @@ def _stories(
     report: Report,
     scope: list[Edition],
     ids: list[int],
-    delivered: list[Any],
+    delivered: Sequence[Any],
     sections_of: dict[tuple[int, str], tuple[str, ...]],
 ) -> None:
     by_section: dict[tuple[int, str], int] = defaultdict(int)
