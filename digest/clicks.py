@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,8 +35,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
-    and_,
-    or_,
+    insert,
     select,
     update,
 )
@@ -139,67 +138,146 @@ def _flag(click: Click, agent: str, delivered_at: datetime | None) -> str | None
 def record(session: Session, click: Click) -> str:
     """Store one click (in the caller's transaction); what became of it: counted, flagged
     (head, scanner, early, burst), duplicate or unmatched."""
-    d = session.execute(
-        select(
-            Delivery.id,
-            Delivery.handed_at,
-            Delivery.settled_at,
-            Delivery.variant,
-            Delivery.segment,
-            Delivery.subject,
-        ).where(
-            Delivery.edition_id == click.edition_id,
-            Delivery.subscriber_id == click.subscriber_id,
+    return record_many(session, [click])[0]
+
+
+def record_many(session: Session, clicks: Sequence[Click]) -> list[str]:
+    """Store a batch of clicks with a few statements (the redirect's writer thread): one
+    query for their deliveries, one for the events near them, one insert, one update."""
+    if not clicks:
+        return []
+    deliveries = _deliveries(session, clicks)
+    near = _nearby(session, [d.id for d in deliveries.values()], clicks)
+    rows: list[dict[str, Any]] = []
+    bursts: set[int] = set()
+    out: list[str] = []
+    for click in clicks:
+        d = deliveries.get((click.edition_id, click.subscriber_id))
+        if d is None:
+            out.append("unmatched")
+            continue
+        at = _utc(click.at)
+        mine = near.setdefault(d.id, [])
+        if any(
+            e.link_id == click.link_id
+            and e.source != click.source
+            and abs((e.at - at).total_seconds()) <= DEDUPE_SECONDS
+            for e in mine
+        ):
+            out.append("duplicate")
+            continue
+        agent = agent_class(click.user_agent)
+        flag = _flag(click, agent, d.handed_at or d.settled_at)
+        if flag is None:
+            others = [
+                e
+                for e in mine
+                if e.link_id != click.link_id and abs((e.at - at).total_seconds()) <= BURST_SECONDS
+            ]
+            if others:
+                flag = "burst"
+                for e in others:
+                    e.flag = e.flag or "burst"
+                    if e.id is not None:
+                        bursts.add(e.id)
+                    elif e.row is not None and e.row["flag"] is None:
+                        e.row["flag"], e.row["counted"] = "burst", False
+        row = {
+            "edition_id": click.edition_id,
+            "delivery_id": d.id,
+            "link_id": click.link_id,
+            "kind": "click",
+            "variant": d.variant,
+            "segment": d.segment,
+            "subject": d.subject,
+            "clicked_at": at,
+            "source": click.source,
+            "agent": agent,
+            "flag": flag,
+            "counted": flag is None,
+        }
+        rows.append(row)
+        mine.append(_Near(None, click.link_id, click.source, at, flag, row))
+        out.append(flag or "counted")
+    if rows:
+        session.execute(insert(ClickEvent), rows)
+    if bursts:
+        session.execute(
+            update(ClickEvent)
+            .where(ClickEvent.id.in_(sorted(bursts)), ClickEvent.flag.is_(None))
+            .values(flag="burst", counted=False)
         )
-    ).first()
-    if d is None:
-        return "unmatched"
-    at = _utc(click.at)
-    near = select(ClickEvent.id).where(
-        ClickEvent.delivery_id == d.id,
-        ClickEvent.link_id == click.link_id,
-        ClickEvent.source != click.source,
-        ClickEvent.clicked_at.between(
-            at - timedelta(seconds=DEDUPE_SECONDS), at + timedelta(seconds=DEDUPE_SECONDS)
-        ),
-    )
-    if session.scalar(near.limit(1)) is not None:
-        return "duplicate"
-    agent = agent_class(click.user_agent)
-    flag = _flag(click, agent, d.handed_at or d.settled_at)
-    if flag is None:
-        window = (at - timedelta(seconds=BURST_SECONDS), at + timedelta(seconds=BURST_SECONDS))
-        others = and_(
-            ClickEvent.delivery_id == d.id,
-            ClickEvent.kind == "click",
-            ClickEvent.link_id != click.link_id,
-            ClickEvent.clicked_at.between(*window),
-        )
-        if session.scalar(select(ClickEvent.id).where(others).limit(1)) is not None:
-            flag = "burst"
-            session.execute(
-                update(ClickEvent)
-                .where(others, or_(ClickEvent.flag.is_(None), ClickEvent.flag == "early"))
-                .values(flag="burst", counted=False)
+    return out
+
+
+@dataclass
+class _Near:
+    """A click of the same delivery already stored (id) or earlier in the batch (row)."""
+
+    id: int | None
+    link_id: int | None
+    source: str
+    at: datetime
+    flag: str | None
+    row: dict[str, Any] | None = None
+
+
+def _deliveries(session: Session, clicks: Sequence[Click]) -> dict[tuple[int, int], Any]:
+    wanted: dict[int, set[int]] = {}
+    for c in clicks:
+        wanted.setdefault(c.edition_id, set()).add(c.subscriber_id)
+    out: dict[tuple[int, int], Any] = {}
+    for edition_id, subscribers in wanted.items():
+        ids = sorted(subscribers)
+        for lo in range(0, len(ids), 500):
+            for d in session.execute(
+                select(
+                    Delivery.id,
+                    Delivery.subscriber_id,
+                    Delivery.handed_at,
+                    Delivery.settled_at,
+                    Delivery.variant,
+                    Delivery.segment,
+                    Delivery.subject,
+                ).where(
+                    Delivery.edition_id == edition_id,
+                    Delivery.subscriber_id.in_(ids[lo : lo + 500]),
+                )
+            ):
+                out[(edition_id, d.subscriber_id)] = d
+    return out
+
+
+def _nearby(
+    session: Session, delivery_ids: list[int], clicks: Sequence[Click]
+) -> dict[int, list[_Near]]:
+    """Stored clicks of these deliveries within the dedupe window of the batch."""
+    out: dict[int, list[_Near]] = {}
+    if not delivery_ids:
+        return out
+    times = [_utc(c.at) for c in clicks]
+    window = timedelta(seconds=DEDUPE_SECONDS)
+    lo_t, hi_t = min(times) - window, max(times) + window
+    ids = sorted(set(delivery_ids))
+    for lo in range(0, len(ids), 500):
+        for e in session.execute(
+            select(
+                ClickEvent.id,
+                ClickEvent.delivery_id,
+                ClickEvent.link_id,
+                ClickEvent.source,
+                ClickEvent.clicked_at,
+                ClickEvent.flag,
+            ).where(
+                ClickEvent.delivery_id.in_(ids[lo : lo + 500]),
+                ClickEvent.kind == "click",
+                ClickEvent.clicked_at.between(lo_t, hi_t),
             )
-    session.add(
-        ClickEvent(
-            edition_id=click.edition_id,
-            delivery_id=d.id,
-            link_id=click.link_id,
-            kind="click",
-            variant=d.variant,
-            segment=d.segment,
-            subject=d.subject,
-            clicked_at=at,
-            source=click.source,
-            agent=agent,
-            flag=flag,
-            counted=flag is None,
-        )
-    )
-    session.flush()
-    return flag or "counted"
+        ):
+            out.setdefault(e.delivery_id, []).append(
+                _Near(e.id, e.link_id, e.source, _utc(e.clicked_at), e.flag)
+            )
+    return out
 
 
 # --- SendGrid click and open events ----------------------------------------------------------
@@ -343,8 +421,7 @@ class ClickRecorder:
 
     def _write(self, clicks: list[Click]) -> None:
         with self._unit() as session:
-            for click in clicks:
-                record(session, click)
+            record_many(session, clicks)
 
 
 # --- the redirect ----------------------------------------------------------------------------
