@@ -226,9 +226,9 @@ def ab_send(
         phase = _advance(sessions, edition_id, "waiting", done_at=clock())
     if phase == "waiting":
         with sessions() as session:
-            test = session.get(AbTest, edition_id)
-            assert test is not None and test.sample_done_at is not None
-            due = _utc(test.sample_done_at) + timedelta(minutes=cfg.wait_minutes)
+            waiting = session.get(AbTest, edition_id)
+            assert waiting is not None and waiting.sample_done_at is not None
+            due = _utc(waiting.sample_done_at) + timedelta(minutes=cfg.wait_minutes)
             if clock() < due:
                 result.phase, result.waiting = "waiting", True
                 result.notes.append(
@@ -240,9 +240,9 @@ def ab_send(
             )
         phase = _advance(sessions, edition_id, "rest", winner=verdict)
     with sessions() as session:
-        test = session.get(AbTest, edition_id)
-        assert test is not None and test.winner is not None
-        winner, reason = test.winner, test.reason
+        decided = session.get(AbTest, edition_id)
+        assert decided is not None and decided.winner is not None
+        winner, reason = decided.winner, decided.reason
     result.winner = winner
     result.notes.append(f"winner: {winner!r} ({reason})")
     if phase == "rest":

@@ -107,6 +107,7 @@ class Delivery(Base):
             "variant",
             "segment",
             "subject",
+            "id",
             sqlite_where=text("state = 'sent'"),
             postgresql_where=text("state = 'sent'"),
         ),

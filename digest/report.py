@@ -153,6 +153,7 @@ def build_report(
             Delivery.segment,
             Delivery.subject,
             func.count(),
+            func.min(Delivery.id),  # in the index too: one row per variant, to read its sections
         )
         .where(Delivery.edition_id.in_(all_ids), Delivery.state == _SENT)
         .group_by(Delivery.edition_id, Delivery.variant, Delivery.segment, Delivery.subject)
@@ -176,7 +177,7 @@ def build_report(
         .group_by(ClickEvent.edition_id, ClickEvent.variant, ClickEvent.segment, ClickEvent.subject)
     ).all()
     _totals(report, ids, trend, delivered, clickers)
-    sections_of = _variant_sections(session, {(r[0], r[1]) for r in delivered if r[0] in ids})
+    sections_of = _variant_sections(session, [r[5] for r in delivered if r[0] in ids])
     _stories(session, report, scope, ids, delivered, sections_of)
     shown = {v: ", ".join(secs) for (_e, v), secs in sections_of.items() if secs}
     report.variants = [
@@ -224,7 +225,7 @@ def _totals(
     }
     per_edition: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     scope = set(ids)
-    for edition_id, variant, segment, subject, n in delivered:
+    for edition_id, variant, segment, subject, n, _first in delivered:
         per_edition[edition_id][0] += n
         if edition_id in scope:
             report.delivered += n
@@ -253,21 +254,17 @@ def _totals(
 
 
 def _variant_sections(
-    session: Session, pairs: set[tuple[int, str]]
+    session: Session, row_ids: list[int]
 ) -> dict[tuple[int, str], tuple[str, ...]]:
-    """The sections of each (edition, variant): one indexed row each."""
+    """The sections of each (edition, variant), read from one row of each."""
     out: dict[tuple[int, str], tuple[str, ...]] = {}
-    for edition_id, variant in pairs:
-        raw = session.scalar(
-            select(Delivery.sections)
-            .where(
-                Delivery.edition_id == edition_id,
-                Delivery.variant == variant,
-                Delivery.state == _SENT,
+    for lo in range(0, len(row_ids), 500):
+        for edition_id, variant, raw in session.execute(
+            select(Delivery.edition_id, Delivery.variant, Delivery.sections).where(
+                Delivery.id.in_(row_ids[lo : lo + 500])
             )
-            .limit(1)
-        )
-        out[(edition_id, variant)] = decode_variant(raw)[0] if raw else ()
+        ):
+            out[(edition_id, variant)] = decode_variant(raw)[0] if raw else ()
     return out
 
 
@@ -281,7 +278,7 @@ def _stories(
 ) -> None:
     by_section: dict[tuple[int, str], int] = defaultdict(int)
     total: dict[int, int] = defaultdict(int)
-    for edition_id, variant, _segment, _subject, n in delivered:
+    for edition_id, variant, _segment, _subject, n, _first in delivered:
         if edition_id not in ids:
             continue
         total[edition_id] += n

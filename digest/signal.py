@@ -95,11 +95,8 @@ def history(
         .group_by(ClickEvent.edition_id, TrackedLink.section, TrackedLink.article_id)
     ).all()
     readers: dict[str, int] = defaultdict(int)
-    by_article: dict[int, int] = defaultdict(int)
-    for _e, section, article_id, n in clicked:
-        readers[(section or "").casefold()] += n
-        if article_id is not None:
-            by_article[article_id] += n
+    for _e, link_section, _article, n in clicked:
+        readers[(link_section or "").casefold()] += n
     rates = {s: readers[s] / could[s] for s in could if could[s]}
     average = sum(rates.values()) / len(rates) if rates else 0.0
     if not average:
@@ -142,7 +139,7 @@ def _tag_ratios(
         if not base:
             continue
         rate = clickers.get(link_id, 0) / base
-        for tag in tags.get(article_id) or []:
+        for tag in (tags.get(article_id) if article_id is not None else None) or []:
             if isinstance(tag, str) and tag.strip():
                 sums[tag.casefold()].append(rate)
     return {t: (sum(v) / len(v)) / average for t, v in sums.items()}

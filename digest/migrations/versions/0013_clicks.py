@@ -23,7 +23,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_deliveries_sent",
         "deliveries",
-        ["edition_id", "variant", "segment", "subject"],
+        ["edition_id", "variant", "segment", "subject", "id"],
         unique=False,
         sqlite_where=_SENT,
         postgresql_where=_SENT,
