@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -178,3 +178,23 @@ def test_config_refuses_a_bad_ab_test(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="set track_clicks = true"):
         load_config(bad)
     _ = dataclasses
+
+
+def test_digest_schedule_runs_the_ab_send_unattended(
+    ab: Config, sessions: sessionmaker[Session], now: datetime
+) -> None:
+    from digest.scheduler import run_due
+    from tests.schedule_support import MovingClock, runner
+
+    cfg = dataclasses.replace(ab, newsletters={"daily": ab.newsletter("daily")})
+    clock = MovingClock(datetime(2026, 3, 10, 10, 35, tzinfo=UTC))  # 06:35 in New York
+    r = runner(cfg, sessions, clock, None, force=True)
+    r.options = SendOptions(retry=FAST, batch_size=5)
+    outcomes = []
+    for minutes in (0, 30, 61):
+        clock.now = datetime(2026, 3, 10, 10, 35, tzinfo=UTC) + timedelta(minutes=minutes)
+        outcomes += [(x.outcome, x.message) for x in run_due(r, "daily")]
+    assert [o for o, _ in outcomes] == ["waiting", "waiting", "sent"], outcomes
+    assert "winner" in outcomes[-1][1]
+    rows = ledger(sessions)
+    assert len(rows) == READERS and max(Counter(m.to for m in outbox(ab)).values()) == 1
