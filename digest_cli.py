@@ -992,6 +992,16 @@ def run_send(app: App, newsletter_id: str, day: date, options: Any) -> Any:
         click.echo("\nstopping after the current batch (Ctrl-C again to abort)", err=True)
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
+    nl = app.config.newsletter(newsletter_id)
+    if nl.ab_test is not None and not options.dry_run:
+        # A/B subjects (issue 15): one step (the sample, or the winner once it is due);
+        # run `digest send` again, or let `digest schedule` do it.
+        from digest.abtest import ab_send
+
+        try:
+            return ab_send(app.config, app.sessions, nl.id, day, options, clock=utcnow, stop=stop)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     try:
         with _send_progress_bar() as bar:
             task = bar.add_task("send", total=None, detail="")

@@ -198,3 +198,31 @@ def test_digest_schedule_runs_the_ab_send_unattended(
     assert "winner" in outcomes[-1][1]
     rows = ledger(sessions)
     assert len(rows) == READERS and max(Counter(m.to for m in outbox(ab)).values()) == 1
+
+
+def test_digest_send_on_an_ab_newsletter_runs_the_ab_steps(
+    sessions: sessionmaker[Session],
+    db_url: str,
+    now: datetime,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from digest_cli import cli
+
+    base = (Path(__file__).parent / "data" / "digest.toml").read_text()
+    toml = base.replace("[newsletters.daily]\n", "[newsletters.daily]\ntrack_clicks = true\n", 1)
+    toml += '\n[newsletters.daily.ab_test]\nsubjects = ["One", "Two"]\nsample = 0.5\n'
+    path = tmp_path / "ab.toml"
+    path.write_text(toml)
+    monkeypatch.setenv("DIGEST_DATABASE_URL", db_url)
+    monkeypatch.setenv("DIGEST_CONFIG", str(path))
+    monkeypatch.chdir(tmp_path)
+    with sessions.begin() as session:
+        store_edition(session)
+        add_population(session, 10, now)
+    result = CliRunner().invoke(cli, ["send", "daily", "--date", "2026-03-10"])
+    assert result.exit_code == 0, result.output
+    assert "A/B daily 2026-03-10: waiting" in result.output
+    assert {r.subject for r in ledger(sessions)} <= {"One", "Two"}
