@@ -208,3 +208,22 @@ def test_resending_after_a_crash_reuses_the_same_links(
     send(config, sessions, now)  # a re-run stores nothing new
     with sessions() as session:
         assert sorted(session.scalars(select(TrackedLink.id))) == before
+
+
+def test_the_editors_note_links_are_tracked_too(
+    config: Config, sessions: sessionmaker[Session], now: datetime, tmp_path: Path
+) -> None:
+    config = tracked(config, tmp_path)
+    with sessions.begin() as session:
+        edition = store_edition(session)
+        edition.note = "Polls close at 8. [Where to vote](https://vote.example/where?x=1)"
+        add_population(session, 2, now)
+    send(config, sessions, now)
+    with sessions() as session:
+        note = session.scalars(select(TrackedLink).where(TrackedLink.kind == "note")).one()
+    assert note.url.startswith("https://vote.example/where?x=1&utm_source=digest")
+    mail = outbox(config)[0]
+    assert "vote.example" not in mail.html and "vote.example" not in mail.text
+    web = client(config, sessions, now + timedelta(minutes=5))
+    targets = {web.get(path_of(u)).headers["Location"] for u in mail.html_links}
+    assert note.url in targets
