@@ -56,6 +56,29 @@ class SelectionWeights:
 
 
 @dataclass(frozen=True)
+class AbTestConfig:
+    """Two to four subjects: a sample (a fraction below 1, or a count) split evenly, then
+    after `wait_minutes` the winner by unique click rate goes to everyone else."""
+
+    subjects: tuple[str, ...]
+    sample: float = 0.2
+    wait_minutes: float = 120.0
+    min_sample: int = 100  # recipients per arm below which the first subject wins
+
+
+@dataclass(frozen=True)
+class ClickSignalConfig:
+    """Recent click rates of sections and topics adjust tomorrow's scores (digest.signal)."""
+
+    editions: int = 7  # how many recent editions count
+    weight: float = 0.5  # how far a rate ratio moves a score (0 = not at all)
+    floor: float = 0.6  # no section's multiplier goes below this
+    ceiling: float = 1.6
+    exploration: float = 0.25  # share of each section's slots kept for stories with no history
+    min_delivered: int = 50  # editions sent to fewer readers are not evidence
+
+
+@dataclass(frozen=True)
 class UtmConfig:
     source: str = "digest"
     medium: str = "email"
@@ -141,6 +164,12 @@ class NewsletterConfig:
     approval: str = "none"
     approvers: tuple[str, ...] = ()
     proof_to: tuple[str, ...] = ()  # default addresses of `digest proof`
+
+    # --- what readers read (issue 15): click tracking, A/B subjects, the click signal ---
+    track_clicks: bool = False
+    track_opens: bool = False  # unreliable (Apple Mail Privacy Protection): off by default
+    ab_test: AbTestConfig | None = None
+    click_signal: ClickSignalConfig | None = None
 
     @property
     def section_names(self) -> tuple[str, ...]:
@@ -556,6 +585,7 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
         "approval",
         "approvers",
         "proof_to",
+        *_ENGAGEMENT_KEYS,
     )
     title = t.string("title", required=True)
     from_email = t.address("from_email", required=True)
@@ -645,7 +675,53 @@ def _newsletter(nid: str, t: _Reader) -> NewsletterConfig:
         in_brief=t.boolean("in_brief", False),
         brand_color=_colour(t, "brand_color"),
         logo=_logo(t, title),
+        **_engagement(t),
     )
+
+
+# --- what readers read (issue 15) ------------------------------------------------------------
+
+_ENGAGEMENT_KEYS = ("track_clicks", "track_opens", "ab_test", "click_signal")
+
+
+def _engagement(t: _Reader) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "track_clicks": t.boolean("track_clicks", False),
+        "track_opens": t.boolean("track_opens", False),
+    }
+    if "ab_test" in t.raw:
+        a = t.table("ab_test")
+        a.allow("subjects", "sample", "wait_minutes", "min_sample")
+        subjects = a.strings("subjects")
+        if not 2 <= len(subjects) <= 4:
+            raise a.error("subjects", f"must list two to four subjects, got {len(subjects)}")
+        for subject in subjects:
+            if line_problem(subject):
+                raise a.error("subjects", f"{subject!r} must be one line of text")
+        sample = a.number("sample", 0.2, minimum=0.0)
+        if sample <= 0 or (sample >= 1 and sample != int(sample)):
+            raise a.error("sample", "must be a fraction (0 < f < 1) or a whole count of readers")
+        out["ab_test"] = AbTestConfig(
+            subjects=subjects,
+            sample=sample,
+            wait_minutes=a.number("wait_minutes", 120.0, minimum=0.0, maximum=24.0 * 60),
+            min_sample=a.integer("min_sample", 100, minimum=1),
+        )
+        if not out["track_clicks"]:
+            raise t.error("ab_test", "picks its winner by clicks: set track_clicks = true")
+    if "click_signal" in t.raw:
+        c = t.table("click_signal")
+        c.allow(*ClickSignalConfig.__dataclass_fields__)
+        floor = c.number("floor", 0.6, minimum=0.0, maximum=1.0)
+        out["click_signal"] = ClickSignalConfig(
+            editions=c.integer("editions", 7, minimum=1, maximum=90),
+            weight=c.number("weight", 0.5, minimum=0.0, maximum=2.0),
+            floor=floor,
+            ceiling=c.number("ceiling", 1.6, minimum=1.0, maximum=5.0),
+            exploration=c.number("exploration", 0.25, minimum=0.0, maximum=1.0),
+            min_delivered=c.integer("min_delivered", 50, minimum=1),
+        )
+    return out
 
 
 def _language(t: _Reader) -> str:

@@ -43,6 +43,9 @@ def load_models() -> None:
         "digest.web_models",
         "digest.proofs",
         "digest.bounces.models",
+        "digest.tracking",
+        "digest.clicks",
+        "digest.abtest",
     ):
         try:
             importlib.import_module(name)

@@ -145,6 +145,10 @@ def run_demo(config: Config, sessions: sessionmaker[Session], *, clock: Clock) -
         preview.write_text(_html_part(messages[0]), encoding="utf-8")
         yield f"open {preview.resolve()} in a browser to see the first reader's email"
         yield f"or read the raw message: {messages[0]}"
+    if newsletter.track_clicks:
+        from digest.demo_clicks import reader_clicks
+
+        yield from reader_clicks(config, sessions, nid, today, clock, messages)
 
 
 def _at_the_desk(

@@ -283,8 +283,15 @@ def build_edition(
     start, end = edition_window(newsletter, edition_date)
     edits = list(existing.edits) if existing is not None else []
     dropped = _dropped(edits)
+    from digest.signal import apply_signal  # clicks into the pick (issue 15)
+
     picks = pick(
-        [c for c in load_candidates(session, start, end) if c.id not in dropped],
+        apply_signal(
+            session,
+            newsletter,
+            edition_date,
+            [c for c in load_candidates(session, start, end) if c.id not in dropped],
+        ),
         newsletter,
         config.selection,
         end,

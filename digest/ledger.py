@@ -111,6 +111,7 @@ class Delivery(Base):
     deferrals: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     deferred_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    subject: Mapped[str | None] = mapped_column(String(300))  # as sent (A/B arms differ)
 
     __table_args__ = (
         UniqueConstraint("edition_id", "subscriber_id"),
@@ -132,6 +133,18 @@ class Delivery(Base):
             "next_attempt_at",
             sqlite_where=text("state = 'deferred'"),
             postgresql_where=text("state = 'deferred'"),
+        ),
+        # `digest report` counts delivered rows per edition, variant, segment and subject
+        # from this index alone; partial, so a row enters it once, when it is sent.
+        Index(
+            "ix_deliveries_sent",
+            "edition_id",
+            "variant",
+            "segment",
+            "subject",
+            "id",
+            sqlite_where=text("state = 'sent'"),
+            postgresql_where=text("state = 'sent'"),
         ),
     )
 

@@ -81,11 +81,17 @@ class VariantCheck:
     """Each variant once: rendered, size-checked and built into one sample message (the
     subject and the other headers through the builder's header rule)."""
 
-    def __init__(self, config: Config, nl: NewsletterConfig, edition: Edition) -> None:
+    def __init__(
+        self,
+        config: Config,
+        nl: NewsletterConfig,
+        edition: Edition,
+        renderer: Renderer | None = None,
+    ) -> None:
         self.config = config
         self.nl = nl
         self.edition = edition
-        self.renderer = Renderer(config, nl, edition)
+        self.renderer = renderer or Renderer(config, nl, edition)
         # Set by the caller when this transaction froze the edition (the checks then run).
         self.edition_was_draft = False
         self._seen: set[tuple[tuple[str, ...], tuple[int, ...]]] = set()

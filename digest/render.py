@@ -38,6 +38,7 @@ from digest.editions import Edition, EditionItem
 from digest.errors import ConfigError, DigestError, InputError
 from digest.i18n import N_, Language
 from digest.notes import Note, render_note
+from digest.tracking import LinkMap, reader_part
 from subscribers.tokens import make_tokens, site_secret
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ SIZE_LIMIT_BYTES = 102 * 1024
 # Allowance per placeholder when sizing a variant before the real values are known.
 _SLOT_ALLOWANCE = 320
 
-SLOTS = ("first_name", "email", "unsubscribe_url", "preferences_url", "view_url")
+SLOTS = ("first_name", "email", "unsubscribe_url", "preferences_url", "view_url", "click")
 _LINK_PURPOSES = ("unsubscribe", "preferences")
 _SUBJECT_FIELDS = frozenset({"title", "lead", "date", "headlines"})
 _UTM_FIELDS = frozenset({"newsletter", "date"})
@@ -102,6 +103,7 @@ class RenderedVariant:
     nonce: str = ""
     blocks: tuple[int, ...] = ()  # indexes into the newsletter's blocks
     name_fallback: str = NAME_FALLBACK
+    tracked: bool = False  # its content links go through /r/ (digest.tracking)
     _html_fill: _Fill = field(init=False, repr=False, compare=False)
     _text_fill: _Fill = field(init=False, repr=False, compare=False)
 
@@ -120,6 +122,8 @@ class Personal:
     unsubscribe_url: str
     preferences_url: str
     view_url: str
+    # The reader half of tracked links; None: derived from unsubscribe_url (digest.tracking).
+    click: str | None = None
 
 
 @dataclass(frozen=True)
@@ -493,6 +497,7 @@ def personal_values(
     preferences_url: str,
     view_url: str,
     name_fallback: str = NAME_FALLBACK,
+    click: str | None = None,
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The value of each of SLOTS for one recipient: (as the text shows them, escaped for
     HTML). The one place that decides how personal values are shown."""
@@ -502,6 +507,7 @@ def personal_values(
         unsubscribe_url,
         preferences_url,
         view_url,
+        reader_part(unsubscribe_url) if click is None else click,
     )
     # html.escape, skipped where there is nothing to escape (nearly always: runs per recipient).
     return raw, tuple([html.escape(v, quote=True) if _ESCAPED(v) else v for v in raw])
@@ -516,6 +522,7 @@ def personalise(variant: RenderedVariant, personal: Personal) -> Personalised:
         personal.preferences_url,
         personal.view_url,
         variant.name_fallback,
+        personal.click if personal.click is not None or variant.tracked else "",
     )
     return Personalised(
         subject=variant.subject,
@@ -639,8 +646,14 @@ class Renderer:
         edition: Edition,
         *,
         templates_dir: Path | None = None,
+        tracking: LinkMap | None = None,
+        subject: str | None = None,
     ) -> None:
         self.config = config
+        # Content links go through /r/ when set (never in the archive: it has no reader).
+        self.tracking = tracking
+        self._tracking_now: LinkMap | None = None
+        self.subject_override = subject  # an A/B arm's subject (digest.abtest)
         self.newsletter = newsletter
         self.edition = edition
         self.nonce = secrets.token_hex(8)
@@ -708,7 +721,11 @@ class Renderer:
         cached = self._cache.get((sections, blocks, archive))
         if cached is not None:
             return cached
-        context = self._context(sections, blocks, archive)
+        self._tracking_now = None if archive else self.tracking
+        try:
+            context = self._context(sections, blocks, archive)
+        finally:
+            self._tracking_now = None
         html_doc = render_template(self.env, HTML_TEMPLATE, context)
         text_doc = render_template(self.env, TEXT_TEMPLATE, context)
         inlined = inline_css(html_doc)
@@ -741,6 +758,7 @@ class Renderer:
             nonce=self.nonce,
             blocks=blocks,
             name_fallback=self.translations.gettext(NAME_FALLBACK),
+            tracked=_placeholder(self.nonce, "click") in inlined,
         )
         self._cache[(sections, blocks, archive)] = variant
         return variant
@@ -794,7 +812,10 @@ class Renderer:
         """Every link of the email's content (stories, the editor's note, blocks) is built
         here: http(s) only, with the newsletter's UTM parameters."""
         nl = self.newsletter
-        return add_utm(_safe_url(url), nl.utm, nl.id, self.edition.edition_date)
+        target = add_utm(_safe_url(url), nl.utm, nl.id, self.edition.edition_date)
+        if self._tracking_now is not None and target:
+            return self._tracking_now.wrap(target, _placeholder(self.nonce, "click"))
+        return target
 
     def _note(self) -> _NoteView | None:
         if not self.edition.note:
@@ -845,7 +866,7 @@ class Renderer:
         nl = self.newsletter
         tops = [s.stories[0].title for s in sections if s.stories]
         lead = tops[0] if tops else ""
-        shown_lead = "{lead}" in (self.edition.subject or nl.subject)
+        shown_lead = "{lead}" in (self.subject_override or self.edition.subject or nl.subject)
         values = {
             "title": _one_line(nl.title),
             "lead": lead,
@@ -855,7 +876,9 @@ class Renderer:
         where = f"newsletters.{nl.id}"
         # The editor's per-edition wording, checked when it was set (digest.desk).
         subject_t, subject_w = (
-            (self.edition.subject, "edition subject")
+            (self.subject_override, "A/B subject")
+            if self.subject_override
+            else (self.edition.subject, "edition subject")
             if self.edition.subject
             else (nl.subject, f"{where}.subject")
         )

@@ -99,6 +99,12 @@ def _send(
 ) -> Report:
     if recipients is not None:
         options = replace(options, recipient_filter=recipients)
+    if config.newsletter(newsletter_id).ab_test is not None:  # A/B subjects (issue 15)
+        from digest.abtest import ab_send
+
+        return ab_send(
+            config, sessions, newsletter_id, edition_date, options, clock=clock, stop=stop
+        )
     return send_edition(
         config, sessions, newsletter_id, edition_date, options, clock=clock, stop=stop
     )
@@ -390,7 +396,8 @@ def _run_edition(
         if runner.stop.is_set():
             status, outcome, level = "failed", "interrupted", logging.WARNING
             message = f"interrupted, resumes on the next run: {message}"
-        elif local and now < at + LOCAL_SPAN:
+        elif (local and now < at + LOCAL_SPAN) or getattr(report, "waiting", False):
+            # Local-time waves remain, or an A/B test waits for its winner (digest.abtest).
             status, outcome, level = "waiting", "waiting", logging.INFO
         elif _open_for_deferred(report):
             # Not done: the retry job sends the deferred rows when they are due.

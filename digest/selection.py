@@ -53,6 +53,11 @@ class Candidate:
     rank: int | None = None
     feed_position: int | None = None
     body_head: str = ""  # the body's first BODY_HEAD_CHARS characters, HTML as stored
+    # The click signal (digest.signal): a score multiplier and why; `explored` = its topics
+    # have no click history (such stories may take the exploration share of the slots).
+    signal: float = 1.0
+    signal_why: str = ""
+    explored: bool = True
 
     @cached_property
     def title_words(self) -> frozenset[str]:
@@ -118,6 +123,8 @@ def score(c: Candidate, window_end: datetime, weights: SelectionWeights) -> floa
     )
     if c.priority == "boost":
         value *= weights.boost
+    if c.signal != 1.0:
+        value *= c.signal
     return round(value, 6)
 
 
@@ -183,11 +190,18 @@ def pick(
         state = states[c.section.casefold()]
         return len(state.picks) < state.limit
 
+    share = newsletter.click_signal.exploration if newsletter.click_signal else 0.0
+    explored = dict.fromkeys(states, 0)
+    deferred: list[tuple[int, Candidate, float]] = []
     accepted: list[Candidate] = []
     open_sections = len(states)
     for n, (c, value) in enumerate(ordered):
         state = states[c.section.casefold()]
         if len(state.picks) >= state.limit:
+            continue
+        kept = math.ceil(share * state.limit) - explored[c.section.casefold()]
+        if share and not c.explored and state.limit - len(state.picks) <= kept:
+            deferred.append((n, c, value))  # the slot is kept for a story with no history
             continue
         if bodies is not None and not c.body_head:
             if c.id not in heads:
@@ -200,11 +214,21 @@ def pick(
         if duplicate_of(c, accepted, weights) is not None:
             continue
         accepted.append(c)
+        explored[c.section.casefold()] += share > 0 and c.explored
         state.picks.append(Pick(c, state.name, len(state.picks) + 1, value, ranker.why(c, value)))
         if len(state.picks) == state.limit:
             open_sections -= 1
             if open_sections == 0:
                 break
+    # Exploration slots no story without history could take go to the best of the rest.
+    for _n, c, value in deferred:
+        state = states[c.section.casefold()]
+        if len(state.picks) >= state.limit or c.id in {a.id for a in accepted}:
+            continue
+        if duplicate_of(c, already_sent, weights) or duplicate_of(c, accepted, weights):
+            continue
+        accepted.append(c)
+        state.picks.append(Pick(c, state.name, len(state.picks) + 1, value, ranker.why(c, value)))
     return [p for st in states.values() for p in st.picks]
 
 
@@ -255,6 +279,11 @@ class Ranker:
 
     def why(self, c: Candidate, value: float) -> str:
         """The pick explained in the ranking's own terms (only picks are explained)."""
+        if c.signal_why:
+            return f"{self._why(c, value)}; {c.signal_why}"
+        return self._why(c, value)
+
+    def _why(self, c: Candidate, value: float) -> str:
         if self.ranking == "popularity":
             return _reason(c, value, self.window_end)
         head = "pinned by editor; " if c.priority == "pin" else ""

@@ -82,6 +82,7 @@ from digest.render import (
     personalise,
 )
 from digest.text import csv_row
+from digest.tracking import send_renderer
 from subscribers.audience import Recipient, audience
 
 # Outcomes that settle a row (deferred rows wait for their next attempt, but the answer is
@@ -95,7 +96,14 @@ _STREAK = 3
 _STREAK_BATCH = 10
 _INSERT_CHUNK = 2000
 _BUFFERED_ROWS = 50_000
-_ROW_COLUMNS = ("subscriber_id", "email", "name", "sections", "variant")  # what a new row binds
+_ROW_COLUMNS = (
+    "subscriber_id",
+    "email",
+    "name",
+    "sections",
+    "variant",
+    "subject",
+)  # what a new row binds
 _TEXT: TypeEngine[str] = DELIVERIES.c.email.type
 _HANDED_WAIT = 0.02  # seconds; SendGrid checkpoints within a few ms of a batch's start
 
@@ -131,6 +139,7 @@ class SendOptions:
     add_recipients: bool = True
     # Local-time delivery (the scheduler's waves): which recipients get rows now.
     recipient_filter: RecipientFilter | None = None
+    subject: str | None = None  # an A/B arm's subject template (digest.abtest)
 
 
 @dataclass(frozen=True)
@@ -334,7 +343,9 @@ def send_edition(
     with transaction(sessions) as session:
         # Freezing and the first rows commit together, after the checks: see digest.preflight.
         edition, froze = _frozen_edition(session, nl, edition_date, clock)
-        check = VariantCheck(config, nl, edition)
+        # Tracked links are stored in this transaction too (digest.tracking).
+        renderer = send_renderer(session, config, nl, edition, options.subject)
+        check = VariantCheck(config, nl, edition, renderer)
         check.edition_was_draft = froze
         try:
             left_out = _prepare_rows(session, config, nl, edition, check, options, report, clock)
@@ -538,7 +549,7 @@ def _create_rows(
     segment = ",".join(segments)
     left_out = 0
     now = clock()
-    variants: dict[tuple[tuple[str, ...], tuple[int, ...]], tuple[str, str]] = {}
+    variants: dict[tuple[tuple[str, ...], tuple[int, ...]], tuple[str, str, str]] = {}
     # Rows are inserted variant by variant: claims take one variant's rows in id order, so
     # a batch's rows then sit together in the table and each ledger update of a batch
     # rewrites a few dozen pages rather than ten times as many (measured: 15% of a send).
@@ -593,8 +604,9 @@ def _create_rows(
             v = variants[(r.sections, r.blocks)] = (
                 rendered.key,
                 ledger.encode_variant(rendered.sections, rendered.blocks),
+                rendered.subject[:300],
             )
-        row = (r.subscriber_id, r.email, r.name, v[1], v[0])
+        row = (r.subscriber_id, r.email, r.name, v[1], v[0], v[2])
         if verdict is not True:  # rare (a scheduler that was down): plain bound rows
             settled = {"state": "skipped", "settled_at": now, "last_error": verdict}
             missed.append(shared | dict(zip(_ROW_COLUMNS, row, strict=True)) | settled)
@@ -1113,6 +1125,7 @@ def _tag_personal(tags: dict[str, str], view_url: str) -> Personal:
         unsubscribe_url=tags["unsubscribe_url"],
         preferences_url=tags["preferences_url"],
         view_url=view_url,
+        click=tags["click"],
     )
 
 
@@ -1197,9 +1210,9 @@ def _worker_process(
     nl = config.newsletter(newsletter_id)
     try:
         provider = make_provider(config, provider_name, nl)
-        with sessions() as session:
+        with transaction(sessions) as session:
             edition = _load(session, edition_id)
-        renderer = Renderer(config, nl, edition)
+            renderer = send_renderer(session, config, nl, edition, options.subject)
         w = _Worker(config, sessions, nl, edition, renderer, provider, options, utcnow, stop)
         try:
             w.run(limit)

@@ -54,6 +54,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from digest import ledger
+from digest.clicks import register_redirect, sendgrid_event
 from digest.clock import Clock, utcnow
 from digest.config import Config, NewsletterConfig, load_config
 from digest.confirmations import ConfirmationSender, queue_sign_up
@@ -86,7 +87,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # a SendGrid batch holds up to a few thousand
 MAX_FORM_FIELD_BYTES = 64 * 1024
 MAX_FORM_PARTS = 200
 PUBLIC_STATUSES = ("frozen", "sent")
-_TOKEN_PATH = re.compile(r"(/(?:[up]|confirm)/)[^\s?#/]+")
+_TOKEN_PATH = re.compile(r"(/(?:[upr]|confirm)/)[^\s?#/]+")
 
 _CSP_PAGES = (
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
@@ -315,6 +316,16 @@ def create_app(
     app.config["MAX_FORM_MEMORY_SIZE"] = MAX_FORM_FIELD_BYTES
     app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
     app.extensions["digest"] = web
+    # Tracked links (digest.clicks); app.extensions["digest.clicks"].flush() writes queued clicks.
+    app.extensions["digest.clicks"] = register_redirect(
+        app,
+        sessions=sessions,
+        secret=web.secret,
+        unit=web.unit,
+        clock=clock,
+        not_found=web.invalid_link,
+        background=background,
+    )
     if background:
         sender = ConfirmationSender(config, sessions, clock=clock, lock=web.write_lock)
         app.extensions["digest.sender"] = sender
@@ -339,7 +350,7 @@ def create_app(
         h = response.headers
         h.setdefault("Content-Security-Policy", _CSP_PAGES)
         h["X-Content-Type-Options"] = "nosniff"
-        h["Referrer-Policy"] = "same-origin"
+        h.setdefault("Referrer-Policy", "same-origin")  # /r/ sets no-referrer
         h["X-Frame-Options"] = "DENY"
         if request.path.startswith(("/u/", "/p/", "/confirm/", "/subscribe/", "/webhooks/")):
             h["Cache-Control"] = "no-store"
@@ -546,12 +557,12 @@ def create_app(
             return Response("body is not a list of events\n", status=400, mimetype="text/plain")
         try:
             with web.unit() as session:
-                outcome = apply_events(session, events, at=clock())
+                outcome = apply_events(session, events, at=clock(), config=config)
         except IntegrityError:
             # The same batch arrived twice at once: the other request applied these events;
             # applying again now skips them as duplicates.
             with web.unit() as session:
-                outcome = apply_events(session, events, at=clock())
+                outcome = apply_events(session, events, at=clock(), config=config)
         log.info("sendgrid webhook: %s", outcome.summary())
         return Response(
             json.dumps(outcome.counts, sort_keys=True), status=200, mimetype="application/json"
@@ -785,7 +796,13 @@ class EventOutcome:
         return ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "no events"
 
 
-def apply_events(session: Session, events: list[dict[str, Any]], *, at: datetime) -> EventOutcome:
+def apply_events(
+    session: Session,
+    events: list[dict[str, Any]],
+    *,
+    at: datetime,
+    config: Config | None = None,
+) -> EventOutcome:
     """Apply a batch of SendGrid events in the caller's transaction: suppressions,
     unsubscribes and ledger updates, each event once (by sg_event_id)."""
     outcome = EventOutcome()
@@ -808,7 +825,7 @@ def apply_events(session: Session, events: list[dict[str, Any]], *, at: datetime
                 continue
             seen.add(event_id)
             session.add(WebhookEvent(sg_event_id=event_id, event=kind[:40], received_at=at))
-        outcome.add(_apply_event(session, kind, event, at))
+        outcome.add(_apply_event(session, kind, event, at, config))
     session.execute(delete(WebhookEvent).where(WebhookEvent.received_at < at - EVENT_RETENTION))
     return outcome
 
@@ -818,7 +835,9 @@ def _event_id(event: dict[str, Any]) -> str:
     return strip_controls(str(event.get("sg_event_id") or ""))[:100]
 
 
-def _apply_event(session: Session, kind: str, event: dict[str, Any], at: datetime) -> str:
+def _apply_event(
+    session: Session, kind: str, event: dict[str, Any], at: datetime, config: Config | None = None
+) -> str:
     email = normalise_email(str(event.get("email") or ""))
     if text_problem(email):
         email = ""  # not an address anyone has: matches no row, suppresses nothing
@@ -844,6 +863,8 @@ def _apply_event(session: Session, kind: str, event: dict[str, Any], at: datetim
     if kind in UNSUBSCRIBING:
         _unsubscribe_from_event(session, row, email, at)
         return kind
+    if kind in ("click", "open") and config is not None and row is not None:
+        return sendgrid_event(session, config, kind, row, event)  # digest.clicks
     return "ignored"
 
 

@@ -48,7 +48,14 @@ def test_demo_delivers_to_the_outbox_and_reruns_cleanly(
     dropped = lines[lines.index(drop) + 1]
     assert " dropped '" in dropped
     title = dropped.split(" dropped '", 1)[1].rsplit("' (", 1)[0]
-    assert ran[-1].startswith("$ digest send morning")
+    assert ran[-2].startswith("$ digest send morning")
+    # The end: readers click through the web app's redirect, and the report counts them.
+    assert ran[-1].startswith("$ digest report morning")
+    assert "unique clickers" in first.output and "flagged, not counted" in first.output
+    summary = next(line for line in lines if " delivered, " in line and "clickers" in line)
+    assert summary.split(": ", 1)[1].startswith(
+        "25 delivered, 8 unique clickers (32.0%), 15 clicks"
+    )
     text = msg.get_body(("plain",))
     assert text is not None
     assert "Good morning from the desk." in text.get_content()
