@@ -37,13 +37,13 @@ from digest.editions import (
 )
 from digest.errors import EditionFrozen, InputError, NotFound
 from digest.notes import NOTE_MAX
-from digest.render import check_subject_fields, clean_text
+from digest.render import check_subject_fields
+from digest.text import clean_text, shown_line
 
 EDITOR_MAX = 100
 HEADLINE_MAX = 300
 BLURB_MAX = 600
 SUBJECT_MAX = 200
-_SPACE = re.compile(r"\s+")
 _SECTION_RANK = re.compile(r"(?P<section>.+?)\s*[:#]\s*(?P<rank>\d+)")
 
 
@@ -55,16 +55,12 @@ class DeskResult:
 
 def check_editor(name: str | None) -> str:
     """Who makes a change: one line of at most EDITOR_MAX characters."""
-    cleaned = _one_line(name or "")
+    cleaned = shown_line(name or "")
     if not cleaned:
         raise InputError("say who you are: --by NAME (or set DIGEST_EDITOR)")
     if len(cleaned) > EDITOR_MAX:
         raise InputError(f"--by: a name of at most {EDITOR_MAX} characters")
     return cleaned
-
-
-def _one_line(text: str) -> str:
-    return _SPACE.sub(" ", clean_text(text)).strip()
 
 
 def open_draft(session: Session, newsletter: NewsletterConfig, edition_date: date) -> Edition:
@@ -340,7 +336,7 @@ def _story_text(
 def _text(text: str | None, what: str, limit: int, *, allow_empty: bool) -> str | None:
     if text is None:
         return None
-    value = _one_line(text)
+    value = shown_line(text)
     if not value and not allow_empty:
         raise InputError(f"the {what} is empty (use --clear to show the stored one)")
     if len(value) > limit:

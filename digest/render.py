@@ -38,6 +38,7 @@ from digest.editions import Edition, EditionItem
 from digest.errors import ConfigError, DigestError, InputError
 from digest.i18n import N_, Language
 from digest.notes import Note, render_note
+from digest.text import UNSHOWN, clean_text, shown_line
 from subscribers.tokens import make_tokens, site_secret
 
 if TYPE_CHECKING:
@@ -71,8 +72,6 @@ _INTRO = N_("Here is what you need to know today.")
 _LEARN_MORE = N_("Learn more")
 # C0/C1 controls (except tab and newline) and bidi overrides that could reorder surrounding
 # markup text; C1 characters also make Gmail clip a message.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_SPACE = re.compile(r"\s+")
 _ESCAPED = re.compile("[&<>\"']").search  # what html.escape(quote=True) replaces
 
 
@@ -256,15 +255,6 @@ def _finalize(value: Any) -> Any:
     return value
 
 
-def clean_text(value: str) -> str:
-    """Drop control characters and bidi overrides from untrusted text; keep emoji and RTL."""
-    return _CONTROL.sub("", value)
-
-
-def _one_line(value: str) -> str:
-    return _SPACE.sub(" ", clean_text(value)).strip()
-
-
 # --- text helpers --------------------------------------------------------------------------
 
 
@@ -288,7 +278,7 @@ def wrap(
     current = indent
     current_w = display_width(indent)
     empty = True
-    for word in _one_line(text).split(" "):
+    for word in shown_line(text).split(" "):
         if not word:
             continue
         w = display_width(word)
@@ -310,7 +300,7 @@ def wrap(
 def truncate(text: str, limit: int) -> str:
     """Shorten to `limit` characters at a word boundary with an ellipsis, never splitting an
     emoji sequence or a letter from its combining marks."""
-    text = _one_line(text)
+    text = shown_line(text)
     if len(text) <= limit:
         return text
     cut = text[: limit - 1]
@@ -435,7 +425,7 @@ def add_utm(url: str, utm: UtmConfig | None, newsletter_id: str, edition_date: d
 def _safe_url(url: str | None) -> str:
     """Only http(s) links reach the email (no javascript:, data: ...)."""
     url = (url or "").strip()
-    if urlsplit(url).scheme not in ("http", "https") or _CONTROL.search(url):
+    if urlsplit(url).scheme not in ("http", "https") or UNSHOWN.search(url):
         return ""
     # Percent-encode what a URL may not hold raw (quotes, spaces, <>), keep what it may.
     return quote(url, safe="!#$%&()*+,-./:;=?@[]_~")
@@ -480,7 +470,7 @@ def first_name(name: str | None, fallback: str = NAME_FALLBACK) -> str:
     """The first word of the name, or the fallback; runs per recipient, so no regex on the
     common path."""
     words = name.split(None, 1) if name else None
-    word = _CONTROL.sub("", words[0]) if words else ""
+    word = UNSHOWN.sub("", words[0]) if words else ""
     if not word:
         return fallback
     return word if len(word) <= FIRST_NAME_MAX else truncate(word, FIRST_NAME_MAX)
@@ -498,7 +488,7 @@ def personal_values(
     HTML). The one place that decides how personal values are shown."""
     raw = (
         first_name(name, name_fallback),
-        _CONTROL.sub("", email),
+        UNSHOWN.sub("", email),
         unsubscribe_url,
         preferences_url,
         view_url,
@@ -808,10 +798,10 @@ class Renderer:
         nl = self.newsletter
         return [
             _Block(
-                title=_one_line(b.title),
-                text=_one_line(b.text),
+                title=shown_line(b.title),
+                text=shown_line(b.text),
                 url=self.link(b.link),
-                link_text=_one_line(b.link_text or self.translations.gettext(_LEARN_MORE)),
+                link_text=shown_line(b.link_text or self.translations.gettext(_LEARN_MORE)),
                 dir=text_direction(f"{b.title} {b.text}", self.language.dir),
             )
             for b in (nl.blocks[i] for i in blocks)
@@ -824,19 +814,19 @@ class Renderer:
         meta = " · ".join(
             p
             for p in (
-                *_credit(_one_line(item.byline or ""), _one_line(item.source or ""), nl),
+                *_credit(shown_line(item.byline or ""), shown_line(item.source or ""), nl),
                 story_time(item.published_at, nl, self.edition.edition_date),
             )
             if p
         )
-        title, dek = _one_line(item.shown_title), _one_line(item.shown_dek or "")
+        title, dek = shown_line(item.shown_title), shown_line(item.shown_dek or "")
         return _Story(
             title=title,
             url=url,
             dek=dek,
             meta=meta,
             image_url=_safe_url(item.image_url),
-            image_alt=_one_line(item.image_alt or ""),
+            image_alt=shown_line(item.image_alt or ""),
             lead=lead,
             dir=text_direction(f"{title} {dek}", self.language.dir),
         )
@@ -847,7 +837,7 @@ class Renderer:
         lead = tops[0] if tops else ""
         shown_lead = "{lead}" in (self.edition.subject or nl.subject)
         values = {
-            "title": _one_line(nl.title),
+            "title": shown_line(nl.title),
             "lead": lead,
             "date": i18n.short_date(self.edition.edition_date, self.language),
             "headlines": " · ".join(tops[1:] if shown_lead and len(tops) > 1 else tops),
@@ -916,7 +906,7 @@ class _Logo:
 def _logo(logo: LogoConfig | None) -> _Logo | None:
     if logo is None:
         return None
-    return _Logo(_safe_url(logo.url), logo.width, logo.height, _one_line(logo.alt))
+    return _Logo(_safe_url(logo.url), logo.width, logo.height, shown_line(logo.alt))
 
 
 def _tidy_text(text: str) -> str:
