@@ -6,20 +6,25 @@ Each command parses flags, calls one library function and prints its result. Lib
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
 
 from digest.clock import utcnow
-from digest.config import Config, database_url, load_config
-from digest.db import database_problem, ensure_schema, make_engine, session_factory
 from digest.errors import DigestError
 from digest.limits import MAX_DATE, MIN_DATE
+
+# `digest --help`, `digest <cmd> --help` and shell completion import nothing heavy: the
+# database layer, templates, the web app and providers are imported by the commands that use
+# them (tests/test_cli_startup.py holds this).
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from digest.config import Config
 
 
 class App:
@@ -35,12 +40,17 @@ class App:
     @property
     def config(self) -> Config:
         if self._config is None:
+            from digest.config import load_config
+
             self._config = load_config(self.config_path)
         return self._config
 
     @property
     def sessions(self) -> sessionmaker[Session]:
         if self._sessions is None:
+            from digest.config import database_url
+            from digest.db import ensure_schema, make_engine, session_factory
+
             engine = make_engine(database_url())
             ensure_schema(engine)
             self._sessions = session_factory(engine)
@@ -63,8 +73,23 @@ class DigestGroup(click.Group):
             return super().invoke(ctx)
         except DigestError as e:
             raise _ExitError(str(e), e.exit_code) from None
-        except DBAPIError as e:  # unreachable, read-only, out of space, refused a value
-            raise click.ClickException(database_problem(e)) from None
+        except Exception as e:
+            problem = _database_problem(e)
+            if problem is None:
+                raise
+            raise click.ClickException(problem) from None
+
+
+def _database_problem(error: Exception) -> str | None:
+    """One line for a driver error (unreachable, read-only, out of space, refused a value);
+    None for anything else. SQLAlchemy is looked at only when a command has loaded it."""
+    if "sqlalchemy" not in sys.modules:
+        return None
+    from sqlalchemy.exc import DBAPIError
+
+    from digest.db import database_problem
+
+    return database_problem(error) if isinstance(error, DBAPIError) else None
 
 
 pass_app = click.make_pass_decorator(App)
@@ -152,7 +177,8 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Create or upgrade the schema (keeps existing data)."""
-    from digest.db import current_revisions, upgrade
+    from digest.config import database_url
+    from digest.db import current_revisions, make_engine, upgrade
 
     engine = make_engine(database_url())
     upgrade(engine)
