@@ -39,3 +39,11 @@ class GateClosed(DigestError):
     """A content gate blocked an unattended send (stale store, thin section, repeat)."""
 
     exit_code = 3  # distinct, so cron/systemd can tell "held back on purpose" from a failure
+
+
+class RenderError(DigestError):
+    """A template is missing or broken, or the rendered email cannot be used."""
+
+
+class EmailTooLarge(DigestError):
+    """The HTML of a variant is above the size where Gmail clips it."""
