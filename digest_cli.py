@@ -306,7 +306,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="JSON for scr
 @pass_app
 def edition_show(app: App, newsletter: str, date_: str | None, as_json: bool):
     """Print the stored edition as an editor reads it: picks and why, changes, approval, proofs."""
-    from digest.desk import show_edition, to_json
+    from digest.desk_view import show_edition, to_json
 
     nl = app.config.newsletter(newsletter)
     with app.sessions() as session:
@@ -321,7 +321,7 @@ def edition_show(app: App, newsletter: str, date_: str | None, as_json: bool):
 @pass_app
 def edition_list(app: App, newsletter: str, limit: int, as_json: bool):
     """The latest editions: date, state, stories, approval, changes and ledger counts."""
-    from digest.desk import list_editions, to_json
+    from digest.desk_view import list_editions, to_json
 
     nl = app.config.newsletter(newsletter)
     with app.sessions() as session:
