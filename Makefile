@@ -45,7 +45,7 @@ bench: $(VENV)/.installed-dev
 # tests/test_i18n.py fails until every catalog has them). Catalogs are compiled at first use.
 messages: $(VENV)/.installed
 	$(BIN)/pybabel extract -F babel.cfg -k N_ -k gettext -k ngettext:1,2 --no-location \
-	    --sort-output --project=digest --version=0.1.0 --copyright-holder=digest -w 100 \
+	    --sort-output --project=digest --version=$$($(BIN)/python -c 'import digest; print(digest.__version__)') --copyright-holder=digest -w 100 \
 	    -o digest/locales/digest.pot .
 	$(BIN)/pybabel update -i digest/locales/digest.pot -d digest/locales -D digest \
 	    --no-location -w 100 --ignore-obsolete

@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
 from digest.db import transaction
-from digest.desk import approve, drop_story, set_note, show_edition
+from digest.desk import approve, drop_story, set_note
+from digest.desk_view import show_edition
 from digest.editions import build_edition, get_edition
 from digest.ingest import ingest_files
 from digest.proofs import send_proof

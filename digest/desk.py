@@ -7,43 +7,45 @@ stored articles are never touched. A frozen edition (sending started) refuses ev
 
 With `approval = "required"` an unattended send waits for `approve()` (digest.gates); any
 change after an approval withdraws it, so what was approved is what goes out. Functions take
-the caller's session; the caller commits.
+the caller's session; the caller commits. What the desk shows is digest.desk_view.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import Any
+from datetime import date
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from digest.articles import Article, normalise_url
 from digest.clock import Clock
-from digest.config import Config, NewsletterConfig
+from digest.config import NewsletterConfig
+
+# What the desk shows lives in digest.desk_view; imported here for callers of the desk.
+from digest.desk_view import EditionSummary, EditionView, list_editions, show_edition, to_json
 from digest.editions import (
     Edition,
     EditionEdit,
     EditionItem,
     approval_text,
     fingerprint,
-    format_edition,
     load_edition,
     place_item,
     remove_item,
 )
 from digest.errors import EditionFrozen, InputError, NotFound
 from digest.notes import NOTE_MAX
-from digest.render import check_subject_fields, clean_text
+from digest.render import check_subject_fields
+from digest.text import clean_text, shown_line
+
+__all__ = ["EditionSummary", "EditionView", "list_editions", "show_edition", "to_json"]
 
 EDITOR_MAX = 100
 HEADLINE_MAX = 300
 BLURB_MAX = 600
 SUBJECT_MAX = 200
-_SPACE = re.compile(r"\s+")
 _SECTION_RANK = re.compile(r"(?P<section>.+?)\s*[:#]\s*(?P<rank>\d+)")
 
 
@@ -55,16 +57,12 @@ class DeskResult:
 
 def check_editor(name: str | None) -> str:
     """Who makes a change: one line of at most EDITOR_MAX characters."""
-    cleaned = _one_line(name or "")
+    cleaned = shown_line(name or "")
     if not cleaned:
         raise InputError("say who you are: --by NAME (or set DIGEST_EDITOR)")
     if len(cleaned) > EDITOR_MAX:
         raise InputError(f"--by: a name of at most {EDITOR_MAX} characters")
     return cleaned
-
-
-def _one_line(text: str) -> str:
-    return _SPACE.sub(" ", clean_text(text)).strip()
 
 
 def open_draft(session: Session, newsletter: NewsletterConfig, edition_date: date) -> Edition:
@@ -340,7 +338,7 @@ def _story_text(
 def _text(text: str | None, what: str, limit: int, *, allow_empty: bool) -> str | None:
     if text is None:
         return None
-    value = _one_line(text)
+    value = shown_line(text)
     if not value and not allow_empty:
         raise InputError(f"the {what} is empty (use --clear to show the stored one)")
     if len(value) > limit:
@@ -447,179 +445,3 @@ def approval_hold(newsletter: NewsletterConfig, edition: Edition) -> str | None:
         f"waiting for approval: {who} must approve it with `digest edition approve "
         f"{newsletter.id} --date {edition.edition_date} --by NAME`"
     )
-
-
-# --- reading -----------------------------------------------------------------------------------
-
-
-def show_edition(
-    session: Session, config: Config, newsletter: NewsletterConfig, edition_date: date
-) -> EditionView:
-    from digest.proofs import proofs_of
-
-    edition = load_edition(session, newsletter.id, edition_date)
-    return EditionView(edition, newsletter, proofs_of(session, edition.id))
-
-
-@dataclass(frozen=True)
-class EditionView:
-    edition: Edition
-    newsletter: NewsletterConfig
-    proofs: list[Any]  # digest.proofs.Proof rows, newest last
-
-    def text(self) -> str:
-        lines = [format_edition(self.edition, self.newsletter)]
-        if self.proofs:
-            lines += ["", "PROOFS"]
-            for p in self.proofs:
-                state = "sent" if p.state == "sent" else f"{p.state}: {p.error}"
-                lines.append(
-                    f"  {p.sent_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC  {p.sent_by}: "
-                    f"{p.email} ({p.label}) via {p.provider}, {state}"
-                )
-        return "\n".join(lines)
-
-    def as_json(self) -> dict[str, Any]:
-        e, nl = self.edition, self.newsletter
-        return {
-            "newsletter": e.newsletter,
-            "date": e.edition_date.isoformat(),
-            "status": e.status,
-            "built_at": _iso(e.built_at),
-            "frozen_at": _iso(e.frozen_at),
-            "window": {"start": _iso(e.window_start), "end": _iso(e.window_end)},
-            "ranking": nl.ranking,
-            "approval": {
-                "required": nl.approval == "required",
-                "by": e.approved_by,
-                "at": _iso(e.approved_at),
-            },
-            "subject": e.subject,
-            "preheader": e.preheader,
-            "note": e.note,
-            "sections": [
-                {
-                    "name": name,
-                    "stories": [
-                        {
-                            "rank": i.rank,
-                            "article_id": i.article_id,
-                            "title": i.title,
-                            "headline": i.headline,
-                            "dek": i.dek,
-                            "blurb": i.blurb,
-                            "url": i.url,
-                            "source": i.source,
-                            "published_at": _iso(i.published_at),
-                            "score": i.score,
-                            "reason": i.reason,
-                            "pinned": i.pinned,
-                        }
-                        for i in items
-                    ],
-                }
-                for name, items in e.sections()
-            ],
-            "changes": [
-                {"at": _iso(x.at), "by": x.by, "action": x.action, "summary": x.summary}
-                for x in e.edits
-            ],
-            "proofs": [
-                {
-                    "sent_at": _iso(p.sent_at),
-                    "by": p.sent_by,
-                    "email": p.email,
-                    "variant": p.variant,
-                    "sections": p.label,
-                    "provider": p.provider,
-                    "state": p.state,
-                    "error": p.error,
-                }
-                for p in self.proofs
-            ],
-        }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
-@dataclass(frozen=True)
-class EditionSummary:
-    date: date
-    status: str
-    stories: int
-    sections: int
-    approved_by: str | None
-    approved_at: datetime | None
-    changes: int
-    deliveries: dict[str, int]  # ledger rows by state
-
-    def line(self) -> str:
-        sent = self.deliveries.get("sent", 0)
-        rows = sum(self.deliveries.values())
-        approved = f"approved by {self.approved_by}" if self.approved_by else "not approved"
-        return (
-            f"{self.date}  {self.status:<6}  {self.stories:>3} stories in {self.sections:>2} "
-            f"sections  {approved:<28}  {self.changes:>2} change(s)  sent {sent} of {rows}"
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "date": self.date.isoformat(),
-            "status": self.status,
-            "stories": self.stories,
-            "sections": self.sections,
-            "approved_by": self.approved_by,
-            "approved_at": _iso(self.approved_at),
-            "changes": self.changes,
-            "deliveries": self.deliveries,
-        }
-
-
-def list_editions(
-    session: Session, newsletter: NewsletterConfig, *, limit: int = 30
-) -> list[EditionSummary]:
-    """The newsletter's latest editions, newest first, with their ledger counts."""
-    from digest.ledger import Delivery
-
-    editions = session.scalars(
-        select(Edition)
-        .where(Edition.newsletter == newsletter.id)
-        .order_by(Edition.edition_date.desc())
-        .limit(limit)
-    ).all()
-    ids = [e.id for e in editions]
-    counts: dict[int, dict[str, int]] = {i: {} for i in ids}
-    if ids:
-        rows = session.execute(
-            select(Delivery.edition_id, Delivery.state, func.count())
-            .where(Delivery.edition_id.in_(ids))
-            .group_by(Delivery.edition_id, Delivery.state)
-        ).all()
-        for edition_id, state, n in rows:
-            counts[edition_id][state] = n
-    changes = dict(
-        session.execute(
-            select(EditionEdit.edition_id, func.count())
-            .where(EditionEdit.edition_id.in_(ids))
-            .group_by(EditionEdit.edition_id)
-        ).all()
-    )
-    return [
-        EditionSummary(
-            e.edition_date,
-            e.status,
-            len(e.items),
-            len(e.sections()),
-            e.approved_by,
-            e.approved_at,
-            changes.get(e.id, 0),
-            counts[e.id],
-        )
-        for e in editions
-    ]
-
-
-def to_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=2)

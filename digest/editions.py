@@ -190,12 +190,6 @@ class EditionEdit(Base):
     summary: Mapped[str] = mapped_column(Text)
 
 
-@dataclass(frozen=True)
-class EditionRef:
-    newsletter: str
-    edition_date: date
-
-
 def get_edition(session: Session, newsletter: str, edition_date: date) -> Edition | None:
     return session.scalars(
         select(Edition).where(

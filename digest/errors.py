@@ -41,6 +41,14 @@ class GateClosed(DigestError):
     exit_code = 3  # distinct, so cron/systemd can tell "held back on purpose" from a failure
 
 
+class RenderError(DigestError):
+    """A template is missing or broken, or the rendered email cannot be used."""
+
+
+class EmailTooLarge(DigestError):
+    """The HTML of a variant is above the size where Gmail clips it."""
+
+
 # Not an error: a send that ran to its end but left failed, deferred or unknown rows exits with
 # this code (README, exit codes), distinct from 1 (failed), 2 (configuration) and 3 (held back).
 EXIT_UNDELIVERED = 4

@@ -14,169 +14,107 @@ from __future__ import annotations
 
 import gettext
 import hashlib
-import html
 import logging
 import re
 import secrets
-import string
-import unicodedata
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date, datetime
-from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from typing import Any
 
 import jinja2
 from markupsafe import Markup
 
 from digest import i18n
 from digest.brand import Brand
-from digest.config import Config, LogoConfig, NewsletterConfig, UtmConfig
+from digest.config import Config, LogoConfig, NewsletterConfig
 from digest.editions import Edition, EditionItem
-from digest.errors import ConfigError, DigestError, InputError
+from digest.errors import EmailTooLarge, RenderError
 from digest.i18n import N_, Language
+from digest.inline import inline_css
+from digest.links import (
+    SUBJECT_FIELDS,
+    Links,
+    add_utm,
+    archive_url,
+    check_subject_fields,
+    format_fields,
+    personal_links,
+    safe_url,
+)
 from digest.notes import Note, render_note
-from digest.tracking import LinkMap, reader_part
-from subscribers.tokens import make_tokens, site_secret
+from digest.personalise import (
+    FIRST_NAME_MAX,
+    NAME_FALLBACK,
+    SIZE_LIMIT_BYTES,
+    SIZE_WARN_BYTES,
+    SLOTS,
+    Personal,
+    Personalised,
+    RenderedVariant,
+    SizeCheck,
+    check_size,
+    first_name,
+    personal_values,
+    personalise,
+    slot_placeholder,
+)
+from digest.plaintext import TEXT_WIDTH, display_width, rtl_line, text_direction, truncate, wrap
+from digest.text import clean_text, shown_line
+from digest.tracking import LinkMap
 
-if TYPE_CHECKING:
-    from subscribers.audience import Recipient
+# The names other modules import from here: rendering is one door, whatever room does the job.
+__all__ = [
+    "FIRST_NAME_MAX",
+    "HTML_TEMPLATE",
+    "NAME_FALLBACK",
+    "SIZE_LIMIT_BYTES",
+    "SIZE_WARN_BYTES",
+    "SLOTS",
+    "TEXT_TEMPLATE",
+    "TEXT_WIDTH",
+    "EmailTooLarge",
+    "Links",
+    "Personal",
+    "Personalised",
+    "RenderError",
+    "RenderedVariant",
+    "Renderer",
+    "SizeCheck",
+    "add_utm",
+    "archive_url",
+    "check_size",
+    "check_subject_fields",
+    "clean_text",
+    "display_width",
+    "first_name",
+    "inline_css",
+    "long_date",
+    "personal_links",
+    "personal_values",
+    "personalise",
+    "render_template",
+    "rtl_line",
+    "story_time",
+    "template_environment",
+    "text_direction",
+    "truncate",
+    "wrap",
+]
 
 log = logging.getLogger(__name__)
 
 HTML_TEMPLATE = "digest.html"
 TEXT_TEMPLATE = "digest.txt"
-TEXT_WIDTH = 78
 SUBJECT_MAX = 90
 PREHEADER_MAX = 140
-FIRST_NAME_MAX = 40
-NAME_FALLBACK = N_("reader")  # translated per newsletter (RenderedVariant.name_fallback)
-# Gmail clips HTML beyond about 102 KB; warn well before that.
-SIZE_WARN_BYTES = 90 * 1024
-SIZE_LIMIT_BYTES = 102 * 1024
-# Allowance per placeholder when sizing a variant before the real values are known.
-_SLOT_ALLOWANCE = 320
-
-SLOTS = ("first_name", "email", "unsubscribe_url", "preferences_url", "view_url", "click")
-_LINK_PURPOSES = ("unsubscribe", "preferences")
-_SUBJECT_FIELDS = frozenset({"title", "lead", "date", "headlines"})
-_UTM_FIELDS = frozenset({"newsletter", "date"})
 IN_BRIEF_MAX = 5
 ENGLISH = i18n.parse_language("en")
 # Stories of a section after its first: this many in a row of cards, the rest in a list.
 ROW_SIZE = 2
-_RLM = "\u200f"
 _INTRO = N_("Here is what you need to know today.")
 _LEARN_MORE = N_("Learn more")
-# C0/C1 controls (except tab and newline) and bidi overrides that could reorder surrounding
-# markup text; C1 characters also make Gmail clip a message.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_SPACE = re.compile(r"\s+")
-_ESCAPED = re.compile("[&<>\"']").search  # what html.escape(quote=True) replaces
-
-
-class RenderError(DigestError):
-    """A template is missing or broken, or the rendered email cannot be used."""
-
-
-class EmailTooLarge(DigestError):
-    """The HTML of a variant is above the size where Gmail clips it."""
-
-
-@dataclass(frozen=True)
-class RenderedVariant:
-    """One variant of an edition, inlined and ready to personalise.
-
-    html and text contain placeholders `%%dg<nonce>.<slot>%%`; personalise() fills them.
-    name_fallback is what slot.first_name shows for a reader without a name, in the
-    newsletter's language.
-    """
-
-    key: str
-    sections: tuple[str, ...]
-    subject: str
-    preheader: str
-    html: str
-    text: str
-    nonce: str = ""
-    blocks: tuple[int, ...] = ()  # indexes into the newsletter's blocks
-    name_fallback: str = NAME_FALLBACK
-    tracked: bool = False  # its content links go through /r/ (digest.tracking)
-    _html_fill: _Fill = field(init=False, repr=False, compare=False)
-    _text_fill: _Fill = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_html_fill", _Fill.parse(self.html, self.nonce))
-        object.__setattr__(self, "_text_fill", _Fill.parse(self.text, self.nonce))
-
-    def placeholder(self, slot: str) -> str:
-        return _placeholder(self.nonce, slot)
-
-
-@dataclass(frozen=True)
-class Personal:
-    email: str
-    name: str | None
-    unsubscribe_url: str
-    preferences_url: str
-    view_url: str
-    # The reader half of tracked links; None: derived from unsubscribe_url (digest.tracking).
-    click: str | None = None
-
-
-@dataclass(frozen=True)
-class Personalised:
-    subject: str
-    html: str
-    text: str
-
-
-@dataclass(frozen=True)
-class SizeCheck:
-    """Size of a variant's HTML as sent (UTF-8, placeholders counted at a generous allowance)."""
-
-    bytes: int
-    warning: str | None
-
-
-@dataclass(frozen=True)
-class _Fill:
-    """A document split at its placeholders, so filling it is one join."""
-
-    parts: tuple[str, ...]
-    pick: Callable[[tuple[str, ...]], tuple[str, ...]] | None
-
-    @classmethod
-    def parse(cls, document: str, nonce: str) -> _Fill:
-        if not nonce:
-            return cls((document,), None)
-        prefix = f"%%dg{nonce}."
-        chunks = document.split(prefix)
-        parts = [chunks[0]]
-        order: list[int] = [0]
-        for chunk in chunks[1:]:
-            slot, sep, rest = chunk.partition("%%")
-            if not sep or slot not in SLOTS:
-                raise RenderError(f"rendered email has a broken placeholder near {chunk[:40]!r}")
-            # Values are appended after the static parts: index = len(parts) + slot index,
-            # resolved once the number of parts is known.
-            order.append(-1 - SLOTS.index(slot))
-            parts.append(rest)
-            order.append(len(parts) - 1)
-        n = len(parts)
-        indices = [i if i >= 0 else n + (-1 - i) for i in order]
-        return cls(tuple(parts), itemgetter(*indices) if len(indices) > 1 else None)
-
-    def fill(self, values: tuple[str, ...]) -> str:
-        if self.pick is None:
-            return self.parts[0]
-        return "".join(self.pick(self.parts + values))
-
-
-def _placeholder(nonce: str, slot: str) -> str:
-    return f"%%dg{nonce}.{slot}%%"
 
 
 # --- templates -----------------------------------------------------------------------------
@@ -260,79 +198,6 @@ def _finalize(value: Any) -> Any:
     return value
 
 
-def clean_text(value: str) -> str:
-    """Drop control characters and bidi overrides from untrusted text; keep emoji and RTL."""
-    return _CONTROL.sub("", value)
-
-
-def _one_line(value: str) -> str:
-    return _SPACE.sub(" ", clean_text(value)).strip()
-
-
-# --- text helpers --------------------------------------------------------------------------
-
-
-def _char_width(ch: str) -> int:
-    if unicodedata.combining(ch) or ch in "\u200b\u200c\u200d\u200e\u200f\ufe0e\ufe0f":
-        return 0
-    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
-
-
-def display_width(text: str) -> int:
-    """Terminal columns `text` takes (wide East Asian characters and emoji count two)."""
-    return sum(_char_width(ch) for ch in text)
-
-
-def wrap(
-    text: str, width: int = TEXT_WIDTH, indent: str = "", subsequent: str | None = None
-) -> str:
-    """Greedy word wrap by terminal columns. A word longer than a line (a URL) gets its own line."""
-    subsequent = indent if subsequent is None else subsequent
-    lines: list[str] = []
-    current = indent
-    current_w = display_width(indent)
-    empty = True
-    for word in _one_line(text).split(" "):
-        if not word:
-            continue
-        w = display_width(word)
-        if not empty and current_w + 1 + w > width:
-            lines.append(current)
-            current, current_w, empty = subsequent, display_width(subsequent), True
-        if empty:
-            current += word
-            current_w += w
-            empty = False
-        else:
-            current += " " + word
-            current_w += 1 + w
-    if not empty:
-        lines.append(current)
-    return "\n".join(lines)
-
-
-def truncate(text: str, limit: int) -> str:
-    """Shorten to `limit` characters at a word boundary with an ellipsis, never splitting an
-    emoji sequence or a letter from its combining marks."""
-    text = _one_line(text)
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1]
-    # Back off while the cut lands inside a grapheme (ZWJ sequences, modifiers, marks).
-    while cut and (
-        _joins(text[len(cut)]) or _joins(cut[-1]) or unicodedata.combining(text[len(cut)])
-    ):
-        cut = cut[:-1]
-    space = cut.rfind(" ")
-    if space > limit // 2:
-        cut = cut[:space]
-    return cut.rstrip(" ,;:·-–—") + "…"
-
-
-def _joins(ch: str) -> bool:
-    return ch in "\u200d\ufe0e\ufe0f" or "\U0001f3fb" <= ch <= "\U0001f3ff"
-
-
 def long_date(d: date, language: Language = ENGLISH) -> str:
     return i18n.long_date(d, language)
 
@@ -355,236 +220,7 @@ _GREETINGS = {
 }
 
 
-def _first_strong_is_ltr(text: str) -> bool:
-    """UAX #9 rule P2: the first strong character sets a paragraph's direction."""
-    for ch in text:
-        kind = unicodedata.bidirectional(ch)
-        if kind == "L":
-            return True
-        if kind in ("R", "AL"):
-            return False
-    return False
-
-
-def text_direction(text: str, default: str) -> str:
-    """'rtl' or 'ltr', by the majority of strong characters: a headline that opens with a Latin
-    name but is Arabic ('iPhone وسواه: ...') reads right to left, which dir="auto" (first
-    strong character) gets wrong. `default` when there is nothing to count."""
-    ltr = rtl = 0
-    for ch in text:
-        kind = unicodedata.bidirectional(ch)
-        if kind == "L":
-            ltr += 1
-        elif kind in ("R", "AL"):
-            rtl += 1
-    return default if ltr == rtl else "rtl" if rtl > ltr else "ltr"
-
-
-def rtl_line(text: str) -> str:
-    """A line of a right-to-left edition that would be shown left to right because it begins
-    with a Latin word (a brand, a number with a unit) gets a RIGHT-TO-LEFT MARK in front."""
-    return _RLM + text if _first_strong_is_ltr(text) else text
-
-
-# --- links ---------------------------------------------------------------------------------
-
-
-def _format_fields(template: str, allowed: frozenset[str], where: str, **values: str) -> str:
-    names: list[str] = []
-    try:
-        for _, name, spec, conv in string.Formatter().parse(template):
-            if name is None:
-                continue
-            if name not in allowed or spec or conv:
-                raise ConfigError(
-                    f"{where}: unknown field {{{name}}} (use {', '.join(sorted(allowed))})"
-                )
-            names.append(name)
-    except ValueError as e:
-        raise ConfigError(f"{where}: {e} (write {{{{ and }}}} for literal braces)") from None
-    return template.format(**{n: values[n] for n in names})
-
-
-def check_subject_fields(template: str, what: str) -> None:
-    """InputError when a subject or preheader uses a field other than {title}, {lead}, {date}
-    and {headlines} (or unbalanced braces): caught when the editor sets it, not at the send."""
-    try:
-        _format_fields(template, _SUBJECT_FIELDS, what, **dict.fromkeys(_SUBJECT_FIELDS, ""))
-    except ConfigError as e:
-        raise InputError(str(e)) from None
-
-
-def add_utm(url: str, utm: UtmConfig | None, newsletter_id: str, edition_date: date) -> str:
-    """Add utm_source/medium/campaign to an http(s) link, replacing only those keys and keeping
-    the rest of the query string (as written) and the fragment."""
-    if utm is None or not url:
-        return url
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        return url
-    where = f"newsletters.{newsletter_id}.utm"
-    values = {"newsletter": newsletter_id, "date": edition_date.isoformat()}
-    ours = {
-        "utm_source": _format_fields(utm.source, _UTM_FIELDS, f"{where}.source", **values),
-        "utm_medium": _format_fields(utm.medium, _UTM_FIELDS, f"{where}.medium", **values),
-        "utm_campaign": _format_fields(utm.campaign, _UTM_FIELDS, f"{where}.campaign", **values),
-    }
-    kept = [
-        p for p in parts.query.split("&") if p and unquote(p.split("=", 1)[0]).strip() not in ours
-    ]
-    kept += [f"{k}={quote(v, safe='')}" for k, v in ours.items() if v]
-    return urlunsplit(parts._replace(query="&".join(kept)))
-
-
-def _safe_url(url: str | None) -> str:
-    """Only http(s) links reach the email (no javascript:, data: ...)."""
-    url = (url or "").strip()
-    if urlsplit(url).scheme not in ("http", "https") or _CONTROL.search(url):
-        return ""
-    # Percent-encode what a URL may not hold raw (quotes, spaces, <>), keep what it may.
-    return quote(url, safe="!#$%&()*+,-./:;=?@[]_~")
-
-
-def archive_url(config: Config, newsletter: NewsletterConfig, edition: Edition) -> str:
-    return f"{config.site.base_url}/archive/{newsletter.id}/{edition.edition_date.isoformat()}"
-
-
-class Links:
-    """Signed links for an edition's readers; the secret and base URLs are looked up once,
-    since a send signs links for every recipient."""
-
-    def __init__(self, config: Config, newsletter: NewsletterConfig, edition: Edition) -> None:
-        self._secret = site_secret(config)
-        self._base = config.site.base_url
-        self._newsletter = newsletter.id
-        self.view_url = archive_url(config, newsletter, edition)
-
-    def urls(self, subscriber_id: int) -> tuple[str, str]:
-        """(unsubscribe URL, preferences URL) of one subscriber."""
-        unsubscribe, preferences = make_tokens(
-            self._secret, subscriber_id, self._newsletter, _LINK_PURPOSES
-        )
-        return f"{self._base}/u/{unsubscribe}", f"{self._base}/p/{preferences}"
-
-    def personal(self, subscriber_id: int, email: str, name: str | None) -> Personal:
-        unsubscribe, preferences = self.urls(subscriber_id)
-        return Personal(email, name, unsubscribe, preferences, self.view_url)
-
-
-def personal_links(
-    config: Config, newsletter: NewsletterConfig, edition: Edition, recipient: Recipient
-) -> Personal:
-    """Signed unsubscribe and preference links for one recipient, plus the web version."""
-    return Links(config, newsletter, edition).personal(
-        recipient.subscriber_id, recipient.email, recipient.name
-    )
-
-
-def first_name(name: str | None, fallback: str = NAME_FALLBACK) -> str:
-    """The first word of the name, or the fallback; runs per recipient, so no regex on the
-    common path."""
-    words = name.split(None, 1) if name else None
-    word = _CONTROL.sub("", words[0]) if words else ""
-    if not word:
-        return fallback
-    return word if len(word) <= FIRST_NAME_MAX else truncate(word, FIRST_NAME_MAX)
-
-
-def personal_values(
-    name: str | None,
-    email: str,
-    unsubscribe_url: str,
-    preferences_url: str,
-    view_url: str,
-    name_fallback: str = NAME_FALLBACK,
-    click: str | None = None,
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The value of each of SLOTS for one recipient: (as the text shows them, escaped for
-    HTML). The one place that decides how personal values are shown."""
-    raw = (
-        first_name(name, name_fallback),
-        _CONTROL.sub("", email),
-        unsubscribe_url,
-        preferences_url,
-        view_url,
-        reader_part(unsubscribe_url) if click is None else click,
-    )
-    # html.escape, skipped where there is nothing to escape (nearly always: runs per recipient).
-    return raw, tuple([html.escape(v, quote=True) if _ESCAPED(v) else v for v in raw])
-
-
-def personalise(variant: RenderedVariant, personal: Personal) -> Personalised:
-    """Fill a variant's placeholders for one recipient (escaped for HTML, raw for text)."""
-    raw, escaped = personal_values(
-        personal.name,
-        personal.email,
-        personal.unsubscribe_url,
-        personal.preferences_url,
-        personal.view_url,
-        variant.name_fallback,
-        personal.click if personal.click is not None or variant.tracked else "",
-    )
-    return Personalised(
-        subject=variant.subject,
-        html=variant._html_fill.fill(escaped),
-        text=variant._text_fill.fill(raw),
-    )
-
-
-def check_size(variant: RenderedVariant) -> SizeCheck:
-    """Size budget of one variant: a warning above 90 KB, EmailTooLarge above 102 KB."""
-    parts = variant._html_fill.parts
-    size = sum(len(p.encode("utf-8")) for p in parts) + (len(parts) - 1) * _SLOT_ALLOWANCE
-    kb = size / 1024
-    if size > SIZE_LIMIT_BYTES:
-        raise EmailTooLarge(
-            f"variant {variant.key} ({', '.join(variant.sections)}): HTML is {kb:.0f} KB, above "
-            f"the {SIZE_LIMIT_BYTES // 1024} KB where Gmail clips it; send fewer stories per "
-            "section or shorten the template"
-        )
-    warning = None
-    if size > SIZE_WARN_BYTES:
-        warning = (
-            f"variant {variant.key}: HTML is {kb:.0f} KB, close to the "
-            f"{SIZE_LIMIT_BYTES // 1024} KB where Gmail clips it"
-        )
-        log.warning(warning)
-    return SizeCheck(size, warning)
-
-
 # --- rendering -----------------------------------------------------------------------------
-
-
-class _QuietCssutils(logging.Filter):
-    """cssutils validates against CSS 2.1: it warns about every mso- property Outlook needs and
-    every vendor or newer property email clients use. Other problems still get through."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return "mso-" not in message and "Unknown Property name" not in message
-
-
-_CSSUTILS_LOG = logging.getLogger("CSSUTILS")
-_CSSUTILS_LOG.addFilter(_QuietCssutils())
-
-
-def inline_css(document: str) -> str:
-    """premailer: inline the template's base styles, keep the ignored <style> (media queries,
-    dark mode) and every !important as written. Never touches the network."""
-    from premailer import Premailer
-
-    return str(
-        Premailer(
-            document,
-            keep_style_tags=False,
-            strip_important=False,
-            allow_network=False,
-            disable_validation=True,
-            # Templates set width/height attributes themselves (images need real pixels).
-            disable_basic_attributes=["width", "height"],
-            remove_unset_properties=True,
-        ).transform()
-    )
 
 
 @dataclass(frozen=True)
@@ -661,18 +297,9 @@ class Renderer:
         self.translations = i18n.translations(self.language, config.locales_dir)
         self.env = template_environment(templates_dir or config.templates_dir, self.translations)
         self.brand = Brand.of(newsletter.brand_color)
-        self._sections = self._edition_sections()
+        self._sections = _edition_sections(edition)
         self._cache: dict[tuple[tuple[str, ...], tuple[int, ...], bool], RenderedVariant] = {}
         self._requested: dict[tuple[tuple[str, ...], tuple[int, ...]], RenderedVariant] = {}
-
-    def _edition_sections(self) -> list[tuple[str, list[EditionItem]]]:
-        items = sorted(self.edition.items, key=lambda i: (i.section_position, i.rank))
-        out: list[tuple[str, list[EditionItem]]] = []
-        for item in items:
-            if not out or out[-1][0] != item.section:
-                out.append((item.section, []))
-            out[-1][1].append(item)
-        return out
 
     @property
     def edition_sections(self) -> tuple[str, ...]:
@@ -728,20 +355,7 @@ class Renderer:
             self._tracking_now = None
         html_doc = render_template(self.env, HTML_TEMPLATE, context)
         text_doc = render_template(self.env, TEXT_TEMPLATE, context)
-        inlined = inline_css(html_doc)
-        for slot in SLOTS:
-            if inlined.count(_placeholder(self.nonce, slot)) != html_doc.count(
-                _placeholder(self.nonce, slot)
-            ):
-                raise RenderError(
-                    f"{HTML_TEMPLATE}: slot.{slot} was altered by CSS inlining; use it only in "
-                    "text or as a whole href value"
-                )
-        identity = "\x1f".join(sections)
-        if blocks:
-            # Without blocks the key stays what it was before blocks existed.
-            identity += "\x1e" + ",".join(map(str, blocks))
-        key = "v-" + hashlib.sha1(identity.encode()).hexdigest()[:10]
+        inlined = _inlined(html_doc, self.nonce)
         text = _tidy_text(text_doc)
         if self.language.rtl:
             text = "\n".join(
@@ -749,7 +363,7 @@ class Renderer:
                 for line in text.split("\n")
             )
         variant = RenderedVariant(
-            key="archive" if archive else key,
+            key="archive" if archive else _variant_key(sections, blocks),
             sections=sections,
             subject=context["subject"],
             preheader=context["preheader"],
@@ -758,7 +372,7 @@ class Renderer:
             nonce=self.nonce,
             blocks=blocks,
             name_fallback=self.translations.gettext(NAME_FALLBACK),
-            tracked=_placeholder(self.nonce, "click") in inlined,
+            tracked=slot_placeholder(self.nonce, "click") in inlined,
         )
         self._cache[(sections, blocks, archive)] = variant
         return variant
@@ -774,8 +388,10 @@ class Renderer:
                 self._story(item, lead=not out and i == 0) for i, item in enumerate(by_name[name])
             )
             out.append(_Section(name, stories))
-        subject, preheader = self._subject_and_preheader(out)
-        slot = {s: Markup(_placeholder(self.nonce, s)) for s in SLOTS}
+        subject, preheader = _subject_and_preheader(
+            nl, self.edition, self.language, out, self.subject_override
+        )
+        slot = {s: Markup(slot_placeholder(self.nonce, s)) for s in SLOTS}
         count = sum(len(s.stories) for s in out)
         lang, gettext_ = self.language, self.translations.gettext
         return {
@@ -812,9 +428,9 @@ class Renderer:
         """Every link of the email's content (stories, the editor's note, blocks) is built
         here: http(s) only, with the newsletter's UTM parameters."""
         nl = self.newsletter
-        target = add_utm(_safe_url(url), nl.utm, nl.id, self.edition.edition_date)
+        target = add_utm(safe_url(url), nl.utm, nl.id, self.edition.edition_date)
         if self._tracking_now is not None and target:
-            return self._tracking_now.wrap(target, _placeholder(self.nonce, "click"))
+            return self._tracking_now.wrap(target, slot_placeholder(self.nonce, "click"))
         return target
 
     def _note(self) -> _NoteView | None:
@@ -829,10 +445,10 @@ class Renderer:
         nl = self.newsletter
         return [
             _Block(
-                title=_one_line(b.title),
-                text=_one_line(b.text),
+                title=shown_line(b.title),
+                text=shown_line(b.text),
                 url=self.link(b.link),
-                link_text=_one_line(b.link_text or self.translations.gettext(_LEARN_MORE)),
+                link_text=shown_line(b.link_text or self.translations.gettext(_LEARN_MORE)),
                 dir=text_direction(f"{b.title} {b.text}", self.language.dir),
             )
             for b in (nl.blocks[i] for i in blocks)
@@ -845,54 +461,95 @@ class Renderer:
         meta = " · ".join(
             p
             for p in (
-                *_credit(_one_line(item.byline or ""), _one_line(item.source or ""), nl),
+                *_credit(shown_line(item.byline or ""), shown_line(item.source or ""), nl),
                 story_time(item.published_at, nl, self.edition.edition_date),
             )
             if p
         )
-        title, dek = _one_line(item.shown_title), _one_line(item.shown_dek or "")
+        title, dek = shown_line(item.shown_title), shown_line(item.shown_dek or "")
         return _Story(
             title=title,
             url=url,
             dek=dek,
             meta=meta,
-            image_url=_safe_url(item.image_url),
-            image_alt=_one_line(item.image_alt or ""),
+            image_url=safe_url(item.image_url),
+            image_alt=shown_line(item.image_alt or ""),
             lead=lead,
             dir=text_direction(f"{title} {dek}", self.language.dir),
         )
 
-    def _subject_and_preheader(self, sections: list[_Section]) -> tuple[str, str]:
-        nl = self.newsletter
-        tops = [s.stories[0].title for s in sections if s.stories]
-        lead = tops[0] if tops else ""
-        shown_lead = "{lead}" in (self.subject_override or self.edition.subject or nl.subject)
-        values = {
-            "title": _one_line(nl.title),
-            "lead": lead,
-            "date": i18n.short_date(self.edition.edition_date, self.language),
-            "headlines": " · ".join(tops[1:] if shown_lead and len(tops) > 1 else tops),
-        }
-        where = f"newsletters.{nl.id}"
-        # The editor's per-edition wording, checked when it was set (digest.desk).
-        subject_t, subject_w = (
-            (self.subject_override, "A/B subject")
-            if self.subject_override
-            else (self.edition.subject, "edition subject")
-            if self.edition.subject
-            else (nl.subject, f"{where}.subject")
-        )
-        pre_t, pre_w = (
-            (self.edition.preheader, "edition preheader")
-            if self.edition.preheader
-            else (nl.preheader, f"{where}.preheader")
-        )
-        subject = _format_fields(subject_t, _SUBJECT_FIELDS, subject_w, **values)
-        pre = _format_fields(pre_t, _SUBJECT_FIELDS, pre_w, **values)
-        subject, pre = truncate(subject, SUBJECT_MAX), truncate(pre, PREHEADER_MAX)
-        if self.language.rtl:
-            subject, pre = rtl_line(subject), rtl_line(pre)
-        return subject, pre
+
+def _inlined(html_doc: str, nonce: str) -> str:
+    """The HTML with its CSS inlined; RenderError if inlining touched a placeholder."""
+    inlined = inline_css(html_doc)
+    for slot in SLOTS:
+        if inlined.count(slot_placeholder(nonce, slot)) != html_doc.count(
+            slot_placeholder(nonce, slot)
+        ):
+            raise RenderError(
+                f"{HTML_TEMPLATE}: slot.{slot} was altered by CSS inlining; use it only in "
+                "text or as a whole href value"
+            )
+    return inlined
+
+
+def _variant_key(sections: tuple[str, ...], blocks: tuple[int, ...]) -> str:
+    identity = "\x1f".join(sections)
+    if blocks:
+        # Without blocks the key stays what it was before blocks existed.
+        identity += "\x1e" + ",".join(map(str, blocks))
+    return "v-" + hashlib.sha1(identity.encode()).hexdigest()[:10]
+
+
+def _edition_sections(edition: Edition) -> list[tuple[str, list[EditionItem]]]:
+    """The edition's items grouped by section, in the edition's order."""
+    items = sorted(edition.items, key=lambda i: (i.section_position, i.rank))
+    out: list[tuple[str, list[EditionItem]]] = []
+    for item in items:
+        if not out or out[-1][0] != item.section:
+            out.append((item.section, []))
+        out[-1][1].append(item)
+    return out
+
+
+def _subject_and_preheader(
+    nl: NewsletterConfig,
+    edition: Edition,
+    language: Language,
+    sections: list[_Section],
+    override: str | None = None,
+) -> tuple[str, str]:
+    """The variant's subject and preheader: the editor's wording for this edition, else the
+    newsletter's, filled and cut to SUBJECT_MAX / PREHEADER_MAX."""
+    tops = [s.stories[0].title for s in sections if s.stories]
+    lead = tops[0] if tops else ""
+    shown_lead = "{lead}" in (override or edition.subject or nl.subject)
+    values = {
+        "title": shown_line(nl.title),
+        "lead": lead,
+        "date": i18n.short_date(edition.edition_date, language),
+        "headlines": " · ".join(tops[1:] if shown_lead and len(tops) > 1 else tops),
+    }
+    where = f"newsletters.{nl.id}"
+    # The editor's per-edition wording, checked when it was set (digest.desk).
+    subject_t, subject_w = (
+        (override, "A/B subject")
+        if override
+        else (edition.subject, "edition subject")
+        if edition.subject
+        else (nl.subject, f"{where}.subject")
+    )
+    pre_t, pre_w = (
+        (edition.preheader, "edition preheader")
+        if edition.preheader
+        else (nl.preheader, f"{where}.preheader")
+    )
+    subject = format_fields(subject_t, SUBJECT_FIELDS, subject_w, **values)
+    pre = format_fields(pre_t, SUBJECT_FIELDS, pre_w, **values)
+    subject, pre = truncate(subject, SUBJECT_MAX), truncate(pre, PREHEADER_MAX)
+    if language.rtl:
+        subject, pre = rtl_line(subject), rtl_line(pre)
+    return subject, pre
 
 
 def _words(name: str) -> tuple[str, ...]:
@@ -939,7 +596,7 @@ class _Logo:
 def _logo(logo: LogoConfig | None) -> _Logo | None:
     if logo is None:
         return None
-    return _Logo(_safe_url(logo.url), logo.width, logo.height, _one_line(logo.alt))
+    return _Logo(safe_url(logo.url), logo.width, logo.height, shown_line(logo.alt))
 
 
 def _tidy_text(text: str) -> str:

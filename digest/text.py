@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
+from html.parser import HTMLParser
 
 _C0_C1 = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
 _BREAKS = "\t\n\r\x0b\x0c\x85\u2028\u2029"
@@ -103,3 +104,85 @@ def csv_value(cell: str) -> str:
     if cell.startswith("'") and cell[1:].startswith(_FORMULA_START):
         return cell[1:]
     return cell
+
+
+# --- shown text (rendering) ----------------------------------------------------------------
+
+# What a rendered email never shows: C0 controls but tab and line feed, DEL, C1 controls and
+# the bidi overrides/isolates.
+UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_ANY_SPACE = re.compile(r"\s+")
+
+
+def clean_text(value: str) -> str:
+    """Drop control characters and bidi overrides from untrusted text; keep emoji and RTL."""
+    return UNSHOWN.sub("", value)
+
+
+def shown_line(value: str) -> str:
+    """`value` as rendering shows a one-line field: clean_text, any whitespace run one space."""
+    return _ANY_SPACE.sub(" ", clean_text(value)).strip()
+
+
+# --- HTML to text -----------------------------------------------------------------------
+
+# ASCII whitespace only: str.split() would also eat no-break spaces (French « guillemets »).
+ASCII_SPACES = re.compile(r"[ \t\n\r\f\v]+")
+
+
+class _TextExtractor(HTMLParser):
+    """Visible text of an HTML fragment: tags dropped, entities decoded, blocks spaced."""
+
+    _SKIP = {"script", "style", "template", "noscript"}
+    _BLOCK = {
+        "p",
+        "br",
+        "div",
+        "li",
+        "ul",
+        "ol",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "tr",
+        "td",
+        "th",
+        "blockquote",
+        "figure",
+        "figcaption",
+        "section",
+        "article",
+        "hr",
+    }
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIP:
+            self._skipping += 1
+        elif tag in self._BLOCK:
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP:
+            self._skipping = max(0, self._skipping - 1)
+        elif tag in self._BLOCK:
+            self.parts.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """Plain text of an HTML fragment on one line (for deks and HTML titles)."""
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    return ASCII_SPACES.sub(" ", "".join(parser.parts)).strip()

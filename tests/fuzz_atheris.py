@@ -21,7 +21,7 @@ with atheris.instrument_imports():
     from digest.config import load_config, parse_config
     from digest.errors import DigestError
     from digest.ingest import _Defaults, _parse_csv, _parse_feed, _parse_json
-    from subscribers.importing import _parse, _read_text
+    from subscribers.import_rows import _parse, _read_text
     from subscribers.segments import parse_rule
 
 CONFIG = load_config(Path(__file__).parent / "data" / "digest.toml")

@@ -33,6 +33,7 @@ from digest.gates import check_gates
 from digest.preview import preview_mail
 from digest.selection import edition_window
 from digest_cli import cli
+from tests.cli_support import set_cli_clock
 from tests.factories import add_article
 
 DAY = date(2026, 3, 10)
@@ -270,7 +271,7 @@ def run(config_path: Path, db_url: str, *args: str, **env: str) -> Result:
 def test_cli_edits_show_their_log_and_json(
     config_path: Path, db_url: str, built: list[Article], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("digest_cli.utcnow", CLOCK)
+    set_cli_clock(monkeypatch, CLOCK)
     d = ["--date", "2026-03-10"]
     steps = [
         ("edition", "drop", "daily", "News:3", *d, "--by", "ana"),
@@ -318,7 +319,7 @@ def test_cli_edits_show_their_log_and_json(
 def test_cli_approve_list_and_the_default_date(
     config_path: Path, db_url: str, built: list[Article], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("digest_cli.utcnow", CLOCK)
+    set_cli_clock(monkeypatch, CLOCK)
     no_name = run(config_path, db_url, "edition", "approve", "daily", "--date", "2026-03-10")
     assert no_name.exit_code == 1
     assert no_name.output.strip() == "Error: say who you are: --by NAME (or set DIGEST_EDITOR)"

@@ -17,6 +17,7 @@ from digest.preview import PreviewServer
 from digest.scheduler import Runner, run_due
 from digest.selection import edition_window
 from digest_cli import cli
+from tests.cli_support import set_cli_clock
 from tests.factories import add_article
 from tests.fakes.population import add_population
 from tests.schedule_support import MovingClock
@@ -63,7 +64,7 @@ def test_edit_preview_proof_approve_and_the_scheduled_send(
         add_article(session, due - timedelta(hours=2), title="Markets rally", section="Business")
         add_population(session, 4, due - timedelta(days=3))
     clock = MovingClock(due - timedelta(hours=2))  # the desk starts at 04:30 New York
-    monkeypatch.setattr("digest_cli.utcnow", clock)
+    set_cli_clock(monkeypatch, clock)
     monkeypatch.chdir(tmp_path)  # the config's outbox is ./outbox
     env = {"DIGEST_DATABASE_URL": db_url, "DIGEST_DATE": "2026-03-10", "DIGEST_EDITOR": "Lee"}
 

@@ -23,6 +23,7 @@ from digest.ledger import Delivery
 from digest.preview import preview_mail
 from digest.proofs import Proof, send_proof
 from digest_cli import cli
+from tests.cli_support import set_cli_clock
 from tests.fakes.fixtures import sendgrid_server, smtp_server, tls_cert  # noqa: F401
 from tests.fakes.population import VARIANTS, add_population, email_for
 from tests.fakes.sendgrid import SendGridStandIn
@@ -179,7 +180,7 @@ def test_cli_proof_addresses_and_show(
     now: datetime,
 ) -> None:
     monkeypatch.chdir(tmp_path)  # the test config's outbox is ./outbox
-    monkeypatch.setattr("digest_cli.utcnow", fixed(now))
+    set_cli_clock(monkeypatch, fixed(now))
     env = {"DIGEST_DATABASE_URL": db_url, "DIGEST_EDITOR": "ana"}
     d = ["--date", EDITION_DATE.isoformat()]
 

@@ -130,8 +130,9 @@ def test_templates_are_shipped_with_the_package() -> None:
 
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["digest.templates"]
-    assert pyproject["tool"]["setuptools"]["package-dir"]["digest.templates"] == "templates"
     folder = Path(__file__).parent.parent / "templates"
+    # digest/templates is a symlink to the top-level templates/ (a plain layout for setuptools)
+    assert (folder.parent / "digest" / "templates").resolve() == folder.resolve()
     for name in ("digest.html", "digest.txt", "_styles.html", "_story.html"):
         assert (folder / name).is_file()
         assert any(fnmatch.fnmatch(name, p) for p in patterns), name

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest.clock import fixed
 from digest_cli import cli
+from tests.cli_support import set_cli_clock
 from tests.factories import add_article
 from tests.fakes.population import add_population
 from tests.render_support import store_edition
@@ -100,8 +101,8 @@ def send_cli(
 ) -> Callable[..., Result]:
     monkeypatch.setenv("DIGEST_DATABASE_URL", db_url)
     monkeypatch.chdir(tmp_path)  # the test config's outbox is ./outbox
-    # The CLI reads time through digest_cli.utcnow: a quarter past the send time.
-    monkeypatch.setattr("digest_cli.utcnow", fixed(DUE + timedelta(minutes=15)))
+    # The CLI reads time through its own clock (set_cli_clock): a quarter past the send time.
+    set_cli_clock(monkeypatch, fixed(DUE + timedelta(minutes=15)))
     with sessions.begin() as session:
         add_population(session, 4, DUE - timedelta(days=3))
 
