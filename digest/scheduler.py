@@ -35,7 +35,6 @@ from digest.db import transaction
 from digest.editions import build_edition, get_edition, load_edition
 from digest.errors import EXIT_UNDELIVERED, DigestError, GateClosed
 from digest.gates import check_gates
-from digest.ledger import deferred_due, next_due
 from digest.preflight import open_rows
 from digest.runs import (
     FINAL,
@@ -279,9 +278,13 @@ def deferred_wait(
             return None
         counts = ledger.counts(session, edition.id)
         deferred = counts.get("deferred", 0)
-        if not deferred or open_rows(counts) > deferred or deferred_due(session, edition.id, now):
+        if (
+            not deferred
+            or open_rows(counts) > deferred
+            or ledger.deferred_due(session, edition.id, now)
+        ):
             return None
-        at = next_due(session, edition.id)
+        at = ledger.next_due(session, edition.id)
         if at is None or at <= now:
             return None
         return f"{deferred} deferred row(s), next attempt {at:%Y-%m-%d %H:%M} UTC"
