@@ -3,7 +3,7 @@
 Every figure is a GROUP BY the database answers from an index alone: delivered rows from the
 partial index of sent deliveries (edition, variant, segment, subject), clicks from the two
 covering indexes of click_events. Nothing is loaded row by row, so a report over a million
-deliveries stays interactive (bench/report.py).
+deliveries stays interactive (`bench/clicks.py report`).
 
 Rates are unique clickers over delivered readers who could click: a story's rate counts only
 the readers whose variant had its section. Flagged clicks (bots, scanners: digest.clicks) are
