@@ -12,7 +12,6 @@ precomputed split, no parsing and no regex per recipient.
 
 from __future__ import annotations
 
-import gettext
 import hashlib
 import logging
 import re
@@ -23,7 +22,6 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from markupsafe import Markup
 
 from digest import i18n
@@ -61,6 +59,8 @@ from digest.personalise import (
     slot_placeholder,
 )
 from digest.plaintext import TEXT_WIDTH, display_width, rtl_line, text_direction, truncate, wrap
+from digest.templating import render_template as render_template
+from digest.templating import template_environment as template_environment
 from digest.text import clean_text, shown_line
 from digest.tracking import LinkMap
 
@@ -117,85 +117,7 @@ _INTRO = N_("Here is what you need to know today.")
 _LEARN_MORE = N_("Learn more")
 
 
-# --- templates -----------------------------------------------------------------------------
-
-
-def _shipped_loader() -> jinja2.BaseLoader:
-    try:
-        return jinja2.PackageLoader("digest.templates", ".")
-    except (ModuleNotFoundError, ValueError):
-        # A checkout that is not installed: templates/ sits next to digest/.
-        return jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates")
-
-
-def template_environment(
-    templates_dir: Path | None = None, translations: gettext.NullTranslations | None = None
-) -> jinja2.Environment:
-    """Jinja2 environment: files in templates_dir override the shipped templates one by one.
-    Templates translate their fixed strings with `_()` / `ngettext()` (Jinja2's i18n extension,
-    new style: `_("Hello %(name)s", name=x)` escapes `x`, never the translation's markup)."""
-    loaders: list[jinja2.BaseLoader] = []
-    if templates_dir is not None:
-        loaders.append(jinja2.FileSystemLoader(templates_dir))
-    loaders.append(_shipped_loader())
-    env = jinja2.Environment(
-        loader=jinja2.ChoiceLoader(loaders),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        finalize=_finalize,
-        extensions=["jinja2.ext.i18n"],
-    )
-    env.install_gettext_translations(  # type: ignore[attr-defined]
-        translations or gettext.NullTranslations(), newstyle=True
-    )
-    env.filters["wrap"] = wrap
-    env.filters["width"] = display_width
-    return env
-
-
-def render_template(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
-    """Render one template; any mistake in it (syntax, an undefined name, a missing include,
-    an error in an expression) is one RenderError naming the template file and line."""
-    try:
-        return env.get_template(name).render(context)
-    except jinja2.TemplateSyntaxError as e:
-        where = e.filename or e.name or name
-        raise RenderError(f"template {where}, line {e.lineno}: {e.message}") from None
-    except jinja2.TemplateNotFound as e:
-        if e.name == name:
-            raise RenderError(f"template {name} not found") from None
-        raise RenderError(
-            f"template {_template_line(e) or name}: includes {e.name!r}, which is not found"
-        ) from None
-    except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as e:
-        line = _template_line(e)
-        if line is None and not isinstance(e, jinja2.TemplateError):
-            raise  # not the template's mistake
-        message = e.message if isinstance(e, jinja2.TemplateError) and e.message else str(e)
-        raise RenderError(f"template {line or name}: {message or type(e).__name__}") from None
-
-
-def _template_line(error: BaseException) -> str | None:
-    """'FILE, line N' of the innermost template frame of the error (Jinja2 rewrites its
-    tracebacks so template code reports the template's own file and line)."""
-    found = None
-    tb = error.__traceback__
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if not filename.endswith(".py") and not filename.startswith("<"):
-            found = f"{filename}, line {tb.tb_lineno}"
-        tb = tb.tb_next
-    return found
-
-
-def _finalize(value: Any) -> Any:
-    # Every value printed by a template passes here before escaping.
-    if isinstance(value, str) and not isinstance(value, Markup):
-        return clean_text(value)
-    return value
+# --- dates and greetings ---------------------------------------------------------------------
 
 
 def long_date(d: date, language: Language = ENGLISH) -> str:
@@ -380,12 +302,15 @@ class Renderer:
     def _context(
         self, sections: tuple[str, ...], blocks: tuple[int, ...], archive: bool
     ) -> dict[str, Any]:
-        nl = self.newsletter
+        nl, day = self.newsletter, self.edition.edition_date
         by_name = dict(self._sections)
         out: list[_Section] = []
         for name in sections:
             stories = tuple(
-                self._story(item, lead=not out and i == 0) for i, item in enumerate(by_name[name])
+                _story(
+                    item, self.link(item.url), nl, day, self.language.dir, lead=not out and i == 0
+                )
+                for i, item in enumerate(by_name[name])
             )
             out.append(_Section(name, stories))
         subject, preheader = _subject_and_preheader(
@@ -455,28 +380,35 @@ class Renderer:
             if b.position == position
         ]
 
-    def _story(self, item: EditionItem, *, lead: bool) -> _Story:
-        nl = self.newsletter
-        url = self.link(item.url)
-        meta = " · ".join(
-            p
-            for p in (
-                *_credit(shown_line(item.byline or ""), shown_line(item.source or ""), nl),
-                story_time(item.published_at, nl, self.edition.edition_date),
-            )
-            if p
+
+def _story(
+    item: EditionItem,
+    url: str,
+    nl: NewsletterConfig,
+    edition_date: date,
+    base_dir: str,
+    *,
+    lead: bool,
+) -> _Story:
+    meta = " · ".join(
+        p
+        for p in (
+            *_credit(shown_line(item.byline or ""), shown_line(item.source or ""), nl),
+            story_time(item.published_at, nl, edition_date),
         )
-        title, dek = shown_line(item.shown_title), shown_line(item.shown_dek or "")
-        return _Story(
-            title=title,
-            url=url,
-            dek=dek,
-            meta=meta,
-            image_url=safe_url(item.image_url),
-            image_alt=shown_line(item.image_alt or ""),
-            lead=lead,
-            dir=text_direction(f"{title} {dek}", self.language.dir),
-        )
+        if p
+    )
+    title, dek = shown_line(item.shown_title), shown_line(item.shown_dek or "")
+    return _Story(
+        title=title,
+        url=url,
+        dek=dek,
+        meta=meta,
+        image_url=safe_url(item.image_url),
+        image_alt=shown_line(item.image_alt or ""),
+        lead=lead,
+        dir=text_direction(f"{title} {dek}", base_dir),
+    )
 
 
 def _inlined(html_doc: str, nonce: str) -> str:

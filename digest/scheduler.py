@@ -10,20 +10,16 @@ or late (a busy loop, a restart) can neither double-send nor miss.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
-import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
+from datetime import date, datetime, timedelta
 from types import FrameType
 from typing import Any, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,6 +35,7 @@ from digest.preflight import open_rows
 from digest.runs import (
     FINAL,
     STALE_AFTER,
+    Claim,
     ScheduledRun,
     claim_run,
     finish_run,
@@ -49,11 +46,15 @@ from digest.runs import (
     mark_running,
     owner_id,
 )
-from digest.selection import edition_window
+from digest.schedule_log import JsonFormatter as JsonFormatter
+from digest.schedule_log import TextFormatter as TextFormatter
+from digest.schedule_log import configure_logging as configure_logging
+from digest.schedule_log import event as _event
+from digest.send_times import due_edition, wave
+from digest.send_times import local_delivery as local_delivery
+from digest.send_times import next_send as next_send
+from digest.send_times import send_instant as send_instant
 from digest.sending import RecipientFilter, SendOptions, send_edition
-from subscribers.audience import Recipient
-
-log = logging.getLogger("digest.scheduler")
 
 # With local-time delivery a subscriber gets edition D at the first send_time on their own
 # clock at or after the newsletter's send instant: within one local day (at most 25 h).
@@ -126,84 +127,6 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.outcome not in ("blocked", "failed", "interrupted")
-
-
-# --- time -------------------------------------------------------------------------------------
-
-
-def send_instant(newsletter: NewsletterConfig, edition_date: date) -> datetime:
-    """When the edition goes out, in UTC: send_time on the edition date on the newsletter's
-    wall clock. A send time that does not exist that day (spring forward) goes out at what the
-    clock reads after the jump (02:30 → 03:30); one that occurs twice (fall back) goes out the
-    first time."""
-    return edition_window(newsletter, edition_date)[1].astimezone(UTC)
-
-
-def due_edition(newsletter: NewsletterConfig, now: datetime) -> tuple[date, datetime]:
-    """The latest edition whose send instant is at or before `now`, and that instant."""
-    local = now.astimezone(newsletter.tz).date()
-    for d in (local, local - timedelta(days=1), local - timedelta(days=2)):
-        at = send_instant(newsletter, d)
-        if at <= now:
-            return d, at
-    raise AssertionError("a send instant lies within two days of any time")
-
-
-def next_send(newsletter: NewsletterConfig, now: datetime) -> tuple[date, datetime]:
-    """The first edition whose send instant is after `now`, and that instant."""
-    local = now.astimezone(newsletter.tz).date()
-    for d in (local - timedelta(days=1), local, local + timedelta(days=1), local + timedelta(2)):
-        at = send_instant(newsletter, d)
-        if at > now:
-            return d, at
-    raise AssertionError("a send instant lies within two days of any time")
-
-
-@lru_cache(maxsize=1024)
-def _zone(name: str) -> ZoneInfo | None:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
-
-
-def local_delivery(send_time: time, zone: ZoneInfo, after: datetime) -> datetime:
-    """The first instant at or after `after` when it is `send_time` on `zone`'s wall clock."""
-    day = after.astimezone(zone).date()
-    for d in (day - timedelta(days=1), day, day + timedelta(days=1)):
-        at = datetime.combine(d, send_time, tzinfo=zone).astimezone(UTC)
-        if at >= after:
-            return at
-    raise AssertionError("send_time recurs every local day")
-
-
-def wave(
-    newsletter: NewsletterConfig, edition_date: date, since: datetime, until: datetime
-) -> RecipientFilter:
-    """This run's recipients: those whose local delivery instant of this edition lies in
-    (since, until]; later ones are left for a later run, and for earlier ones (their instant
-    passed while nothing ran, since being the catch-up limit) it says why they are skipped.
-    Recipients without a (valid) time zone get the newsletter's."""
-    start = send_instant(newsletter, edition_date)
-    verdicts: dict[str | None, tuple[datetime, str]] = {}
-
-    def due(recipient: Recipient) -> bool | str:
-        tz = recipient.timezone
-        known = verdicts.get(tz)
-        if known is None:
-            zone = (_zone(tz) if tz else None) or newsletter.tz
-            at = local_delivery(newsletter.send_time, zone, start)
-            missed = (
-                f"missed: local send time {at:%Y-%m-%d %H:%M} UTC passed more than "
-                f"catch_up_hours = {newsletter.catch_up_hours:g} before a run"
-            )
-            known = verdicts[tz] = (at, missed)
-        at, missed = known
-        if at <= since:
-            return missed
-        return at <= until
-
-    return due
 
 
 # --- one run ----------------------------------------------------------------------------------
@@ -290,16 +213,6 @@ def deferred_wait(
         return f"{deferred} deferred row(s), next attempt {at:%Y-%m-%d %H:%M} UTC"
 
 
-def _event(
-    level: int, event: str, newsletter: str, edition_date: date | None, message: str
-) -> None:
-    log.log(
-        level,
-        message,
-        extra={"event": event, "newsletter": newsletter, "edition": str(edition_date or "")},
-    )
-
-
 def _result(
     nl: NewsletterConfig, d: date, outcome: str, message: str, level: int = logging.INFO
 ) -> RunResult:
@@ -330,7 +243,6 @@ def _run_edition(
             and not is_stale(existing, now, runner.stale_after)
         ):
             return _result(nl, d, "busy", f"held by {existing.claimed_by}", logging.DEBUG)
-    retry = local is None
     waiting = existing is not None and existing.status == "waiting"
     if waiting and (not local or now >= at + LOCAL_SPAN):
         # Open for deferred rows only: nothing to do before the next one is due.
@@ -359,8 +271,6 @@ def _run_edition(
             f"taking over from {existing.claimed_by} (was {existing.status})",
         )
     mark_running(runner.sessions, claim, clock=runner.clock)
-    recipients = wave(nl, d, now - grace, now) if local else None
-    options = replace(runner.options, add_recipients=False) if retry else runner.options
     if local and late > grace and existing is None:
         _event(
             logging.WARNING,
@@ -371,6 +281,25 @@ def _run_edition(
             f"catch_up_hours = {nl.catch_up_hours:g} and skipped (recorded in the ledger)",
         )
     _event(logging.INFO, "start", nl.id, d, f"sending (due {at:%Y-%m-%d %H:%M} UTC)")
+    return _send_claimed(runner, nl, d, at, now, claim, local=local, waiting=waiting)
+
+
+def _send_claimed(
+    runner: Runner,
+    nl: NewsletterConfig,
+    d: date,
+    at: datetime,
+    now: datetime,
+    claim: Claim,
+    *,
+    local: bool | None,
+    waiting: bool,
+) -> RunResult:
+    """The claimed run of edition `d`: build and judge it, send this run's recipients, and
+    record how it ended (never raises: the outcome is in the run's row)."""
+    grace = timedelta(hours=nl.catch_up_hours)
+    recipients = wave(nl, d, now - grace, now) if local else None
+    options = replace(runner.options, add_recipients=False) if local is None else runner.options
     status, outcome, level = "failed", "failed", logging.ERROR
     undelivered = 0
     try:
@@ -631,54 +560,3 @@ def _on_signal(stop: threading.Event) -> Callable[[int, FrameType | None], None]
         stop.set()
 
     return handle
-
-
-# --- logging ----------------------------------------------------------------------------------
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, event, newsletter, edition, message."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds"),
-            "level": record.levelname.lower(),
-            "event": getattr(record, "event", record.name),
-            "newsletter": getattr(record, "newsletter", None),
-            "edition": getattr(record, "edition", None) or None,
-            "message": record.getMessage(),
-        }
-        return json.dumps(out, ensure_ascii=False)
-
-
-class TextFormatter(logging.Formatter):
-    """`2026-03-10T10:30:00Z INFO sent daily 2026-03-10: 1200 sent ...` on one line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        ts = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = getattr(record, "event", record.name)
-        where = " ".join(
-            x for x in (getattr(record, "newsletter", ""), getattr(record, "edition", "")) if x
-        )
-        message = record.getMessage().replace("\n", " ")
-        return f"{ts} {record.levelname} {event} {where}: {message}"
-
-
-class _StderrHandler(logging.Handler):
-    """Writes to sys.stderr as it is at each event (test runners swap it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
-        except Exception:
-            self.handleError(record)
-
-
-def configure_logging(json_lines: bool) -> None:
-    """One line per event on stderr, as text or JSON."""
-    handler = _StderrHandler()
-    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
-    log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
-    log.propagate = False
