@@ -1,4 +1,5 @@
-"""Clicks are events, stored once: the `/r/<token>` redirect and SendGrid's click events.
+"""Clicks are events, stored once: from the `/r/<token>` redirect (digest.web.redirect) and
+from a provider's click events (digest.web.webhooks).
 
 The rule for what counts (README "What readers read"). A click is stored with a flag, and not
 counted, when it looks like a machine rather than a reader:

@@ -5,6 +5,9 @@ and each personalization fills its own links and name through `substitutions` (m
 40 times fewer bytes than one request per recipient). Without one, each message is its own
 request. The library has no timeout by default; `client.timeout` is always set. SendGrid has no
 idempotency key: a request that timed out may have been accepted, so its rows become `unknown`.
+
+The end of the module is the Event Webhook's dialect: its signature check and SendGrid's
+events in provider-neutral terms (digest.events), which digest.web.webhooks applies.
 """
 
 from __future__ import annotations
