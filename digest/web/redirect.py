@@ -4,6 +4,7 @@ its stored target and queues the click (digest.clicks); anything else is the inv
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 from flask import Blueprint, Flask, Response, current_app, request
 from sqlalchemy import select
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.clicks import Click, ClickRecorder
 from digest.editions import Edition
 from digest.tracking import PATH, TrackedLink, parse_token
-from digest.web.context import web
+from digest.web.context import WebContext
 
 _LINK_CACHE_MAX = 50_000
 
@@ -46,32 +47,39 @@ class LinkTargets:
         return found
 
 
+@dataclass(frozen=True)
+class _Redirect:
+    """What the redirect needs, looked up once a request (app.extensions["digest.redirect"])."""
+
+    web: WebContext
+    links: LinkTargets
+    recorder: ClickRecorder
+
+
 def init_redirect(app: Flask, *, background: bool) -> ClickRecorder:
     """The click writer and link cache the redirect uses; app.extensions["digest.clicks"]
     .flush() writes queued clicks."""
-    w = app.extensions["digest"]
+    w: WebContext = app.extensions["digest"]
     recorder = ClickRecorder(w.unit, background=background)
     app.extensions["digest.clicks"] = recorder
-    app.extensions["digest.links"] = LinkTargets(w.sessions)
+    app.extensions["digest.redirect"] = _Redirect(w, LinkTargets(w.sessions), recorder)
     return recorder
 
 
 @bp.route(PATH + "<token>", methods=["GET", "HEAD"])
 def tracked_link(token: str) -> Response:
-    w = web()
-    parsed = parse_token(w.secret, token)
-    links: LinkTargets = current_app.extensions["digest.links"]
-    found = links.lookup(parsed[0]) if parsed is not None else None
+    r: _Redirect = current_app.extensions["digest.redirect"]
+    parsed = parse_token(r.web.secret, token)
+    found = r.links.lookup(parsed[0]) if parsed is not None else None
     if parsed is None or found is None or found[2] != parsed[2]:
-        return w.invalid_link()
+        return r.web.invalid_link()
     edition_id, url, _ = found
-    recorder: ClickRecorder = current_app.extensions["digest.clicks"]
-    recorder.add(
+    r.recorder.add(
         Click(
             link_id=parsed[0],
             edition_id=edition_id,
             subscriber_id=parsed[1],
-            at=w.clock(),
+            at=r.web.clock(),
             method=request.method,
             user_agent=(request.headers.get("User-Agent") or "")[:1000],
         )
