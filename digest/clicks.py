@@ -1,4 +1,5 @@
-"""Clicks are events, stored once: the `/r/<token>` redirect and SendGrid's click events.
+"""Clicks are events, stored once: from the `/r/<token>` redirect (digest.web.redirect) and
+from a provider's click events (digest.web.webhooks).
 
 The rule for what counts (README "What readers read"). A click is stored with a flag, and not
 counted, when it looks like a machine rather than a reader:
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Flask, Response, request
 from sqlalchemy import (
     Boolean,
     ForeignKey,
@@ -39,12 +39,13 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from digest.articles import UTCDateTime
 from digest.config import Config
 from digest.db import Base
 from digest.editions import Edition
+from digest.events import TrackingEvent, TrackingKind
 from digest.ledger import Delivery
 from digest.tracking import PATH, TrackedLink, parse_token, url_hash
 from subscribers.tokens import site_secret
@@ -280,17 +281,17 @@ def _nearby(
     return out
 
 
-# --- SendGrid click and open events ----------------------------------------------------------
+# --- a provider's click and open events -------------------------------------------------------
 
 
-def from_sendgrid(
-    session: Session, secret: str, base_url: str, row: Delivery | None, event: dict[str, Any]
+def from_provider(
+    session: Session, secret: str, base_url: str, row: Delivery | None, event: TrackingEvent
 ) -> Click | None:
-    """The click a SendGrid click event reports, if it names a delivery and a stored link: its
-    URL is our /r/ link (SendGrid wrapped it) or a stored target (our tracking off)."""
+    """The click a provider's click event reports, if it names a delivery and a stored link: its
+    URL is our /r/ link (the provider wrapped it) or a stored target (our tracking off)."""
     if row is None:
         return None
-    url = str(event.get("url") or "")[:4000]
+    url = event.url
     link_id: int | None = None
     prefix = base_url + PATH
     if url.startswith(prefix):
@@ -310,28 +311,20 @@ def from_sendgrid(
         row.edition_id
     ):
         return None
-    at = _event_time(event)
-    if at is None:
+    if event.occurred is None:
         return None
     return Click(
         link_id=link_id,
         edition_id=row.edition_id,
         subscriber_id=row.subscriber_id,
-        at=at,
-        source="sendgrid",
-        user_agent=str(event.get("useragent") or "")[:1000],
+        at=event.occurred,
+        source=event.provider.lower()[:10],
+        user_agent=event.user_agent,
     )
 
 
-def _event_time(event: dict[str, Any]) -> datetime | None:
-    raw = event.get("timestamp")
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw < 2**33:
-        return None
-    return datetime.fromtimestamp(raw, UTC)
-
-
-def record_open(session: Session, row: Delivery, event: dict[str, Any], at: datetime) -> str:
-    """An open from SendGrid's open tracking (only with track_opens; unreliable: Apple Mail
+def record_open(session: Session, row: Delivery, event: TrackingEvent, at: datetime) -> str:
+    """An open from the provider's open tracking (only with track_opens; unreliable: Apple Mail
     Privacy Protection opens every message)."""
     session.add(
         ClickEvent(
@@ -343,8 +336,8 @@ def record_open(session: Session, row: Delivery, event: dict[str, Any], at: date
             segment=row.segment,
             subject=row.subject,
             clicked_at=at,
-            source="sendgrid",
-            agent=agent_class(str(event.get("useragent") or "")),
+            source=event.provider.lower()[:10],
+            agent=agent_class(event.user_agent),
             flag=None,
             counted=True,
         )
@@ -352,20 +345,21 @@ def record_open(session: Session, row: Delivery, event: dict[str, Any], at: date
     return "open"
 
 
-def sendgrid_event(
-    session: Session, config: Config, kind: str, row: Delivery | None, event: dict[str, Any]
+def provider_event(
+    session: Session, config: Config, row: Delivery | None, event: TrackingEvent
 ) -> str:
-    """What a SendGrid `click` or `open` event became (apply_events in digest.web)."""
+    """What a provider's click or open event became (digest.web.webhooks)."""
+    kind = event.event
     if row is None:
         return f"{kind} (unmatched)"
     edition = session.get(Edition, row.edition_id)
     nl = config.newsletters.get(edition.newsletter) if edition is not None else None
-    if kind == "open":
+    if event.kind is TrackingKind.OPENED:
         if nl is None or not nl.track_opens:
             return "ignored"  # as before opens were tracked at all
-        at = _event_time(event)
+        at = event.occurred
         return record_open(session, row, event, at) if at is not None else "open (no time)"
-    click = from_sendgrid(session, site_secret(config), config.site.base_url, row, event)
+    click = from_provider(session, site_secret(config), config.site.base_url, row, event)
     if click is None:
         return "click (unknown link)"
     return f"click ({record(session, click)})"
@@ -422,66 +416,3 @@ class ClickRecorder:
     def _write(self, clicks: list[Click]) -> None:
         with self._unit() as session:
             record_many(session, clicks)
-
-
-# --- the redirect ----------------------------------------------------------------------------
-
-_LINK_CACHE_MAX = 50_000
-
-
-def register_redirect(
-    app: Flask,
-    *,
-    sessions: sessionmaker[Session],
-    secret: str,
-    unit: Callable[[], AbstractContextManager[Session]],
-    clock: Callable[[], datetime],
-    not_found: Callable[[], Response],
-    background: bool,
-) -> ClickRecorder:
-    """`GET|HEAD /r/<token>`: 302 to the stored target of a well-signed token, else 404."""
-    recorder = ClickRecorder(unit, background=background)
-    # Stored links never change: (edition id, target, newsletter) by link id.
-    links: dict[int, tuple[int, str, str]] = {}
-
-    def lookup(link_id: int) -> tuple[int, str, str] | None:
-        found = links.get(link_id)
-        if found is None:
-            with sessions() as session:
-                row = session.execute(
-                    select(TrackedLink.edition_id, TrackedLink.url, Edition.newsletter)
-                    .join(Edition, Edition.id == TrackedLink.edition_id)
-                    .where(TrackedLink.id == link_id)
-                ).first()
-            if row is None:
-                return None
-            if len(links) >= _LINK_CACHE_MAX:
-                links.clear()
-            found = links[link_id] = (row.edition_id, row.url, row.newsletter)
-        return found
-
-    @app.route(PATH + "<token>", methods=["GET", "HEAD"])
-    def tracked_link(token: str) -> Response:
-        parsed = parse_token(secret, token)
-        found = lookup(parsed[0]) if parsed is not None else None
-        if parsed is None or found is None or found[2] != parsed[2]:
-            return not_found()
-        edition_id, url, _ = found
-        recorder.add(
-            Click(
-                link_id=parsed[0],
-                edition_id=edition_id,
-                subscriber_id=parsed[1],
-                at=clock(),
-                method=request.method,
-                user_agent=(request.headers.get("User-Agent") or "")[:1000],
-            )
-        )
-        response = Response(status=302)
-        response.headers["Location"] = url
-        # The token identifies the reader: the target never sees it, no cache keeps it.
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["Cache-Control"] = "no-store"
-        return response
-
-    return recorder

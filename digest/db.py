@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,20 @@ def database_problem(error: DBAPIError) -> str:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def one_writer(sessions: sessionmaker[Session]) -> bool:
+    """True when the database these sessions write to takes one writer at a time (SQLite)."""
+    bind = sessions.kw.get("bind")
+    return bind is not None and bind.dialect.name == "sqlite"
+
+
+def writer_lock(sessions: sessionmaker[Session]) -> AbstractContextManager[Any]:
+    """The lock the writing threads of one process take turns on. SQLite allows one writer:
+    a waiting thread wakes at once when the lock is released, where the driver's busy handler
+    sleeps 1-100 ms between retries, and a read-then-write never fails halfway with
+    'database is locked'. Other databases need no lock (a no-op context)."""
+    return threading.Lock() if one_writer(sessions) else nullcontext()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

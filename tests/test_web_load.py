@@ -42,4 +42,6 @@ def test_5000_one_click_unsubscribes_none_lost(config, tmp_path, capsys):
     assert result.failures == 0
     assert result.unsubscribed == 2500
     assert result.untouched_others
-    assert result.seconds < 60
+    # A ceiling against a hang, not a speed figure (bench/web.py measures that): the shared
+    # 2-core host has taken 70-80 s here under load.
+    assert result.seconds < 300

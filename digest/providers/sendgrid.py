@@ -5,21 +5,31 @@ and each personalization fills its own links and name through `substitutions` (m
 40 times fewer bytes than one request per recipient). Without one, each message is its own
 request. The library has no timeout by default; `client.timeout` is always set. SendGrid has no
 idempotency key: a request that timed out may have been accepted, so its rows become `unknown`.
+
+The end of the module is the Event Webhook's dialect: its signature check and SendGrid's
+events in provider-neutral terms (digest.events), which digest.web.webhooks applies.
 """
 
 from __future__ import annotations
 
+import binascii
+import contextlib
 import json
 import re
 import time
 import urllib.error
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
+from sendgrid.helpers.eventwebhook import EventWebhook
+from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 
 from digest.config import SendGridConfig
 from digest.errors import ConfigError
+from digest.events import TrackingEvent, TrackingKind
 from digest.message import HeaderError, TransactionalMessage, VariantMessage, needs_smtputf8
 from digest.providers.base import (
     BUILD_ERRORS,
@@ -31,6 +41,7 @@ from digest.providers.base import (
     RateLimiter,
     unbuildable,
 )
+from digest.text import strip_controls
 
 _FIELD_INDEX = re.compile(r"personalizations\.(\d+)")
 # The body goes to the library already serialised (see _request); python_http_client passes a
@@ -262,3 +273,145 @@ class SendGridProvider:
 
     def close(self) -> None:
         pass
+
+
+# --- the Event Webhook: SendGrid's words for what happened later ------------------------------
+#
+# As django-anymail's webhooks/sendgrid.py: the signature check and the mapping of SendGrid's
+# events to provider-neutral ones (digest.events applies those: ledger, suppressions,
+# unsubscribes, clicks). `deferred`: the receiving server asked SendGrid to try later, so
+# SendGrid has the message (it retries for up to 72 hours).
+
+CONFIRMING = ("processed", "delivered", "deferred")
+FAILING = ("bounce", "dropped")
+UNSUBSCRIBING = ("unsubscribe", "group_unsubscribe")
+_KINDS: dict[str, TrackingKind] = {
+    **{k: TrackingKind.ACCEPTED for k in CONFIRMING},
+    **{k: TrackingKind.FAILED for k in FAILING},
+    **{k: TrackingKind.UNSUBSCRIBED for k in UNSUBSCRIBING},
+    "spamreport": TrackingKind.COMPLAINED,
+    "click": TrackingKind.CLICKED,
+    "open": TrackingKind.OPENED,
+}
+
+
+class _Headers(Protocol):
+    def get(self, key: str) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    ok: bool
+    reason: str
+
+
+class WebhookVerifier:
+    """SendGrid's signed Event Webhook: ECDSA (P-256, SHA-256) over timestamp + raw body, checked
+    with the sendgrid library's EventWebhook helper, and a timestamp no older than max_age."""
+
+    def __init__(self, public_key: str | None, max_age_seconds: int, allow_unsigned: bool) -> None:
+        self.max_age = max_age_seconds
+        self.allow_unsigned = allow_unsigned
+        self._helper: EventWebhook | None = None
+        if public_key:
+            try:
+                self._helper = EventWebhook(public_key.strip())
+            except (ValueError, TypeError) as e:
+                raise ConfigError(
+                    "the SendGrid webhook verification key is not a base64 EC public key "
+                    f"(copy it from Mail Settings > Event Webhook): {e}"
+                ) from None
+
+    def check(self, body: bytes, headers: _Headers, now: float) -> SignatureCheck:
+        if self._helper is None:
+            if self.allow_unsigned:
+                return SignatureCheck(True, "unsigned requests allowed by configuration")
+            return SignatureCheck(False, "no verification key configured")
+        signature = headers.get(EventWebhookHeader.SIGNATURE)
+        timestamp = headers.get(EventWebhookHeader.TIMESTAMP)
+        if not signature or not timestamp:
+            return SignatureCheck(False, "unsigned")
+        try:
+            age = now - int(timestamp)
+        except ValueError:
+            return SignatureCheck(False, "bad timestamp")
+        if abs(age) > self.max_age:
+            return SignatureCheck(False, "stale timestamp")
+        try:
+            payload = body.decode("utf-8")
+            valid = bool(self._helper.verify_signature(payload, signature, timestamp))
+        except (UnicodeDecodeError, binascii.Error, ValueError):
+            valid = False
+        return SignatureCheck(valid, "valid" if valid else "invalid signature")
+
+
+def tracking_events(events: list[dict[str, Any]], received: datetime) -> list[TrackingEvent]:
+    """A batch of SendGrid events in provider-neutral terms."""
+    return [tracking_event(e, received) for e in events]
+
+
+def tracking_event(event: dict[str, Any], received: datetime) -> TrackingEvent:
+    # Event fields are stored and looked up: nothing that is not text (PostgreSQL refuses NUL).
+    word = strip_controls(str(event.get("event") or ""))
+    kind = _KINDS.get(word, TrackingKind.OTHER)
+    reason = ""
+    if kind is TrackingKind.FAILED:
+        reason = strip_controls(str(event.get("reason") or event.get("type") or word))
+    raw_id = str(event.get("delivery_id") or "")
+    return TrackingEvent(
+        provider="SendGrid",
+        kind=kind,
+        event=word,
+        event_id=strip_controls(str(event.get("sg_event_id") or ""))[:100],
+        email=str(event.get("email") or ""),
+        delivery_id=int(raw_id) if raw_id.isascii() and raw_id.isdigit() else None,
+        at=_event_time(event, received),
+        occurred=_occurred(event),
+        reason=reason,
+        suppression=_suppression_reason(word, event, reason)
+        if kind is TrackingKind.FAILED
+        else None,
+        provider_message_id=_message_id(event),
+        url=str(event.get("url") or "")[:4000],
+        user_agent=str(event.get("useragent") or "")[:1000],
+    )
+
+
+def _event_time(event: dict[str, Any], received: datetime) -> datetime:
+    """The event's own time (unix seconds), or when it arrived if it has none that makes
+    sense (at most a year old, not in the future)."""
+    raw = event.get("timestamp")
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            when = datetime.fromtimestamp(raw, UTC)
+            if received - timedelta(days=366) <= when <= received + timedelta(minutes=5):
+                return when
+    return received
+
+
+def _occurred(event: dict[str, Any]) -> datetime | None:
+    """The event's own time for a click or an open, None when it has none."""
+    raw = event.get("timestamp")
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw < 2**33:
+        return None
+    return datetime.fromtimestamp(raw, UTC)
+
+
+def _message_id(event: dict[str, Any]) -> str | None:
+    # sg_message_id is the X-Message-Id of the send request plus a per-recipient suffix.
+    raw = strip_controls(str(event.get("sg_message_id") or ""))
+    return raw.partition(".")[0][:255] or None
+
+
+def _suppression_reason(kind: str, event: dict[str, Any], reason: str) -> str | None:
+    """Why to suppress the address, or None. A `blocked` bounce is the receiving server
+    refusing the sender (reputation, rate), and a drop for spam content is about the
+    message: neither says the address is bad."""
+    if kind == "bounce":
+        return None if str(event.get("type") or "") == "blocked" else "bounced"
+    lowered = reason.lower()
+    if "spam content" in lowered:
+        return None
+    if "spam reporting" in lowered:
+        return "complained"
+    return "bounced"
