@@ -35,7 +35,6 @@ def preview(app: App, newsletter, date_, segment, subscriber, fmt, output, open_
     import tempfile
     import webbrowser
 
-    import digest.sending  # noqa: F401  (registers --format eml)
     from digest.preview import PreviewServer, preview_mail, render_preview
 
     nl = app.config.newsletter(newsletter)
