@@ -30,6 +30,7 @@ from digest.dkim import signer_for
 from digest.editions import Edition, build_edition, freeze_edition, get_edition
 from digest.errors import EXIT_UNDELIVERED, InputError, NotFound
 from digest.ledger import Claimed
+from digest.ledger_report import format_report, ledger_csv, ledger_report, variant_label
 from digest.outgoing import MessageBuilder
 from digest.preflight import (
     CHECK_ERRORS,
@@ -49,7 +50,6 @@ from digest.send_options import (
     RetryPolicy,
     SendOptions,
 )
-from digest.send_reports import format_report, ledger_csv, ledger_report, variant_label
 from digest.send_rows import collector_paused, create_rows
 from digest.send_worker import Worker, load_for_send
 from digest.tracking import send_renderer
