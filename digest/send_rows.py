@@ -1,37 +1,20 @@
-"""New ledger rows for an edition's audience: one pending row per member without one, written
-with the driver's executemany (the send's biggest database cost before any message leaves)."""
+"""New ledger rows for an edition's audience: one pending row per member without one (written by
+digest.ledger.add_rows), and the rows of people who left the audience since."""
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
-from sqlalchemy import literal_column
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
-from sqlalchemy.types import TypeEngine
 
 from digest import ledger
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
-from digest.ledger import DELIVERIES
 from digest.preflight import VariantCheck
 from digest.send_options import SendOptions
 from subscribers.audience import audience
-
-_INSERT_CHUNK = 2000
-_BUFFERED_ROWS = 50_000
-_ROW_COLUMNS = (
-    "subscriber_id",
-    "email",
-    "name",
-    "sections",
-    "variant",
-    "subject",
-)  # what a new row binds
-_TEXT: TypeEngine[str] = DELIVERIES.c.email.type
 
 
 @contextmanager
@@ -46,33 +29,6 @@ def collector_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _insert(session: Session) -> Any:
-    """INSERT that skips rows another process added a moment ago (unique edition+subscriber)."""
-    if session.get_bind().dialect.name == "sqlite":
-        return sqlite.insert(DELIVERIES).on_conflict_do_nothing()
-    return postgresql.insert(DELIVERIES).on_conflict_do_nothing()
-
-
-def _literals(session: Session, values: dict[str, object]) -> dict[str, Any]:
-    """Column values as SQL literals (quoted and escaped by the dialect's literal processors).
-    A value the driver would get as text (SQLite's timestamps) is rendered as that very text,
-    so the stored value is the one a bound parameter gives."""
-    dialect = session.get_bind().dialect
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        column_type = DELIVERIES.c[name].type
-        bind = column_type.dialect_impl(dialect).bind_processor(dialect)
-        stored = bind(value) if bind is not None else value
-        if isinstance(stored, str):
-            render = _TEXT.literal_processor(dialect)
-            value = stored
-        else:
-            render = column_type.literal_processor(dialect)
-        assert render is not None, name
-        out[name] = literal_column(render(value), column_type)
-    return out
 
 
 def create_rows(
@@ -94,45 +50,8 @@ def create_rows(
     left_out = 0
     now = clock()
     variants: dict[tuple[tuple[str, ...], tuple[int, ...]], tuple[str, str, str]] = {}
-    # Rows are inserted variant by variant: claims take one variant's rows in id order, so
-    # a batch's rows then sit together in the table and each ledger update of a batch
-    # rewrites a few dozen pages rather than ten times as many (measured: 15% of a send).
-    pending: dict[str, list[tuple[object, ...]]] = {}
-    buffered = 0
     present: set[int] = set()
-    missed: list[dict[str, object]] = []
-    created = 0
-    # What every new row shares is rendered into the statement once: bound per row, SQLAlchemy
-    # would process it 100,000 times (the timestamp's conversion alone was 10% of the insert).
-    shared = {
-        "edition_id": edition_id,
-        "segment": segment,
-        "state": "pending",
-        "attempts": 0,
-        "created_at": now,
-    }
-    insert = _insert(session).values(_literals(session, shared))
-    # The rows go to the driver's executemany as they are (plain ints, strings and None): the
-    # per-row parameter processing of SQLAlchemy cost a third of the insert.
-    compiled = insert.compile(dialect=session.get_bind().dialect, column_keys=list(_ROW_COLUMNS))
-    order = compiled.positiontup
-    if order is not None:
-        assert tuple(order) == _ROW_COLUMNS, order
-    sql = str(compiled)
-    conn = session.connection()
-
-    def flush(variant: str) -> None:
-        nonlocal created, buffered
-        rows = pending.pop(variant)
-        if order is None:  # named parameters (psycopg)
-            params: Any = [dict(zip(_ROW_COLUMNS, r, strict=True)) for r in rows]
-        else:
-            params = rows
-        # The rows this run added: a row another sender inserted first is skipped by the
-        # unique key and not counted (executemany sums the rows each insert wrote).
-        created += max(conn.exec_driver_sql(sql, params).rowcount, 0)
-        buffered -= len(rows)
-
+    rows = ledger.add_rows(session, edition_id, segment, now)
     for r in audience(session, config, nl, segments):
         if r.subscriber_id in existing:
             present.add(r.subscriber_id)
@@ -151,23 +70,12 @@ def create_rows(
                 rendered.subject[:300],
             )
         row = (r.subscriber_id, r.email, r.name, v[1], v[0], v[2])
-        if verdict is not True:  # rare (a scheduler that was down): plain bound rows
-            settled = {"state": "skipped", "settled_at": now, "last_error": verdict}
-            missed.append(shared | dict(zip(_ROW_COLUMNS, row, strict=True)) | settled)
-            continue
-        rows = pending.setdefault(v[0], [])
-        rows.append(row)
-        buffered += 1
-        if len(rows) >= _INSERT_CHUNK:
-            flush(v[0])
-        elif buffered >= _BUFFERED_ROWS:  # many small variants: bound the memory
-            flush(max(pending, key=lambda k: len(pending[k])))
-    for variant in list(pending):
-        flush(variant)
-    # RETURNING names the rows written (a bulk INSERT's rowcount is not reliable on psycopg).
-    added = _insert(session).returning(DELIVERIES.c.id)
-    missed_count = len(conn.execute(added, missed).all()) if missed else 0
+        if verdict is True:
+            rows.add(row)
+        else:
+            rows.skip(row, verdict)
+    created, missed = rows.finish()
     # Only rows from an earlier run can belong to someone who has left since.
     gone = ledger.pending_of(session, edition_id, sorted(existing - present), segment)
     skipped = ledger.leave_audience(session, gone, now)
-    return created, skipped, missed_count, left_out
+    return created, skipped, missed, left_out
