@@ -15,6 +15,7 @@ from digest.clock import utcnow
 from digest.config import Config, NewsletterConfig
 from digest.db import make_engine, session_factory, transaction
 from digest.errors import ProviderError
+from digest.providers import make_provider
 from digest.send_options import Progress, ProgressEvent, SendOptions
 from digest.send_worker import Worker, load_for_send
 from digest.tracking import send_renderer
@@ -96,8 +97,6 @@ def worker_process(
     sessions = session_factory(engine)
     nl = config.newsletter(newsletter_id)
     try:
-        from digest.sending import make_provider
-
         provider = make_provider(config, provider_name, nl)
         with transaction(sessions) as session:
             edition = load_for_send(session, edition_id)

@@ -21,6 +21,7 @@ from digest.errors import ProviderError
 from digest.ledger import Claimed
 from digest.ledger_writer import LedgerWriter
 from digest.outgoing import MessageBuilder
+from digest.providers import credentials_hint
 from digest.providers.base import Batch, Kind, Outcome, Provider, backoff
 from digest.render import Renderer
 from digest.send_options import Progress, ProgressEvent, SendOptions
@@ -297,17 +298,6 @@ class Worker:
             if not progress:
                 attempt += 1
             batch = _subset(batch, {o.delivery_id for o in retry})
-
-
-def credentials_hint(config: Config, provider_name: str) -> str:
-    if provider_name == "sendgrid":
-        return f"the API key in ${config.sendgrid.api_key_env}"
-    if provider_name == "smtp":
-        return (
-            f"providers.smtp.username and ${config.smtp.password_env} "
-            f"for {config.smtp.host}:{config.smtp.port}"
-        )
-    return "the provider's credentials"
 
 
 def load_for_send(session: Session, edition_id: int) -> Edition:

@@ -28,7 +28,7 @@ from digest.config import Config, NewsletterConfig
 from digest.db import transaction
 from digest.dkim import signer_for
 from digest.editions import Edition, build_edition, freeze_edition, get_edition
-from digest.errors import EXIT_UNDELIVERED, InputError, NotFound
+from digest.errors import EXIT_UNDELIVERED, NotFound
 from digest.ledger import Claimed
 from digest.ledger_report import format_report, ledger_csv, ledger_report, variant_label
 from digest.outgoing import MessageBuilder
@@ -41,6 +41,7 @@ from digest.preflight import (
     open_rows,
     refusal,
 )
+from digest.providers import make_provider
 from digest.providers.base import Kind, Outcome, Provider
 from digest.render import Renderer, check_size
 from digest.send_options import (
@@ -199,22 +200,6 @@ class SendReport:
         if out:
             out.append(f"exit code {EXIT_UNDELIVERED}: not everyone got this edition")
         return out
-
-
-def make_provider(config: Config, name: str, newsletter: NewsletterConfig) -> Provider:
-    if name == "outbox":
-        from digest.providers.outbox import OutboxProvider
-
-        return OutboxProvider(config.outbox.dir, config.outbox.rate)
-    if name == "smtp":
-        from digest.providers.smtp import SmtpProvider
-
-        return SmtpProvider(config.smtp, config.bounces.return_path or newsletter.from_email)
-    if name == "sendgrid":
-        from digest.providers.sendgrid import SendGridProvider
-
-        return SendGridProvider(config.sendgrid)
-    raise InputError(f"unknown provider {name!r} (choose outbox, smtp or sendgrid)")
 
 
 def send_edition(

@@ -25,6 +25,7 @@ from digest.providers.base import (
     BUILD_ERRORS,
     Batch,
     Checkpoint,
+    Closing,
     Kind,
     Outcome,
     Outgoing,
@@ -84,7 +85,7 @@ def _errors(body: Any) -> tuple[str, list[int]]:
         return text[:300] or "no error message", []
 
 
-class SendGridProvider:
+class SendGridProvider(Closing):
     name = "sendgrid"
 
     def __init__(self, config: SendGridConfig) -> None:
