@@ -97,15 +97,12 @@ def worker_process(
     sessions = session_factory(engine)
     nl = config.newsletter(newsletter_id)
     try:
-        provider = make_provider(config, provider_name, nl)
-        with transaction(sessions) as session:
-            edition = load_for_send(session, edition_id)
-            renderer = send_renderer(session, config, nl, edition, options.subject)
-        w = Worker(config, sessions, nl, edition, renderer, provider, options, utcnow, stop)
-        try:
+        with make_provider(config, provider_name, nl) as provider:
+            with transaction(sessions) as session:
+                edition = load_for_send(session, edition_id)
+                renderer = send_renderer(session, config, nl, edition, options.subject)
+            w = Worker(config, sessions, nl, edition, renderer, provider, options, utcnow, stop)
             w.run(limit)
-        finally:
-            provider.close()
         results.put(w.tally.counts())
     except DigestError as e:
         errors.put(str(e))
