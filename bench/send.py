@@ -259,8 +259,8 @@ def signing_cost(url: str, config: Config, dkim: dict[str, DkimConfig], n: int =
 
     from digest.dkim import load_key
     from digest.editions import load_edition
+    from digest.outgoing import VariantMail, plain_links
     from digest.render import Links
-    from digest.sending import _plain_links, _Variant
 
     engine = make_engine(url)
     nl = config.newsletter("daily")
@@ -277,7 +277,7 @@ def signing_cost(url: str, config: Config, dkim: dict[str, DkimConfig], n: int =
         *((k, dataclasses.replace(config, dkim=d)) for k, d in dkim.items()),
     ]:
         message = VariantMessage(cfg, nl, EDITION_DATE, rendered.key)
-        v = _Variant(rendered, message, links.view_url, _plain_links(cfg))
+        v = VariantMail(rendered, message, links.view_url, plain_links(cfg))
         prepared = []
         for r in readers:
             unsubscribe, preferences = links.urls(r.subscriber_id)
@@ -307,11 +307,11 @@ def signing_cost(url: str, config: Config, dkim: dict[str, DkimConfig], n: int =
         for _ in range(300):
             key.sign(digest)
         key_us[name] = (time.process_time() - started) / 300 * 1e6
-    v_plain = _Variant(
+    v_plain = VariantMail(
         rendered,
         VariantMessage(config, nl, EDITION_DATE, rendered.key),
         links.view_url,
-        _plain_links(config),
+        plain_links(config),
     )
     assert v_plain.template is not None
     text = v_plain.template.text

@@ -20,9 +20,10 @@ from zoneinfo import ZoneInfo
 from digest.errors import ConfigError
 from digest.i18n import Language, parse_language
 from digest.limits import MAX_CONFIG_FILE_BYTES
+from digest.providers import NAMES
 
 DEFAULT_DATABASE_URL = "sqlite:///.var/digest.db"
-PROVIDERS = ("outbox", "smtp", "sendgrid")
+PROVIDERS = NAMES  # the registry in digest.providers is the one list
 
 
 @dataclass(frozen=True)

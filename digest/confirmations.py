@@ -33,9 +33,9 @@ from digest.db import transaction
 from digest.errors import DigestError, InputError, ProviderError
 from digest.i18n import N_
 from digest.message import Addressee, TransactionalMessage, domain_of
+from digest.providers import make_provider
 from digest.providers.base import Batch, Kind, Outgoing, Provider, no_checkpoint
 from digest.render import Personalised, render_template, rtl_line, template_environment
-from digest.sending import make_provider
 from digest.web_models import SignupRequest
 from subscribers.models import normalise_email
 from subscribers.service import Subscription, subscribe

@@ -25,56 +25,53 @@ an edition with deferred rows stays open until they are delivered or fail.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from functools import cache
-from typing import NamedTuple, cast
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    Update,
-    and_,
     bindparam,
-    case,
     exists,
     func,
     literal_column,
-    null,
     select,
     text,
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnClause
 
-from digest.articles import UTCDateTime
-from digest.db import Base
+from digest.ledger_deferral import DEFAULT_DEFERRAL, DeferralPolicy, defer
+from digest.ledger_model import (
+    DELIVERIES,
+    SETTLED,
+    STATES,
+    UNSETTLED,
+    Claimed,
+    Delivery,
+    decode_variant,
+    encode_variant,
+)
+from digest.ledger_rows import add_rows
 from digest.providers.base import Kind, Outcome
 
-STATES = (
-    "pending",
-    "sending",
-    "deferred",
-    "sent",
-    "failed",
-    "suppressed",
-    "skipped",
-    "unknown",
-)
-SETTLED = ("sent", "failed", "suppressed", "skipped", "unknown")
-UNSETTLED = ("pending", "sending", "deferred")
+__all__ = [
+    "DELIVERIES",
+    "SETTLED",
+    "STATES",
+    "UNSETTLED",
+    "DeferralPolicy",
+    "add_rows",
+    "Claimed",
+    "Delivery",
+    "decode_variant",
+    "encode_variant",
+]
+
 # A claim older than this belongs to a worker presumed dead (other machines cannot be asked).
 LEASE = timedelta(minutes=15)
 _STOPPED = (
@@ -83,109 +80,9 @@ _STOPPED = (
 )
 
 
-class Delivery(Base):
-    __tablename__ = "deliveries"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"))
-    # No foreign key: the ledger is an audit record and outlives the subscriber row.
-    subscriber_id: Mapped[int] = mapped_column(Integer)
-    email: Mapped[str] = mapped_column(String(320))
-    name: Mapped[str | None] = mapped_column(String(300))
-    # JSON, to re-render the same variant: see encode_variant.
-    sections: Mapped[str] = mapped_column(Text)
-    variant: Mapped[str] = mapped_column(String(40))
-    segment: Mapped[str] = mapped_column(String(200), default="")
-    state: Mapped[str] = mapped_column(String(12), default="pending")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    provider: Mapped[str | None] = mapped_column(String(16))
-    provider_message_id: Mapped[str | None] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    claimed_by: Mapped[str | None] = mapped_column(String(120))
-    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    handed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Temporary refusals of this recipient (state `deferred`): how many, since when, next try.
-    # A server default only: the bulk insert of new rows binds a fixed list of columns.
-    deferrals: Mapped[int] = mapped_column(Integer, server_default=text("0"))
-    deferred_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    subject: Mapped[str | None] = mapped_column(String(300))  # as sent (A/B arms differ)
-
-    __table_args__ = (
-        UniqueConstraint("edition_id", "subscriber_id"),
-        # Claims walk one edition's pending rows variant by variant (full provider batches).
-        # Partial: a row leaves the index once, when claimed, instead of moving within it at
-        # every change of state (measured: claim and settle of a batch 40% cheaper on SQLite).
-        Index(
-            "ix_deliveries_pending",
-            "edition_id",
-            "variant",
-            "id",
-            sqlite_where=text("state = 'pending'"),
-            postgresql_where=text("state = 'pending'"),
-        ),
-        # Due deferred rows of an edition, for waking them and for the scheduler.
-        Index(
-            "ix_deliveries_deferred",
-            "edition_id",
-            "next_attempt_at",
-            sqlite_where=text("state = 'deferred'"),
-            postgresql_where=text("state = 'deferred'"),
-        ),
-        # `digest report` counts delivered rows per edition, variant, segment and subject
-        # from this index alone; partial, so a row enters it once, when it is sent.
-        Index(
-            "ix_deliveries_sent",
-            "edition_id",
-            "variant",
-            "segment",
-            "subject",
-            "id",
-            sqlite_where=text("state = 'sent'"),
-            postgresql_where=text("state = 'sent'"),
-        ),
-    )
-
-    @property
-    def section_tuple(self) -> tuple[str, ...]:
-        return decode_variant(self.sections)[0]
-
-
-def encode_variant(sections: Sequence[str], blocks: Sequence[int]) -> str:
-    """The `sections` column: the JSON list of sections, as rows were before segment blocks
-    existed, or {"sections": [...], "blocks": [...]} when the variant shows blocks."""
-    if not blocks:
-        return json.dumps(list(sections))
-    return json.dumps({"sections": list(sections), "blocks": list(blocks)})
-
-
-def decode_variant(raw: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """(sections, block indexes) of a row; rows written before blocks existed have none."""
-    value = json.loads(raw)
-    if isinstance(value, dict):
-        return tuple(value["sections"]), tuple(int(b) for b in value.get("blocks", ()))
-    return tuple(value), ()
-
-
-DELIVERIES = cast(Table, Delivery.__table__)
 _T = DELIVERIES.c
 _PENDING: ColumnClause[str] = literal_column("'pending'")
 _DEFERRED: ColumnClause[str] = literal_column("'deferred'")  # literal: the partial index
-
-
-class Claimed(NamedTuple):
-    """What a worker needs of a claimed row (plain values, safe across sessions)."""
-
-    id: int
-    subscriber_id: int
-    email: str
-    name: str | None
-    sections: tuple[str, ...]
-    variant: str
-    blocks: tuple[int, ...] = ()
-    deferred_since: datetime | None = None  # a row deferred before: when that began
 
 
 def worker_id() -> str:
@@ -383,83 +280,6 @@ _SETTLED = (
 )
 
 
-@dataclass(frozen=True)
-class DeferralPolicy:
-    """When a deferred row is tried again: `first`, then three times longer at each step up
-    to `cap` (5 min, 15 min, 45 min, 2 h 15, 4 h, 4 h … by default); once the first deferral
-    is older than `max_age`, the next temporary answer fails the row with that answer."""
-
-    first: timedelta = timedelta(minutes=5)
-    cap: timedelta = timedelta(hours=4)
-    max_age: timedelta = timedelta(days=3)
-
-    def expired(self, deferred_since: datetime | None, now: datetime) -> bool:
-        """Whether a temporary answer now is the last one this row gets."""
-        return deferred_since is not None and deferred_since <= now - self.max_age
-
-    def final_error(self, error: str | None) -> str:
-        hours = self.max_age.total_seconds() / 3600
-        return f"still refused after {hours:g} hours of retries; last answer: {error or ''}"
-
-    def steps(self) -> list[timedelta]:
-        out = [min(self.first, self.cap)]
-        while out[-1] < self.cap and len(out) < 12:
-            out.append(min(out[-1] * 3, self.cap))
-        return out
-
-
-DEFAULT_DEFERRAL = DeferralPolicy()
-
-
-@cache
-def _defer_statement(steps: int) -> Update:
-    """Defer a row this worker holds, or fail it when its first deferral passed the maximum
-    age. One statement per length of the backoff ladder (the step is the row's own count)."""
-    expired = and_(_T.deferred_since.is_not(None), _T.deferred_since <= bindparam("b_cutoff"))
-    at = [bindparam(f"b_at{k}", type_=UTCDateTime()) for k in range(steps)]
-    next_at = case(*((_T.deferrals == k, at[k]) for k in range(steps - 1)), else_=at[-1])
-    return (
-        update(DELIVERIES)
-        .where(
-            _T.id == bindparam("b_id"),
-            _T.state == "sending",
-            _T.claimed_by == bindparam("b_worker"),
-        )
-        .values(
-            state=case((expired, "failed"), else_="deferred"),
-            provider=bindparam("b_provider"),
-            deferrals=_T.deferrals + 1,
-            deferred_since=func.coalesce(_T.deferred_since, bindparam("b_now")),
-            next_attempt_at=case((expired, null()), else_=next_at),
-            settled_at=case((expired, bindparam("b_now")), else_=null()),
-            last_error=case((expired, bindparam("b_final")), else_=bindparam("b_error")),
-        )
-    )
-
-
-def _defer(
-    session: Session | Connection,
-    outcomes: Sequence[Outcome],
-    common: dict[str, object],
-    now: datetime,
-    policy: DeferralPolicy,
-) -> None:
-    steps = policy.steps()
-    times = {f"b_at{k}": now + step for k, step in enumerate(steps)}
-    params = [
-        {
-            "b_id": o.delivery_id,
-            "b_error": (o.error or "")[:2000],
-            "b_final": policy.final_error(o.error)[:2000],
-            "b_cutoff": now - policy.max_age,
-            **times,
-            **common,
-        }
-        for o in outcomes
-    ]
-    session.execute(_defer_statement(len(steps)), params)
-
-
 def mark_handed(
     session: Session | Connection, ids: Sequence[int], worker: str, now: datetime
 ) -> None:
@@ -509,7 +329,7 @@ def settle(
     if others:
         session.execute(_SETTLED, others)
     if deferred:
-        _defer(session, deferred, common, now, deferral)
+        defer(session, deferred, common, now, deferral)
 
 
 def unhand(session: Session | Connection, ids: Sequence[int], worker: str) -> None:
@@ -678,130 +498,6 @@ def _sqlite(session: Session | Connection) -> bool:
 def _chunks(ids: Sequence[int], size: int = 900) -> Iterable[Sequence[int]]:
     for i in range(0, len(ids), size):
         yield ids[i : i + size]
-
-
-@dataclass(frozen=True)
-class Failure:
-    email: str
-    state: str
-    attempts: int
-    error: str
-    next_attempt_at: datetime | None = None  # deferred rows: when they are tried again
-
-
-@dataclass(frozen=True)
-class LedgerReport:
-    """Who got an edition, who did not, and why."""
-
-    newsletter: str
-    edition_date: date
-    edition_status: str
-    counts: dict[str, int]
-    by_segment: dict[str, dict[str, int]]
-    by_variant: dict[str, dict[str, int]]
-    variant_sections: dict[str, tuple[str, ...]]
-    failures: list[Failure]
-    # Indexes into the newsletter's blocks each variant shows (two variants can have the same
-    # sections and differ by their blocks).
-    variant_blocks: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    approval: str = ""  # who signed the edition off (digest.desk)
-    # Rows settled by a provider's later event (SendGrid's webhook), by state.
-    resolved: dict[str, int] = field(default_factory=dict)
-
-
-def report(session: Session, edition_id: int, max_failures: int = 200) -> LedgerReport:
-    from digest.editions import Edition, approval_text
-
-    edition = session.get(Edition, edition_id)
-    assert edition is not None
-    by_segment: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
-    by_variant: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
-    sections: dict[str, tuple[str, ...]] = {}
-    blocks: dict[str, tuple[int, ...]] = {}
-    rows = session.execute(
-        select(Delivery.segment, Delivery.variant, Delivery.sections, Delivery.state, func.count())
-        .where(Delivery.edition_id == edition_id)
-        .group_by(Delivery.segment, Delivery.variant, Delivery.sections, Delivery.state)
-    ).all()
-    for segment, variant, secs, state, n in rows:
-        by_segment[segment or "(all)"][state] += n
-        by_variant[variant][state] += n
-        sections[variant], blocks[variant] = decode_variant(secs)
-    failures = [
-        Failure(email, state, attempts, error or "", due if state == "deferred" else None)
-        for email, state, attempts, error, due in session.execute(
-            select(
-                Delivery.email,
-                Delivery.state,
-                Delivery.attempts,
-                Delivery.last_error,
-                Delivery.next_attempt_at,
-            )
-            .where(
-                Delivery.edition_id == edition_id,
-                Delivery.state.in_(("deferred", "failed", "unknown", "suppressed", "skipped")),
-            )
-            .order_by(Delivery.state, Delivery.id)
-            .limit(max_failures)
-        )
-    ]
-    return LedgerReport(
-        edition.newsletter,
-        edition.edition_date,
-        edition.status,
-        counts(session, edition_id),
-        dict(by_segment),
-        dict(by_variant),
-        sections,
-        failures,
-        blocks,
-        approval_text(edition),
-        resolved_counts(session, edition_id),
-    )
-
-
-CSV_COLUMNS = (
-    "delivery_id",
-    "subscriber_id",
-    "email",
-    "state",
-    "variant",
-    "segment",
-    "attempts",
-    "provider",
-    "provider_message_id",
-    "settled_at",
-    "last_error",
-    "next_attempt_at",
-)
-
-
-def csv_rows(session: Session, edition_id: int) -> Iterable[tuple[object, ...]]:
-    """Every row of the edition's ledger, for `sends report --csv` (streamed)."""
-    yield CSV_COLUMNS
-    result = session.execute(
-        select(
-            Delivery.id,
-            Delivery.subscriber_id,
-            Delivery.email,
-            Delivery.state,
-            Delivery.variant,
-            Delivery.segment,
-            Delivery.attempts,
-            Delivery.provider,
-            Delivery.provider_message_id,
-            Delivery.settled_at,
-            Delivery.last_error,
-            Delivery.next_attempt_at,
-        )
-        .where(Delivery.edition_id == edition_id)
-        .order_by(Delivery.id)
-        .execution_options(yield_per=2000)
-    )
-    for row in result:
-        yield tuple(
-            "" if v is None else v.isoformat() if isinstance(v, datetime) else v for v in row
-        )
 
 
 # --- rows settled by what the provider reports later (issue 12: resolving `unknown`) --------

@@ -2,8 +2,8 @@
 every reload so template edits show at once.
 
 A preview for a subscriber goes through the same Renderer, personal_links and personalise as the
-send, so it is what that subscriber receives. Output formats live in FORMATS; another module
-can register one (e.g. "eml") with register_format().
+send, so it is what that subscriber receives. Every output format lives in FORMATS (html, text,
+eml); a test or plug-in can add one with register_format().
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from digest.clock import utcnow
 from digest.config import Config, NewsletterConfig
 from digest.editions import Edition, load_edition
 from digest.errors import DigestError, InputError, NotFound
@@ -56,9 +57,27 @@ class PreviewMail:
             return f"the send would refuse this: {e}"
 
 
+def preview_eml(mail: PreviewMail) -> str:
+    """`digest preview --format eml`: the message exactly as the send builds it for that
+    reader (only Date differs: it is the preview's time)."""
+    from digest.outgoing import one_message
+
+    nl, edition = mail.newsletter, mail.edition
+    if mail.recipient is not None:
+        personal = personal_links(mail.config, nl, edition, mail.recipient)
+        subscriber_id = mail.recipient.subscriber_id
+    else:
+        personal = sample_personal(mail.config, nl, edition)
+        subscriber_id = 0
+    raw = one_message(mail.config, nl, edition, mail.variant, personal, subscriber_id, utcnow())
+    # UTF-8: a non-ASCII mailbox is written as such (RFC 6532); everything else is ASCII.
+    return raw.decode("utf-8")
+
+
 FORMATS: dict[str, Callable[[PreviewMail], str]] = {
     "html": lambda p: p.mail.html,
     "text": lambda p: p.mail.text,
+    "eml": preview_eml,
 }
 
 

@@ -184,7 +184,7 @@ def send_proof(
 
 def make_proof_provider(config: Config, newsletter: NewsletterConfig, name: str) -> Provider:
     """The newsletter's provider; the outbox writes proofs to its own `proofs/` folder."""
-    from digest.sending import make_provider
+    from digest.providers import make_provider
 
     if name == "outbox":
         from digest.providers.outbox import OutboxProvider

@@ -9,6 +9,7 @@ import click
 
 from digest.cli.base import App, cli, parse_date, pass_app
 from digest.clock import utcnow
+from digest.providers import NAMES as PROVIDER_NAMES
 
 # --- editions --------------------------------------------------------------------------------
 
@@ -314,7 +315,7 @@ def edition_approve(app: App, newsletter, date_, by, withdraw):
 @click.option("--subscriber", help="Only the variant this subscriber (email or id) gets.")
 @click.option(
     "--provider",
-    type=click.Choice(["outbox", "smtp", "sendgrid"]),
+    type=click.Choice(PROVIDER_NAMES),
     help="Provider for the proof (default: the newsletter's).",
 )
 @click.option("--by", envvar="DIGEST_EDITOR", help="Who sends it ($DIGEST_EDITOR).")

@@ -10,6 +10,7 @@ import click
 
 from digest.cli.base import App, cli, parse_date, pass_app
 from digest.clock import utcnow
+from digest.providers import NAMES as PROVIDER_NAMES
 
 # --- preview (rendering) ---------------------------------------------------------------------
 
@@ -35,7 +36,6 @@ def preview(app: App, newsletter, date_, segment, subscriber, fmt, output, open_
     import tempfile
     import webbrowser
 
-    import digest.sending  # noqa: F401  (registers --format eml)
     from digest.preview import PreviewServer, preview_mail, render_preview
 
     nl = app.config.newsletter(newsletter)
@@ -154,7 +154,7 @@ def run_send(app: App, newsletter_id: str, day: date, options: Any) -> Any:
 @click.option("--dry-run", is_flag=True, help="Write every message to the outbox; no ledger.")
 @click.option(
     "--provider",
-    type=click.Choice(["outbox", "smtp", "sendgrid"]),
+    type=click.Choice(PROVIDER_NAMES),
     help="Provider for this run (default: the newsletter's).",
 )
 @click.option("--segment", "segments", multiple=True, help="Only this segment (repeatable).")

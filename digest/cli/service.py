@@ -9,6 +9,7 @@ import click
 
 from digest.cli.base import App, cli, pass_app
 from digest.clock import utcnow
+from digest.providers import NAMES as PROVIDER_NAMES
 
 # --- web -------------------------------------------------------------------------------------
 
@@ -51,7 +52,7 @@ def unsubscribe_mail(app: App, mbox: str):
 @click.argument("newsletter")
 @click.option(
     "--provider",
-    type=click.Choice(["outbox", "smtp", "sendgrid"]),
+    type=click.Choice(PROVIDER_NAMES),
     help="Check for this provider (default: the newsletter's).",
 )
 @click.option(

@@ -14,6 +14,7 @@ from digest.providers.base import (
     BUILD_ERRORS,
     Batch,
     Checkpoint,
+    Closing,
     Kind,
     Outcome,
     RateLimiter,
@@ -21,7 +22,7 @@ from digest.providers.base import (
 )
 
 
-class OutboxProvider:
+class OutboxProvider(Closing):
     name = "outbox"
     batch_size = 500
     in_flight = 1

@@ -35,6 +35,7 @@ from digest.providers.base import (
     BUILD_ERRORS,
     Batch,
     Checkpoint,
+    Closing,
     Kind,
     Outcome,
     Outgoing,
@@ -95,7 +96,7 @@ def _errors(body: Any) -> tuple[str, list[int]]:
         return text[:300] or "no error message", []
 
 
-class SendGridProvider:
+class SendGridProvider(Closing):
     name = "sendgrid"
 
     def __init__(self, config: SendGridConfig) -> None:

@@ -29,6 +29,7 @@ from digest.providers.base import (
     BUILD_ERRORS,
     Batch,
     Checkpoint,
+    Closing,
     Kind,
     Outcome,
     RateLimiter,
@@ -109,7 +110,7 @@ def _refusal(delivery_id: int, code: int, text: str | bytes, *, recipient: bool)
     return Outcome(delivery_id, Kind.FAILED, error=error)
 
 
-class SmtpProvider:
+class SmtpProvider(Closing):
     name = "smtp"
     batch_size = 100
 

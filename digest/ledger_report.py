@@ -1,0 +1,212 @@
+"""`digest sends report`: an edition's ledger by state, segment and variant (the queries and
+their text), and every row as CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from digest.config import Config, NewsletterConfig
+from digest.editions import get_edition
+from digest.errors import NotFound
+from digest.ledger import STATES, Delivery, counts, decode_variant, resolved_counts
+from digest.text import csv_row
+
+
+@dataclass(frozen=True)
+class Failure:
+    email: str
+    state: str
+    attempts: int
+    error: str
+    next_attempt_at: datetime | None = None  # deferred rows: when they are tried again
+
+
+@dataclass(frozen=True)
+class LedgerReport:
+    """Who got an edition, who did not, and why."""
+
+    newsletter: str
+    edition_date: date
+    edition_status: str
+    counts: dict[str, int]
+    by_segment: dict[str, dict[str, int]]
+    by_variant: dict[str, dict[str, int]]
+    variant_sections: dict[str, tuple[str, ...]]
+    failures: list[Failure]
+    # Indexes into the newsletter's blocks each variant shows (two variants can have the same
+    # sections and differ by their blocks).
+    variant_blocks: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    approval: str = ""  # who signed the edition off (digest.desk)
+    # Rows settled by a provider's later event (SendGrid's webhook), by state.
+    resolved: dict[str, int] = field(default_factory=dict)
+
+
+def report(session: Session, edition_id: int, max_failures: int = 200) -> LedgerReport:
+    from digest.editions import Edition, approval_text
+
+    edition = session.get(Edition, edition_id)
+    assert edition is not None
+    by_segment: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
+    by_variant: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
+    sections: dict[str, tuple[str, ...]] = {}
+    blocks: dict[str, tuple[int, ...]] = {}
+    rows = session.execute(
+        select(Delivery.segment, Delivery.variant, Delivery.sections, Delivery.state, func.count())
+        .where(Delivery.edition_id == edition_id)
+        .group_by(Delivery.segment, Delivery.variant, Delivery.sections, Delivery.state)
+    ).all()
+    for segment, variant, secs, state, n in rows:
+        by_segment[segment or "(all)"][state] += n
+        by_variant[variant][state] += n
+        sections[variant], blocks[variant] = decode_variant(secs)
+    failures = [
+        Failure(email, state, attempts, error or "", due if state == "deferred" else None)
+        for email, state, attempts, error, due in session.execute(
+            select(
+                Delivery.email,
+                Delivery.state,
+                Delivery.attempts,
+                Delivery.last_error,
+                Delivery.next_attempt_at,
+            )
+            .where(
+                Delivery.edition_id == edition_id,
+                Delivery.state.in_(("deferred", "failed", "unknown", "suppressed", "skipped")),
+            )
+            .order_by(Delivery.state, Delivery.id)
+            .limit(max_failures)
+        )
+    ]
+    return LedgerReport(
+        edition.newsletter,
+        edition.edition_date,
+        edition.status,
+        counts(session, edition_id),
+        dict(by_segment),
+        dict(by_variant),
+        sections,
+        failures,
+        blocks,
+        approval_text(edition),
+        resolved_counts(session, edition_id),
+    )
+
+
+CSV_COLUMNS = (
+    "delivery_id",
+    "subscriber_id",
+    "email",
+    "state",
+    "variant",
+    "segment",
+    "attempts",
+    "provider",
+    "provider_message_id",
+    "settled_at",
+    "last_error",
+    "next_attempt_at",
+)
+
+
+def csv_rows(session: Session, edition_id: int) -> Iterable[tuple[object, ...]]:
+    """Every row of the edition's ledger, for `sends report --csv` (streamed)."""
+    yield CSV_COLUMNS
+    result = session.execute(
+        select(
+            Delivery.id,
+            Delivery.subscriber_id,
+            Delivery.email,
+            Delivery.state,
+            Delivery.variant,
+            Delivery.segment,
+            Delivery.attempts,
+            Delivery.provider,
+            Delivery.provider_message_id,
+            Delivery.settled_at,
+            Delivery.last_error,
+            Delivery.next_attempt_at,
+        )
+        .where(Delivery.edition_id == edition_id)
+        .order_by(Delivery.id)
+        .execution_options(yield_per=2000)
+    )
+    for row in result:
+        yield tuple(
+            "" if v is None else v.isoformat() if isinstance(v, datetime) else v for v in row
+        )
+
+
+def ledger_report(
+    session: Session, config: Config, newsletter_id: str, edition_date: date
+) -> LedgerReport:
+    """`digest sends report`: the edition's ledger by state, segment and variant."""
+    nl = config.newsletter(newsletter_id)
+    edition = get_edition(session, nl.id, edition_date)
+    if edition is None:
+        raise NotFound(f"no edition of {nl.id} for {edition_date}: nothing was sent")
+    return report(session, edition.id)
+
+
+def variant_label(r: LedgerReport, variant: str, nl: NewsletterConfig) -> str:
+    """A variant as a reader of the report knows it: its sections, and the segment blocks it
+    shows (by the segment they are for, as the config names them now)."""
+    label = ", ".join(r.variant_sections.get(variant, ()))
+    shown = [
+        nl.blocks[i].segment if i < len(nl.blocks) else f"block #{i + 1}"
+        for i in r.variant_blocks.get(variant, ())
+    ]
+    if shown:
+        label += f"; block for {', '.join(shown)}"
+    return label
+
+
+def ledger_csv(session: Session, config: Config, newsletter_id: str, edition_date: date) -> str:
+    nl = config.newsletter(newsletter_id)
+    edition = get_edition(session, nl.id, edition_date)
+    if edition is None:
+        raise NotFound(f"no edition of {nl.id} for {edition_date}: nothing was sent")
+    out = io.StringIO()
+    rows = map(csv_row, csv_rows(session, edition.id))  # formula-safe cells
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+def format_report(r: LedgerReport, nl: NewsletterConfig) -> str:
+    def states(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "no rows"
+
+    total = sum(r.counts.values())
+    lines = [
+        f"{r.newsletter} {r.edition_date} (edition {r.edition_status}): {total} recipient(s)",
+        f"  {r.approval}",
+        f"  {states(r.counts)}",
+        "by segment:",
+        *(f"  {seg}: {states(c)}" for seg, c in sorted(r.by_segment.items())),
+        "by variant:",
+        *(
+            f"  {v} ({variant_label(r, v, nl)}): {states(c)}"
+            for v, c in sorted(r.by_variant.items())
+        ),
+    ]
+    if r.resolved:
+        lines.append(f"resolved by provider events (no answer had come back): {states(r.resolved)}")
+    if r.failures:
+        lines.append("not delivered:")
+        lines += [
+            f"  {f.email}  {f.state}  after {f.attempts} attempt(s): {f.error}"
+            + (
+                f" (next attempt {f.next_attempt_at:%Y-%m-%d %H:%M} UTC)"
+                if f.next_attempt_at
+                else ""
+            )
+            for f in r.failures
+        ]
+    return "\n".join(lines)

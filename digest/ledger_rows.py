@@ -1,0 +1,127 @@
+"""New ledger rows (digest.ledger.add_rows): pending rows written with the driver's executemany,
+variant by variant, and skipped ones for readers who missed their send time.
+
+Rows are inserted variant by variant: claims take one variant's rows in id order, so a batch's
+rows then sit together in the table and each ledger update of a batch rewrites a few dozen pages
+rather than ten times as many (measured: 15% of a send).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import literal_column
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeEngine
+
+from digest.ledger_model import DELIVERIES
+
+_INSERT_CHUNK = 2000
+_BUFFERED_ROWS = 50_000
+# What a new row binds: (subscriber_id, email, name, sections, variant, subject).
+ROW_COLUMNS = ("subscriber_id", "email", "name", "sections", "variant", "subject")
+_TEXT: TypeEngine[str] = DELIVERIES.c.email.type
+
+Row = tuple[int, str, str | None, str, str, str]
+
+
+def _insert(session: Session) -> Any:
+    """INSERT that skips rows another process added a moment ago (unique edition+subscriber)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return sqlite.insert(DELIVERIES).on_conflict_do_nothing()
+    return postgresql.insert(DELIVERIES).on_conflict_do_nothing()
+
+
+def _literals(session: Session, values: dict[str, object]) -> dict[str, Any]:
+    """Column values as SQL literals (quoted and escaped by the dialect's literal processors).
+    A value the driver would get as text (SQLite's timestamps) is rendered as that very text,
+    so the stored value is the one a bound parameter gives."""
+    dialect = session.get_bind().dialect
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        column_type = DELIVERIES.c[name].type
+        bind = column_type.dialect_impl(dialect).bind_processor(dialect)
+        stored = bind(value) if bind is not None else value
+        if isinstance(stored, str):
+            render = _TEXT.literal_processor(dialect)
+            value = stored
+        else:
+            render = column_type.literal_processor(dialect)
+        assert render is not None, name
+        out[name] = literal_column(render(value), column_type)
+    return out
+
+
+class RowAdder:
+    """Buffers new rows per variant and writes them in chunks; `finish()` writes the rest and
+    returns (pending rows this run added, skipped rows added). A row another sender inserted
+    first is skipped by the unique key and not counted."""
+
+    def __init__(self, session: Session, edition_id: int, segment: str, now: datetime) -> None:
+        self.session = session
+        self.now = now
+        # What every new row shares is rendered into the statement once: bound per row,
+        # SQLAlchemy would process it 100,000 times (the timestamp's conversion alone was 10%
+        # of the insert).
+        self.shared = {
+            "edition_id": edition_id,
+            "segment": segment,
+            "state": "pending",
+            "attempts": 0,
+            "created_at": now,
+        }
+        insert = _insert(session).values(_literals(session, self.shared))
+        # The rows go to the driver's executemany as they are (plain ints, strings and None):
+        # the per-row parameter processing of SQLAlchemy cost a third of the insert.
+        dialect = session.get_bind().dialect
+        compiled = insert.compile(dialect=dialect, column_keys=list(ROW_COLUMNS))
+        self._order = compiled.positiontup
+        if self._order is not None:
+            assert tuple(self._order) == ROW_COLUMNS, self._order
+        self._sql = str(compiled)
+        self._conn = session.connection()
+        self._pending: dict[str, list[Row]] = {}
+        self._buffered = 0
+        self._missed: list[dict[str, object]] = []
+        self.created = 0
+
+    def add(self, row: Row) -> None:
+        """A pending row (its variant key is row[4])."""
+        rows = self._pending.setdefault(row[4], [])
+        rows.append(row)
+        self._buffered += 1
+        if len(rows) >= _INSERT_CHUNK:
+            self._flush(row[4])
+        elif self._buffered >= _BUFFERED_ROWS:  # many small variants: bound the memory
+            self._flush(max(self._pending, key=lambda k: len(self._pending[k])))
+
+    def skip(self, row: Row, reason: str) -> None:
+        """A row settled as skipped at once (rare: a scheduler that was down): bound rows."""
+        settled = {"state": "skipped", "settled_at": self.now, "last_error": reason}
+        self._missed.append(self.shared | dict(zip(ROW_COLUMNS, row, strict=True)) | settled)
+
+    def _flush(self, variant: str) -> None:
+        rows = self._pending.pop(variant)
+        if self._order is None:  # named parameters (psycopg)
+            params: Any = [dict(zip(ROW_COLUMNS, r, strict=True)) for r in rows]
+        else:
+            params = rows
+        # executemany sums the rows each insert wrote.
+        self.created += max(self._conn.exec_driver_sql(self._sql, params).rowcount, 0)
+        self._buffered -= len(rows)
+
+    def finish(self) -> tuple[int, int]:
+        for variant in list(self._pending):
+            self._flush(variant)
+        if not self._missed:
+            return self.created, 0
+        # RETURNING names the rows written (a bulk INSERT's rowcount is not reliable on psycopg).
+        added = _insert(self.session).returning(DELIVERIES.c.id)
+        return self.created, len(self._conn.execute(added, self._missed).all())
+
+
+def add_rows(session: Session, edition_id: int, segment: str, now: datetime) -> RowAdder:
+    """A writer of new rows of one edition, in the caller's transaction."""
+    return RowAdder(session, edition_id, segment, now)

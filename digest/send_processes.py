@@ -1,0 +1,110 @@
+"""Several send workers as processes (PostgreSQL: FOR UPDATE SKIP LOCKED shares the rows out):
+the parent watches the ledger for progress and passes Ctrl-C on; each child runs a Worker."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import Engine
+
+from digest import ledger
+from digest.clock import utcnow
+from digest.config import Config, NewsletterConfig
+from digest.db import make_engine, session_factory, transaction
+from digest.errors import ProviderError
+from digest.providers import make_provider
+from digest.send_options import Progress, ProgressEvent, SendOptions
+from digest.send_worker import Worker, load_for_send
+from digest.tracking import send_renderer
+
+_COUNTED = ("sent", "failed", "unknown", "deferred")
+
+
+def run_processes(
+    config: Config,
+    engine: Engine,
+    nl: NewsletterConfig,
+    edition_id: int,
+    provider_name: str,
+    options: SendOptions,
+    stop: threading.Event,
+    progress: Progress | None,
+) -> tuple[int, int, int, int]:
+    ctx = multiprocessing.get_context("spawn")
+    url = engine.url.render_as_string(hide_password=False)
+    child_stop = ctx.Event()
+    errors = ctx.Queue()
+    results = ctx.Queue()
+    share = None if options.limit is None else -(-options.limit // options.workers)
+    procs = [
+        ctx.Process(
+            target=worker_process,
+            args=(config, url, nl.id, edition_id, provider_name, options, share, child_stop),
+            kwargs={"errors": errors, "results": results},
+            daemon=True,
+        )
+        for _ in range(options.workers)
+    ]
+    for p in procs:
+        p.start()
+    factory = session_factory(engine)
+    started = time.monotonic()
+    with factory() as session:
+        base = ledger.counts(session, edition_id)
+    total = base["pending"] if share is None else min(base["pending"], options.limit or 0)
+    while any(p.is_alive() for p in procs):
+        if stop.wait(0.5):
+            child_stop.set()
+        if progress is not None:
+            with factory() as session:
+                now = ledger.counts(session, edition_id)
+            sent, failed, unknown, deferred = (now[s] - base[s] for s in _COUNTED)
+            elapsed = time.monotonic() - started
+            rate = (sent + failed + unknown + deferred) / elapsed if elapsed else 0.0
+            progress(ProgressEvent(sent, failed, unknown, total, rate, deferred))
+    for p in procs:
+        p.join()
+    totals = [0, 0, 0, 0]
+    while not results.empty():
+        for i, n in enumerate(results.get()):
+            totals[i] += n
+    if not errors.empty():
+        raise ProviderError(errors.get())
+    return totals[0], totals[1], totals[2], totals[3]
+
+
+def worker_process(
+    config: Config,
+    url: str,
+    newsletter_id: str,
+    edition_id: int,
+    provider_name: str,
+    options: SendOptions,
+    limit: int | None,
+    stop: Any,
+    *,
+    errors: Any,
+    results: Any,
+) -> None:
+    from digest.errors import DigestError
+    from digest.lifeline import die_with_parent
+
+    die_with_parent()  # kill -9 of `digest send` stops its workers too
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    nl = config.newsletter(newsletter_id)
+    try:
+        with make_provider(config, provider_name, nl) as provider:
+            with transaction(sessions) as session:
+                edition = load_for_send(session, edition_id)
+                renderer = send_renderer(session, config, nl, edition, options.subject)
+            w = Worker(config, sessions, nl, edition, renderer, provider, options, utcnow, stop)
+            w.run(limit)
+        results.put(w.tally.counts())
+    except DigestError as e:
+        errors.put(str(e))
+    finally:
+        engine.dispose()
