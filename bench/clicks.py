@@ -18,10 +18,8 @@ render: 10 variants rendered and `--recipients` personalised, click tracking on 
 from __future__ import annotations
 
 import argparse
-import http.client
 import logging
 import os
-import queue
 import random
 import sys
 import tempfile
@@ -32,8 +30,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # bench/web.py, as `web`
 
 from sqlalchemy import func, insert, select, text  # noqa: E402
+from web import fire  # noqa: E402  (bench/web.py)
 
 from digest.config import Config, load_config  # noqa: E402
 from digest.db import make_engine, session_factory, upgrade  # noqa: E402
@@ -53,42 +53,12 @@ def _config(tmp: Path) -> Config:
 
 # --- redirect --------------------------------------------------------------------------------
 
+_BROWSER = {"User-Agent": "Mozilla/5.0 (bench) Safari/605.1.15"}
+
 
 def _fire(port: int, method: str, paths: list[str], threads: int, ok: int) -> tuple[float, int]:
-    work: queue.SimpleQueue[str] = queue.SimpleQueue()
-    for p in paths:
-        work.put(p)
-    failures = [0] * threads
-    headers = {"User-Agent": "Mozilla/5.0 (bench) Safari/605.1.15"}
-
-    def client(k: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        while True:
-            try:
-                path = work.get_nowait()
-            except queue.Empty:
-                break
-            try:
-                conn.request(method, path, headers=headers)
-                response = conn.getresponse()
-                response.read()
-                failures[k] += response.status != ok
-                if response.will_close:
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            except OSError:
-                failures[k] += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.close()
-
-    started = time.perf_counter()
-    workers = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return time.perf_counter() - started, sum(failures)
+    """bench/web.py's keep-alive clients, as a browser following a tracked link."""
+    return fire(port, method, paths, threads, headers=_BROWSER, ok=ok)
 
 
 def bench_redirect(args: argparse.Namespace) -> None:
