@@ -113,25 +113,6 @@ class SendGridProvider(Closing):
         self.limiter = RateLimiter(config.rate)
 
     def send(self, batch: Batch, checkpoint: Checkpoint) -> list[Outcome]:
-        refused = {i: why for i, m in enumerate(batch.messages) if (why := _unsendable(m))}
-        if not refused:
-            return self._send(batch, checkpoint)
-        # Those readers fail alone, before the request; the others go as usual.
-        keep = [i for i in range(len(batch.messages)) if i not in refused]
-        rest = Batch(
-            batch.variant,
-            [batch.messages[i] for i in keep],
-            batch.when,
-            template=batch.template,
-            substitutions=[batch.substitutions[i] for i in keep] if batch.substitutions else [],
-        )
-        failed = [
-            Outcome(batch.messages[i].delivery_id, Kind.FAILED, error=why)
-            for i, why in refused.items()
-        ]
-        return failed + (self._send(rest, checkpoint) if rest.messages else [])
-
-    def _send(self, batch: Batch, checkpoint: Checkpoint) -> list[Outcome]:
         if batch.template is not None and len(batch.substitutions) == len(batch.messages):
             groups = [
                 (batch.messages[i : i + self.batch_size], i)
@@ -159,6 +140,10 @@ class SendGridProvider(Closing):
         ps: list[dict[str, Any]] = []
         failed: list[Outcome] = []
         for i, m in enumerate(messages):
+            why = _unsendable(m)  # an address SendGrid cannot take: that reader fails alone
+            if why:
+                failed.append(Outcome(m.delivery_id, Kind.FAILED, error=why))
+                continue
             try:
                 ps.append(
                     v.sendgrid_personalization(m.to)
