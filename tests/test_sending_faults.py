@@ -66,6 +66,20 @@ def ledger_emails(sessions: sessionmaker[Session]) -> dict[str, set[str]]:
         return out
 
 
+def assert_unknown_only_where_bytes_left(
+    unknown: set[str], arrived: Counter[str], in_flight: int, kills: int, batch: int
+) -> None:
+    """`unknown` is for requests whose bytes had left. With one request in flight the kill
+    (at the stand-in's accept) finds the sender waiting on that request alone, so every
+    `unknown` reader arrived. With more, another thread may be between marking its rows
+    handed and its bytes reaching the stand-in: at most `in_flight - 1` such requests a kill."""
+    not_arrived = unknown - set(arrived)
+    if in_flight == 1:
+        assert not not_arrived
+    else:
+        assert len(not_arrived) <= batch * (in_flight - 1) * kills
+
+
 def env(db_url: str, config: Path, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -180,7 +194,9 @@ def test_flaky_sendgrid_and_a_kill_still_deliver_everyone_once(
         sessions, n, sendgrid_server.counts(), [first.returncode, second.returncode]
     )
     assert report.duplicates == 0 and report.missing_not_unknown == 0
-    assert ledger_emails(sessions)["unknown"] <= set(sendgrid_server.arrived)
+    assert_unknown_only_where_bytes_left(
+        ledger_emails(sessions)["unknown"], sendgrid_server.arrived, in_flight, 1, 250
+    )
     assert any(status in (429, 500) for status, _ in sendgrid_server.rejected)
     received = sendgrid_server.counts()
     assert set(received.values()) == {1}  # nobody twice
@@ -389,8 +405,9 @@ def test_sendgrid_kills_under_20_percent_429_and_5xx_report_only_requests_that_l
     assert codes[: len(kills)] == [-signal.SIGKILL] * len(kills)
     assert report.duplicates == 0
     assert report.missing_not_unknown == 0
-    # `unknown` only for requests whose bytes had left: the stand-in read each of them whole.
     unknown = ledger_emails(sessions)["unknown"]
-    assert unknown <= set(sendgrid_server.arrived)
+    assert_unknown_only_where_bytes_left(
+        unknown, sendgrid_server.arrived, in_flight, len(kills), batch
+    )
     assert len(unknown) <= batch * in_flight * len(kills)
     assert set(report.states) <= {"sent", "unknown"} and report.edition == "sent"
