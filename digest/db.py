@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -81,13 +81,44 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
+    threshold = _prepare_threshold(parsed)
     try:
-        return create_engine(url, pool_pre_ping=True, **kwargs)
+        engine = create_engine(url, pool_pre_ping=True, **kwargs)
     except ModuleNotFoundError as e:
         raise ConfigError(
             f"DIGEST_DATABASE_URL: driver {e.name!r} is not installed "
             "(pip install 'digest[postgres]')"
         ) from None
+    if threshold is not _DRIVER_DEFAULT:
+        # Kept in the engine's URL (worker processes are started from it), given to the driver
+        # as its own connect() argument rather than as a libpq option.
+        @event.listens_for(engine, "do_connect")
+        def _threshold(_dialect: Any, _rec: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+            cparams["prepare_threshold"] = threshold
+
+    return engine
+
+
+_DRIVER_DEFAULT = object()
+
+
+def _prepare_threshold(url: URL) -> object:
+    """psycopg prepares a statement on the server after five executions; a pooler in
+    transaction mode that does not track prepared statements (PgBouncer before 1.21) hands the
+    next transaction another server connection, which then lacks it or already has one of the
+    same name. `?prepare_threshold=none` in DIGEST_DATABASE_URL turns preparation off, a number
+    sets the threshold; nothing else the send does keeps state in the session."""
+    raw = url.query.get("prepare_threshold")
+    if raw is None:
+        return _DRIVER_DEFAULT
+    value = raw if isinstance(raw, str) else raw[-1]
+    if value.strip().lower() in ("none", "off", ""):
+        return None
+    if value.strip().isdigit():
+        return int(value)
+    raise ConfigError(
+        f"DIGEST_DATABASE_URL: prepare_threshold={value!r} must be a number or 'none'"
+    )
 
 
 def one_line(error: BaseException | None) -> str:
