@@ -258,6 +258,8 @@ class SendGridStandIn:
         self.fail_rate = 0.0
         self.random = random.Random(5)
         self.on_accept: Callable[[int], None] | None = None  # called with the accepted count
+        # Seconds each answer takes, drawn evenly from (low, high): a distant API's round trip.
+        self.latency: tuple[float, float] = (0.0, 0.0)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._signing_key: Any = None  # the Event Webhook's key, made when first needed
@@ -461,6 +463,9 @@ class SendGridStandIn:
                         stand_in.rejected.append((answer.status, answer.body))
                 if answer.hang:
                     time.sleep(answer.hang)
+                low, high = stand_in.latency
+                if high > 0:
+                    time.sleep(stand_in.random.uniform(low, high))
                 payload = json.dumps(answer.body).encode() if answer.body is not None else b""
                 try:
                     self.send_response(answer.status)

@@ -1,0 +1,137 @@
+"""Benchmark: does a send grow with workers when the provider is far away?
+
+    .venv/bin/python bench/workers.py [--subscribers 20000] [--batch 250] [--database URL]
+
+The SendGrid stand-in (its own process, no schema validation: the real API's CPU is not ours)
+answers every request after 200-400 ms, as SendGrid does from a distant data centre. One
+PostgreSQL edition of --subscribers readers is sent with 1, 2, 4 and 8 worker processes
+(`--workers`, one request in flight each), then by two "machines": two `send_edition` process
+groups of 2 workers each started at once on the same database, as two hosts would. Each run
+starts from a copy of the populated database (CREATE DATABASE … TEMPLATE). Printed:
+recipients/s and the ratio to one worker of the same run. Goal: 4 workers ≥ 3× one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from send import API_KEY, EDITION_DATE, NOW, config_for, populate  # noqa: E402  (bench/send.py)
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from digest.clock import fixed  # noqa: E402
+from digest.config import SendGridConfig  # noqa: E402
+from digest.db import make_engine, session_factory  # noqa: E402
+from digest.sending import SendOptions, send_edition  # noqa: E402
+
+DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def _stand_in(conn: Any) -> None:
+    from tests.fakes.sendgrid import SendGridStandIn
+
+    with SendGridStandIn(api_key=API_KEY, validate=False) as server:
+        server.latency = (0.2, 0.4)
+        conn.send(server.url)
+        while conn.recv() != "stop":
+            server.accepted.clear()
+            server.arrived.clear()
+            conn.send(None)
+        conn.send(sum(len(p["to"]) for _, b in server.accepted for p in b["personalizations"]))
+
+
+def _send(url: str, host: str, workers: int, batch: int, conn: Any) -> None:
+    import os
+
+    os.environ["SENDGRID_API_KEY"] = API_KEY
+    os.environ.setdefault("DIGEST_SECRET_KEY", "bench-secret-" + "x" * 32)
+    config = config_for(sendgrid=SendGridConfig(host=host, timeout=60, in_flight=1))
+    options = SendOptions(provider="sendgrid", workers=workers, batch_size=batch)
+    engine = make_engine(url)
+    report = send_edition(
+        config, session_factory(engine), "daily", EDITION_DATE, options, clock=fixed(NOW)
+    )
+    conn.send(report.sent_now)
+
+
+def _admin(base: str) -> Any:
+    return create_engine(make_url(base), isolation_level="AUTOCOMMIT")
+
+
+def copy_of(base: str, template: str, name: str) -> str:
+    with _admin(base).connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    return make_url(base).set(database=name).render_as_string(hide_password=False)
+
+
+def drop(base: str, name: str) -> None:
+    with _admin(base).connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def timed_send(url: str, host: str, groups: list[int], batch: int) -> tuple[int, float]:
+    """Start one process group per entry (its worker count) at once; total sent and seconds."""
+    ctx = multiprocessing.get_context("spawn")
+    pipes, procs = [], []
+    started = time.perf_counter()
+    for workers in groups:
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_send, args=(url, host, workers, batch, child))
+        p.start()
+        pipes.append(parent)
+        procs.append(p)
+    sent = sum(int(pipe.recv()) for pipe in pipes)
+    elapsed = time.perf_counter() - started
+    for p in procs:
+        p.join()
+    return sent, elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--subscribers", type=int, default=20_000)
+    ap.add_argument("--batch", type=int, default=250)
+    ap.add_argument("--database", default=DEFAULT_DB, help="PostgreSQL admin URL")
+    args = ap.parse_args()
+    template = "digest_bench_workers_template"
+    drop(args.database, template)
+    with _admin(args.database).connect() as c:
+        c.execute(text(f'CREATE DATABASE "{template}"'))
+    base_url = make_url(args.database).set(database=template).render_as_string(False)
+    took = populate(base_url, args.subscribers)
+    print(f"populated {args.subscribers:,} subscribers in {took:.1f}s; batch {args.batch}")
+    ctx = multiprocessing.get_context("spawn")
+    server_conn, child = ctx.Pipe()
+    server = ctx.Process(target=_stand_in, args=(child,), daemon=True)
+    server.start()
+    host = server_conn.recv()
+    runs = [("1 worker", [1]), ("2 workers", [2]), ("4 workers", [4]), ("8 workers", [8])]
+    runs.append(("2 machines × 2 workers", [2, 2]))
+    one = 0.0
+    try:
+        for label, groups in runs:
+            name = f"digest_bench_workers_{sum(groups)}_{len(groups)}"
+            url = copy_of(args.database, template, name)
+            sent, secs = timed_send(url, host, groups, args.batch)
+            drop(args.database, name)
+            server_conn.send("reset")
+            server_conn.recv()
+            rate = sent / secs
+            one = one or rate
+            print(f"{label:>24}: {sent:,} sent in {secs:.1f}s = {rate:,.0f}/s ({rate / one:.2f}×)")
+    finally:
+        server_conn.send("stop")
+        server.join(10)
+        drop(args.database, template)
+
+
+if __name__ == "__main__":
+    main()
