@@ -331,7 +331,9 @@ class MetricsConfig:
     # When this environment variable is set, /metrics of `digest serve` asks for
     # `Authorization: Bearer <its value>`.
     token_env: str = "DIGEST_METRICS_TOKEN"
-    cache_seconds: float = 10.0  # the ledger's counts are queried at most this often
+    cache_seconds: float = 30.0  # the ledger's counts are read at most this often
+    # The ledger's counts cover the editions of this many days (deferred rows live 72 h).
+    ledger_days: int = 3
 
     @property
     def token(self) -> str | None:

@@ -120,6 +120,7 @@ def _metrics(t: Reader) -> MetricsConfig:
         host=host,
         token_env=t.string("token_env", d.token_env),
         cache_seconds=t.number("cache_seconds", d.cache_seconds, minimum=0.0, maximum=3600.0),
+        ledger_days=t.integer("ledger_days", d.ledger_days, minimum=1, maximum=400),
     )
 
 

@@ -500,7 +500,7 @@ def exported(runner: Runner) -> Iterator[Runner]:
         return
     from digest.metrics import SchedulerMetrics
 
-    with SchedulerMetrics(runner.sessions, runner.config.metrics) as metrics:
+    with SchedulerMetrics(runner.sessions, runner.config, runner.clock) as metrics:
         host = f"[{metrics.host}]" if ":" in metrics.host else metrics.host
         url = f"http://{host}:{metrics.port}/metrics"
         _event(logging.INFO, "metrics", "*", None, f"metrics on {url}")

@@ -41,10 +41,11 @@ def scrape(port: int) -> str:
 
 
 def test_the_schedulers_metrics_server_answers_on_loopback_with_the_ledgers_counts(
-    sessions: sessionmaker[Session], now: datetime
+    config: Config, sessions: sessionmaker[Session], now: datetime
 ) -> None:
     fill_ledger(sessions, now)
-    with SchedulerMetrics(sessions, MetricsConfig(port=0)) as metrics:
+    config = dataclasses.replace(config, metrics=MetricsConfig(port=0))
+    with SchedulerMetrics(sessions, config, fixed(now)) as metrics:
         assert metrics.host == "127.0.0.1"
         found = samples(scrape(metrics.port))
     assert rows_by_state(found)["sent"] == 7
@@ -145,7 +146,10 @@ def test_digest_schedule_serves_metrics_on_the_configured_port(tmp_path: Path) -
         ('port = "9100"', "metrics.port: must be a whole number, not '9100'"),
         ("port = 0", "metrics.port: must be at least 1, got 0"),
         ('host = "metrics host"', "metrics.host: 'metrics host' is not an IP address or host name"),
-        ("prot = 9100", "metrics.prot: unknown key (expected one of: cache_seconds, host, port"),
+        (
+            "prot = 9100",
+            "metrics.prot: unknown key (expected one of: cache_seconds, host, ledger_days",
+        ),
     ],
 )
 def test_a_wrong_metrics_setting_is_one_error_line(tmp_path: Path, metrics: str, error: str):

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.clicks import ClickEvent
@@ -22,6 +22,7 @@ from digest.db import head_revisions, make_engine, session_factory, upgrade
 from digest.ledger import Delivery
 from digest.web import create_app
 from tests.render_support import store_edition
+from tests.web_support import add_edition
 
 # A known ledger: rows by state, and how many temporary refusals each deferred row had.
 LEDGER = {"sent": 7, "failed": 2, "deferred": 3, "unknown": 1, "pending": 4, "suppressed": 1}
@@ -38,33 +39,42 @@ def client(config: Config, sessions: sessionmaker[Session], now: datetime) -> Fl
     return make_app(config, sessions, now).test_client()
 
 
+def add_rows(session: Session, edition_id: int, now: datetime, start: int = 0) -> int:
+    """The LEDGER's rows for one edition; returns the id of one of its sent rows."""
+    n = start
+    for state, count in LEDGER.items():
+        for _ in range(count):
+            n += 1
+            session.add(
+                Delivery(
+                    edition_id=edition_id,
+                    subscriber_id=n,
+                    email=f"r{n}@example.org",
+                    sections="[]",
+                    variant="v",
+                    state=state,
+                    created_at=now,
+                    deferrals=DEFERRALS_EACH if state == "deferred" else 0,
+                )
+            )
+    session.flush()
+    sent = session.scalars(
+        select(Delivery.id).where(Delivery.edition_id == edition_id, Delivery.state == "sent")
+    ).first()
+    assert sent is not None
+    return sent
+
+
 def fill_ledger(sessions: sessionmaker[Session], now: datetime, clicks: int = 0) -> None:
+    """The LEDGER for today's edition of `daily`, and `clicks` clicks, every other one flagged."""
     with sessions.begin() as session:
         edition = store_edition(session)
-        n = 0
-        for state, count in LEDGER.items():
-            for _ in range(count):
-                n += 1
-                session.add(
-                    Delivery(
-                        edition_id=edition.id,
-                        subscriber_id=n,
-                        email=f"r{n}@example.org",
-                        sections="[]",
-                        variant="v",
-                        state=state,
-                        created_at=now,
-                        deferrals=DEFERRALS_EACH if state == "deferred" else 0,
-                    )
-                )
-        session.flush()
-        first = session.query(Delivery).filter_by(state="sent").first()
-        assert first is not None
+        sent = add_rows(session, edition.id, now)
         for i in range(clicks):
             session.add(
                 ClickEvent(
                     edition_id=edition.id,
-                    delivery_id=first.id,
+                    delivery_id=sent,
                     kind="click",
                     clicked_at=now,
                     source="redirect",
@@ -84,12 +94,12 @@ def samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return out
 
 
-def rows_by_state(found: dict) -> dict[str, float]:
-    return {
-        dict(labels)["state"]: value
-        for (name, labels), value in found.items()
-        if name == "digest_ledger_rows"
-    }
+def rows_by_state(found: dict, newsletter: str = "daily") -> dict[str, float]:
+    out = {}
+    for (name, labels), value in found.items():
+        if name == "digest_ledger_rows" and dict(labels)["newsletter"] == newsletter:
+            out[dict(labels)["state"]] = value
+    return out
 
 
 # --- /healthz ----------------------------------------------------------------------------------
@@ -190,11 +200,26 @@ def test_metrics_show_the_exact_counts_of_a_known_ledger(client, sessions, now):
         "skipped": 0,
         "unknown": 1,
     }
-    assert found[("digest_ledger_deferrals", ())] == 3 * DEFERRALS_EACH
-    assert found[("digest_clicks", (("counted", "true"), ("kind", "click")))] == 3
-    assert found[("digest_clicks", (("counted", "false"), ("kind", "click")))] == 2
-    assert found[("digest_clicks", (("counted", "true"), ("kind", "open")))] == 0
+    assert rows_by_state(found, "strict") == dict.fromkeys(rows_by_state(found), 0)
+    assert found[("digest_ledger_deferrals", (("newsletter", "daily"),))] == 3 * DEFERRALS_EACH
+    daily = ("newsletter", "daily")
+    assert found[("digest_clicks", (("counted", "true"), ("kind", "click"), daily))] == 3
+    assert found[("digest_clicks", (("counted", "false"), ("kind", "click"), daily))] == 2
+    assert found[("digest_clicks", (("counted", "true"), ("kind", "open"), daily))] == 0
     assert found[("digest_database_up", ())] == 1
+
+
+def test_metrics_count_the_editions_of_the_last_ledger_days_only(config, sessions, now):
+    fill_ledger(sessions, now)
+    with sessions.begin() as session:
+        old = add_edition(session, "daily", now.date() - timedelta(days=4), "sent", now)
+        add_rows(session, old.id, now, start=1000)  # last week's ledger: history, not news
+    found = samples(make_app(config, sessions, now).test_client().get("/metrics").text)
+    assert rows_by_state(found)["sent"] == LEDGER["sent"]
+    found = samples(
+        make_app(config, sessions, now, ledger_days=5).test_client().get("/metrics").text
+    )
+    assert rows_by_state(found)["sent"] == 2 * LEDGER["sent"]
 
 
 def test_a_scrape_storm_reads_the_database_once_per_cache_period(config, sessions, now):

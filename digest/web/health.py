@@ -37,7 +37,7 @@ class Watch:
 
 def init_watch(app: Flask) -> None:
     context = app.extensions["digest"]
-    registry, collector = ledger_registry(context.sessions, context.config.metrics)
+    registry, collector = ledger_registry(context.sessions, context.config, context.clock)
     engine = context.sessions.kw.get("bind")
     app.extensions["digest.watch"] = Watch(
         engine if isinstance(engine, Engine) else None,
