@@ -3,11 +3,11 @@
 Two kinds, each in a CollectorRegistry of its own app or scheduler (never prometheus_client's
 global one, so two apps in one process, as in the tests, neither share nor clash):
 
-- read from the database when scraped (LedgerCollector): ledger rows by state and the
-  deferrals recorded on them (one GROUP BY over `deliveries`), clicks stored (one over
-  `click_events`). The result is kept `cache_seconds`, so a scrape storm, or several
-  Prometheus servers, cost one pair of queries per period. The same numbers whichever process
-  is scraped, `digest serve` or `digest schedule`.
+- read from the database when scraped (LedgerCollector): per newsletter, ledger rows by state
+  and the deferrals recorded on them (one GROUP BY over `deliveries`), clicks stored (one over
+  `click_events`), of the editions of the last `ledger_days`. A reading is kept
+  `cache_seconds`, so a scrape storm, or several Prometheus servers, cost one reading per
+  period. The same numbers whichever process is scraped, `digest serve` or `digest schedule`.
 - counted by this process as it sends (SendMetrics, the send path's SendObserver): messages by
   outcome and the time of each provider call.
 
