@@ -322,6 +322,25 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """[metrics]: Prometheus metrics (README "What to monitor"). `digest serve` always has
+    /metrics; `digest schedule` serves its own on `port` only when one is given."""
+
+    port: int | None = None  # `digest schedule`'s metrics server; None: none
+    host: str = "127.0.0.1"  # where that server listens (loopback: scrape from this machine)
+    # When this environment variable is set, /metrics of `digest serve` asks for
+    # `Authorization: Bearer <its value>`.
+    token_env: str = "DIGEST_METRICS_TOKEN"
+    cache_seconds: float = 30.0  # the ledger's counts are read at most this often
+    # The ledger's counts cover the editions of this many days (deferred rows live 72 h).
+    ledger_days: int = 3
+
+    @property
+    def token(self) -> str | None:
+        return os.environ.get(self.token_env) or None
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None
     newsletters: dict[str, NewsletterConfig]
@@ -337,6 +356,7 @@ class Config:
     dkim: DkimConfig = field(default_factory=DkimConfig)
     bounces: BounceConfig = field(default_factory=BounceConfig)
     deferral: DeferralConfig = field(default_factory=DeferralConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def database_url(self) -> str:

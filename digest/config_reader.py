@@ -3,6 +3,7 @@ ConfigError naming the file and the dotted key. The defaults are the dataclasses
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from digest.config import (
     DkimKeyConfig,
     GateConfig,
     LogoConfig,
+    MetricsConfig,
     NewsletterConfig,
     OutboxConfig,
     SectionConfig,
@@ -63,6 +65,7 @@ def read_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         "dkim",
         "bounces",
         "deferral",
+        "metrics",
     )
     # Read in this order, so a file with several problems names the same one first as before.
     newsletters = _newsletters(r.table("newsletters", required=True))
@@ -93,6 +96,31 @@ def read_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         web=web,
         locales_dir=ldir,
         deferral=_deferral(r.table("deferral")),
+        metrics=_metrics(r.table("metrics")),
+    )
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _metrics(t: Reader) -> MetricsConfig:
+    t.allow(*MetricsConfig.__dataclass_fields__)
+    d = MetricsConfig
+    host = t.string("host", d.host)
+    if not _SELECTOR.match(host) and not _is_ip(host):
+        raise t.error("host", f"{host!r} is not an IP address or host name (e.g. 127.0.0.1)")
+    port = t.integer("port", 0, minimum=1, maximum=65535) if "port" in t.raw else None
+    return MetricsConfig(
+        port=port,
+        host=host,
+        token_env=t.string("token_env", d.token_env),
+        cache_seconds=t.number("cache_seconds", d.cache_seconds, minimum=0.0, maximum=3600.0),
+        ledger_days=t.integer("ledger_days", d.ledger_days, minimum=1, maximum=400),
     )
 
 

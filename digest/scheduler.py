@@ -491,9 +491,30 @@ def _job(runner: Runner, newsletter_id: str) -> Callable[[], None]:
     return job
 
 
+@contextmanager
+def exported(runner: Runner) -> Iterator[Runner]:
+    """The runner, its metrics served on [metrics] host:port while inside (digest.metrics);
+    unchanged when no port is configured. ConfigError when the port cannot be bound."""
+    if runner.config.metrics.port is None:
+        yield runner
+        return
+    from digest.metrics import SchedulerMetrics
+
+    with SchedulerMetrics(runner.sessions, runner.config, runner.clock) as metrics:
+        host = f"[{metrics.host}]" if ":" in metrics.host else metrics.host
+        url = f"http://{host}:{metrics.port}/metrics"
+        _event(logging.INFO, "metrics", "*", None, f"metrics on {url}")
+        yield replace(runner, options=replace(runner.options, observer=metrics.sends))
+
+
 def serve(runner: Runner, *, poll_seconds: float = 30.0) -> int:
     """Run until SIGTERM/SIGINT: catch up at start, then the jobs. Returns the exit code: 0
     after a clean stop, 130 when a second signal cut the current batch short."""
+    with exported(runner) as watched:
+        return _loop(watched, poll_seconds)
+
+
+def _loop(runner: Runner, poll_seconds: float) -> int:
     sched = build_schedule(runner)
     names = ", ".join(runner.config.newsletters)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from subscribers.audience import Recipient
 
@@ -12,6 +13,17 @@ from subscribers.audience import Recipient
 # a string, their send time passed while nothing ran: the reason their row is `skipped` with,
 # so the ledger answers why they did not get this edition.
 RecipientFilter = Callable[[Recipient], bool | str]
+
+
+class SendObserver(Protocol):
+    """Told by the send path what it does, as it does it (digest.metrics.SendMetrics exports
+    it to Prometheus for `digest schedule`)."""
+
+    def provider_call(self, provider: str, seconds: float) -> None:
+        """One call of the provider's send() (a batch) took `seconds`."""
+
+    def recorded(self, provider: str, sent: int, failed: int, unknown: int, deferred: int) -> None:
+        """Outcomes just committed to the ledger."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,8 @@ class SendOptions:
     # Local-time delivery (the scheduler's waves): which recipients get rows now.
     recipient_filter: RecipientFilter | None = None
     subject: str | None = None  # an A/B arm's subject template (digest.abtest)
+    # Metrics of this process (the scheduler's); worker processes report only their totals.
+    observer: SendObserver | None = None
 
 
 @dataclass(frozen=True)

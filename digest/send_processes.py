@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Engine
@@ -39,6 +40,8 @@ def run_processes(
     errors = ctx.Queue()
     results = ctx.Queue()
     share = None if options.limit is None else -(-options.limit // options.workers)
+    # A process's metrics stay in it: the children's totals are told to the observer at the end.
+    observer, options = options.observer, replace(options, observer=None)
     procs = [
         ctx.Process(
             target=worker_process,
@@ -71,6 +74,8 @@ def run_processes(
     while not results.empty():
         for i, n in enumerate(results.get()):
             totals[i] += n
+    if observer is not None:
+        observer.recorded(provider_name, totals[0], totals[1], totals[2], totals[3])
     if not errors.empty():
         raise ProviderError(errors.get())
     return totals[0], totals[1], totals[2], totals[3]

@@ -4,11 +4,12 @@ the provider refuses everyone. Its ledger writes go through digest.ledger_writer
 
 from __future__ import annotations
 
+import functools
 import gc
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy import select
@@ -58,10 +59,11 @@ class Tally:
     """What a worker's committed outcomes add up to (shared by its delivery threads), and the
     streak of batches the provider refused message by message."""
 
-    def __init__(self) -> None:
+    def __init__(self, observe: Callable[[int, int, int, int], None] | None = None) -> None:
         self.sent = self.failed = self.unknown = self.deferred = 0
         self._streak = 0
         self._lock = threading.Lock()
+        self._observe = observe  # told (sent, failed, unknown, deferred) of each commit
 
     @property
     def done(self) -> int:
@@ -96,6 +98,8 @@ class Tally:
             self.failed += failed
             self.unknown += unknown
             self.deferred += deferred
+        if self._observe is not None and (sent or failed or unknown or deferred):
+            self._observe(sent, failed, unknown, deferred)
 
     def refused_all(self, delivery: Delivery, size: int) -> bool:
         """True when the provider refused every message of _STREAK whole batches in a row
@@ -148,7 +152,12 @@ class Worker:
         self.stop = stop
         self.batch_size = options.batch_size or provider.batch_size
         self.progress: Progress | None = None
-        self.tally = Tally()
+        self.observer = options.observer
+        self.tally = Tally(
+            None
+            if self.observer is None
+            else functools.partial(self.observer.recorded, provider.name)
+        )
         self.ledger = LedgerWriter(sessions, edition.id, provider.name, clock, config.deferral)
         self.builder = MessageBuilder(config, nl, edition, renderer)
         self._started = time.monotonic()
@@ -265,7 +274,12 @@ class Worker:
         attempt = 1
         while True:
             delivery.recorded.clear()
-            outcomes = self.provider.send(batch, self._checkpoint)
+            started = time.perf_counter()
+            try:
+                outcomes = self.provider.send(batch, self._checkpoint)
+            finally:
+                if self.observer is not None:
+                    self.observer.provider_call(self.provider.name, time.perf_counter() - started)
             rest = [o for o in outcomes if o.delivery_id not in delivery.recorded]
             if rest:
                 self.tally.count(self.ledger.settle(rest), delivery)

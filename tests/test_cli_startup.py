@@ -8,7 +8,16 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("sqlalchemy", "jinja2", "premailer", "flask", "sendgrid", "babel", "feedparser")
+HEAVY = (
+    "sqlalchemy",
+    "jinja2",
+    "premailer",
+    "flask",
+    "sendgrid",
+    "babel",
+    "feedparser",
+    "prometheus_client",
+)
 
 
 def heavy(modules: list[str]) -> list[str]:

@@ -25,8 +25,9 @@ Security choices, each for a reason a subscriber or a deliverability engineer wo
 
 The rooms: `app` (the factory), `context` (what every page shares: the rate limit, the
 token prologue, form tokens), a blueprint each for `unsubscribe`, `preferences`, `signup`
-(sign-up form and confirmation), `archive`, `webhooks` and `redirect` (tracked links), and
-`serving` (werkzeug's server, `wsgi_app()` for gunicorn).
+(sign-up form and confirmation), `archive`, `webhooks`, `redirect` (tracked links) and
+`health` (/healthz and /metrics for monitoring), and `serving` (werkzeug's server,
+`wsgi_app()` for gunicorn).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from digest.confirmations import ConfirmationSender
 from digest.db import writer_lock
 from digest.providers.sendgrid import WebhookVerifier
 from digest.render import template_environment
-from digest.web import archive, preferences, redirect, signup, unsubscribe, webhooks
+from digest.web import archive, health, preferences, redirect, signup, unsubscribe, webhooks
 from digest.web.context import (
     CSP_PAGES,
     MAX_BODY_BYTES,
@@ -35,6 +35,7 @@ BLUEPRINTS: tuple[Blueprint, ...] = (
     archive.bp,
     webhooks.bp,
     redirect.bp,
+    health.bp,
 )
 _NO_STORE = ("/u/", "/p/", "/confirm/", "/subscribe/", "/webhooks/")
 
@@ -59,6 +60,7 @@ def create_app(
     app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
     app.extensions["digest"] = context = _context(config, sessions, clock)
     redirect.init_redirect(app, background=background)
+    health.init_watch(app)
     if background:
         sender = ConfirmationSender(config, sessions, clock=clock, lock=context.write_lock)
         app.extensions["digest.sender"] = sender
