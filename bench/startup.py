@@ -33,6 +33,14 @@ HELP = ["-c", "import digest_cli; digest_cli.main()", "--help"]
 SEND_HELP = ["-c", "import digest_cli; digest_cli.main()", "send", "--help"]
 CASES: dict[str, tuple[list[str], str | None]] = {
     'python -c "import click" (baseline)': (["-c", "import click"], None),
+    "click group --help (one command: what click's help costs)": (
+        [
+            "-c",
+            "import click\n@click.group()\ndef g(): pass\n@g.command()\ndef c(): pass\ng()",
+            "--help",
+        ],
+        None,
+    ),
     "digest --help": (HELP, None),
     "digest send --help": (SEND_HELP, None),
     "import digest.config, digest.db (what --help does not pay)": (
