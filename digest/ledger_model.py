@@ -93,10 +93,6 @@ class Delivery(Base):
         ),
     )
 
-    @property
-    def section_tuple(self) -> tuple[str, ...]:
-        return decode_variant(self.sections)[0]
-
 
 def encode_variant(sections: Sequence[str], blocks: Sequence[int]) -> str:
     """The `sections` column: the JSON list of sections, as rows were before segment blocks

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest import ledger
 from digest.clock import Clock
 from digest.config import DeferralConfig
+from digest.db import writer_lock
 from digest.ledger import Claimed
 from digest.providers.base import Kind, Outcome
 
@@ -53,9 +53,7 @@ class LedgerWriter:
         self._deferred_since: dict[int, datetime] = {}
         self._local = threading.local()
         self._connections: list[Connection] = []
-        bind = sessions.kw.get("bind")
-        sqlite_db = bind is None or bind.dialect.name == "sqlite"
-        self._writer: AbstractContextManager[Any] = threading.Lock() if sqlite_db else nullcontext()
+        self._writer = writer_lock(sessions)
 
     def _connection(self) -> Connection:
         conn: Connection | None = getattr(self._local, "connection", None)

@@ -7,9 +7,12 @@ input beyond one is refused with one line naming the file, row or field, never h
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from digest.errors import InputError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 MB = 1024 * 1024
 MAX_INGEST_FILE_BYTES = 64 * MB  # one feed, JSON or CSV file of articles

@@ -1,4 +1,5 @@
-"""The one place an email is built: MIME bytes for SMTP/outbox and the SendGrid request body.
+"""The one place an email is built: MIME bytes for SMTP/outbox (the SendGrid request body is
+SendGrid's dialect: digest.providers.sendgrid builds it from the same VariantMessage).
 
 Everything that is the same for every recipient of a variant (From, Reply-To, List-Id,
 Feedback-ID, the campaign headers, the MIME boundary and part headers, and their share of the
@@ -27,7 +28,7 @@ from email.charset import Charset
 from email.header import Header
 from email.utils import format_datetime, formataddr
 from functools import lru_cache
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import quote
 
 from digest import dkim
@@ -58,7 +59,7 @@ class HeaderError(ValueError):
     another control character. Raised by the builder for that one message."""
 
 
-def _refuse_unsafe(header: str, value: str) -> str:
+def refuse_unsafe(header: str, value: str) -> str:
     found = _UNSAFE.search(value)
     if found is not None:
         raise HeaderError(
@@ -68,10 +69,10 @@ def _refuse_unsafe(header: str, value: str) -> str:
     return value
 
 
-def _address(header: str, address: str) -> str:
+def plain_address(header: str, address: str) -> str:
     # A List-Id's <list.example.org> is the one address-shaped value without an @.
     if _NOT_IN_ADDRESS.search(address) or ("@" not in address and header != "List-Id"):
-        _refuse_unsafe(header, address)
+        refuse_unsafe(header, address)
         raise HeaderError(f"{header} header: {address[:80]!r} is not a plain email address")
     return address
 
@@ -127,7 +128,7 @@ def mailbox(name: str | None, address: str, header: str = "To") -> str:
     is not ASCII, or that looks like an RFC 2047 encoded word ("=?"), is sent encoded, so no
     reader decodes text the name only pretended to be. The address is its wire form: ASCII,
     or UTF-8 for a non-ASCII mailbox name (an encoded word cannot carry an address)."""
-    address = wire_address(_address(header, address))
+    address = wire_address(plain_address(header, address))
     shown = display_name(name)
     if not shown:
         return address
@@ -195,7 +196,7 @@ def list_id(newsletter: NewsletterConfig) -> str:
 
 def list_unsubscribe(unsubscribe_url: str, mailto: str | None) -> str:
     """RFC 2369/8058 value: the one-click URL first, then a mailto carrying the same token."""
-    _refuse_unsafe("List-Unsubscribe", unsubscribe_url)
+    refuse_unsafe("List-Unsubscribe", unsubscribe_url)
     if mailto:
         _checked_mailto(mailto)
     parts = [f"<{unsubscribe_url}>"]
@@ -209,7 +210,7 @@ def list_unsubscribe(unsubscribe_url: str, mailto: str | None) -> str:
 
 @lru_cache(maxsize=16)
 def _checked_mailto(mailto: str) -> str:
-    return _address("List-Unsubscribe", mailto)
+    return plain_address("List-Unsubscribe", mailto)
 
 
 def _fold(name: str, value: str, *, text: bool = False, utf8: bool = False) -> bytes:
@@ -221,7 +222,7 @@ def _fold(name: str, value: str, *, text: bool = False, utf8: bool = False) -> b
     address an encoded word cannot carry."""
     if text:
         value = one_line(value)
-    _refuse_unsafe(name, value)
+    refuse_unsafe(name, value)
     if (not value.isascii() and not utf8) or (text and "=?" in value):
         value = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
         return f"{name}: {value}\r\n".encode("ascii")
@@ -295,44 +296,6 @@ def _part_frames(boundary: str) -> tuple[bytes, bytes, bytes]:
         b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
     )
     return text_open, html_open, b"--" + b + b"--\r\n"
-
-
-def _sendgrid_body(
-    nl: NewsletterConfig,
-    content: Content,
-    personalizations: list[dict[str, Any]],
-    category: str,
-    custom_args: dict[str, str],
-) -> dict[str, Any]:
-    """The parts of a v3 /mail/send body every message shares (sender, subject, both parts)."""
-    body: dict[str, Any] = {
-        "personalizations": personalizations,
-        "from": _sendgrid_address(nl.from_name, nl.from_email, "From"),
-        "subject": one_line(content.subject),
-        "content": [
-            {"type": "text/plain", "value": content.text},
-            {"type": "text/html", "value": content.html},
-        ],
-        "categories": [category[:255]],
-        "custom_args": custom_args,
-    }
-    if nl.reply_to:
-        body["reply_to"] = {"email": _address("Reply-To", nl.reply_to)}
-    return body
-
-
-def _sendgrid_address(name: str | None, address: str, header: str) -> dict[str, str]:
-    """{"email", "name"} as SendGrid takes an address; the same rule as for a header (an
-    internationalised domain in its IDNA form: the API takes RFC 5321 ASCII addresses)."""
-    out = {"email": wire_address(_address(header, address))}
-    shown = display_name(name)
-    if shown:
-        out["name"] = shown
-    return out
-
-
-def _sendgrid_recipient(to: Addressee) -> dict[str, str]:
-    return _sendgrid_address(to.name, to.email, "To")
 
 
 class _Pieces:
@@ -460,53 +423,6 @@ class VariantMessage:
             self._templates[id(content)] = cached
         return cached
 
-    # --- SendGrid ----------------------------------------------------------------------------
-
-    def sendgrid_body(
-        self, content: Content, personalizations: list[dict[str, Any]]
-    ) -> dict[str, Any]:
-        """A v3 /mail/send body; `content` may hold substitution tags that each
-        personalization fills in (see sendgrid_personalization)."""
-        body = _sendgrid_body(
-            self.newsletter,
-            content,
-            personalizations,
-            self.newsletter.id,
-            {"edition": self.campaign},
-        )
-        body["headers"] = {
-            "List-Id": self.list_id,
-            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-            "Feedback-ID": _refuse_unsafe("Feedback-ID", self.feedback_id),
-            EDITION_HEADER: _refuse_unsafe(EDITION_HEADER, self.campaign),
-            VARIANT_HEADER: _refuse_unsafe(VARIANT_HEADER, self.variant_key),
-        }
-        if self.proof:
-            body["headers"][PROOF_HEADER] = "yes"
-        return body
-
-    def sendgrid_personalization(
-        self,
-        to: Addressee,
-        substitutions: dict[str, str] | None = None,
-        subject: str | None = None,
-    ) -> dict[str, Any]:
-        p: dict[str, Any] = {
-            "to": [_sendgrid_recipient(to)],
-            "headers": {
-                "List-Unsubscribe": list_unsubscribe(
-                    to.unsubscribe_url, self.config.site.unsubscribe_mailto
-                ),
-            },
-            # The Event Webhook finds ledger rows by delivery_id: a proof must never match one.
-            "custom_args": {"proof_id" if self.proof else "delivery_id": str(to.delivery_id)},
-        }
-        if subject is not None:
-            p["subject"] = one_line(subject)
-        if substitutions:
-            p["substitutions"] = substitutions
-        return p
-
 
 _OWN_HEADERS = ("To", "Subject", "Date", "Message-ID", "List-Unsubscribe")
 
@@ -558,16 +474,3 @@ class TransactionalMessage:
             ]
         )
         return self._dkim.message([self._head, *own, self._frame], own, body, when)
-
-    def sendgrid_body(
-        self, content: Content, personalizations: list[dict[str, Any]]
-    ) -> dict[str, Any]:
-        body = _sendgrid_body(
-            self.newsletter, content, personalizations, self.purpose, {"purpose": self.purpose}
-        )
-        body["headers"] = {"Feedback-ID": self.feedback_id}
-        return body
-
-    def sendgrid_personalization(self, to: Addressee) -> dict[str, Any]:
-        # No delivery_id custom arg: the Event Webhook would look it up in the edition ledger.
-        return {"to": [_sendgrid_recipient(to)]}

@@ -1,6 +1,7 @@
 """The one place a recipient's message is built from a rendered variant: the send's worker, the
-dry run and `digest preview --format eml` all go through MessageBuilder, so what a dry run or a
-preview shows is what a send hands the provider.
+dry run and `digest preview --format eml` all go through MessageBuilder (one_message), and
+proofs through proof_batch, so what a dry run, a preview or a proof shows is what a send hands
+the provider.
 
 Per variant a template is prepared once (tags where the personal values go, digest.message
 pre-encodes its MIME pieces); per recipient only the substitutions are computed.
@@ -19,6 +20,7 @@ from digest.message import (
     Addressee,
     Content,
     VariantMessage,
+    domain_of,
     make_message_id,
     message_id_parts,
 )
@@ -33,6 +35,8 @@ from digest.render import (
     personal_values,
     personalise,
 )
+
+PROOF_PREFIX = "[PROOF] "
 
 
 class VariantMail:
@@ -230,3 +234,26 @@ def one_message(
     if v.template is None:
         return message.mime(expected, to, when)
     return message.mime(v.template, to, when, subs)
+
+
+def proof_batch(
+    config: Config,
+    nl: NewsletterConfig,
+    edition: Edition,
+    rendered: RenderedVariant,
+    personal: Personal,
+    address: str,
+    proof_id: int,
+    when: datetime,
+) -> Batch:
+    """The proof of one variant to one desk address: the reader's message as a send builds it
+    without a template, the subject marked [PROOF], its own Message-ID, and `proof=True` (the
+    X-Digest-Proof header; no ledger row for webhooks to find)."""
+    mail = personalise(rendered, personal)
+    content = Personalised(PROOF_PREFIX + mail.subject, mail.html, mail.text)
+    message_id = (
+        f"proof.{nl.id}.{edition.edition_date:%Y%m%d}.{proof_id}@{domain_of(nl.from_email)}"
+    )
+    to = Addressee(address, None, personal.unsubscribe_url, message_id, delivery_id=proof_id)
+    message = VariantMessage(config, nl, edition.edition_date, rendered.key, proof=True)
+    return Batch(message, [Outgoing(to, content)], when)

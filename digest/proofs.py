@@ -1,7 +1,7 @@
 """Proofs: the exact stored edition, sent to the desk's own addresses before it goes out.
 
 A proof is rendered by the same Renderer and built by the same message builder as the send
-(digest.message.VariantMessage), and goes out through the newsletter's provider; only the
+(digest.outgoing.proof_batch, over digest.message.VariantMessage), and goes out through the newsletter's provider; only the
 subject says `[PROOF]`, the message carries `X-Digest-Proof: yes`, and the personal links are
 the preview ones (`/u/preview`), so a desk member who clicks Unsubscribe unsubscribes nobody.
 Proofs are recorded in their own table, never in the readers' ledger, and never freeze the
@@ -23,14 +23,13 @@ from digest.config import Config, NewsletterConfig
 from digest.db import Base, transaction
 from digest.editions import Edition, load_edition
 from digest.errors import InputError, ProviderError
-from digest.message import Addressee, VariantMessage, domain_of
+from digest.outgoing import proof_batch
 from digest.preview import audience_variants, chosen_reader, sample_personal
-from digest.providers.base import Batch, Kind, Outgoing, Provider, no_checkpoint
-from digest.render import Personal, Personalised, RenderedVariant, Renderer, check_size, personalise
+from digest.providers.base import Kind, Provider, no_checkpoint
+from digest.render import Personal, RenderedVariant, Renderer, check_size
 from subscribers.audience import Recipient
 from subscribers.service import check_email
 
-PREFIX = "[PROOF] "
 MAX_ADDRESSES = 20  # the desk, not a list: a proof is no way round the ledger
 
 
@@ -240,17 +239,7 @@ def _deliver(
         preferences_url=sample.preferences_url,
         view_url=sample.view_url,
     )
-    mail = personalise(v.rendered, personal)
-    content = Personalised(PREFIX + mail.subject, mail.html, mail.text)
-    to = Addressee(
-        address,
-        None,
-        personal.unsubscribe_url,
-        f"proof.{nl.id}.{edition.edition_date:%Y%m%d}.{proof_id}@{domain_of(nl.from_email)}",
-        delivery_id=proof_id,
-    )
-    message = VariantMessage(config, nl, edition.edition_date, v.rendered.key, proof=True)
-    batch = Batch(message, [Outgoing(to, content)], clock())
+    batch = proof_batch(config, nl, edition, v.rendered, personal, address, proof_id, clock())
     provider_id: str | None = None
     try:
         (outcome,) = provider.send(batch, no_checkpoint)

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest import ledger
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
-from digest.db import transaction
+from digest.db import one_writer, transaction
 from digest.dkim import signer_for
 from digest.editions import Edition, build_edition, freeze_edition, get_edition
 from digest.errors import EXIT_UNDELIVERED, NotFound
@@ -252,8 +252,7 @@ def send_edition(
     renderer = check.renderer
 
     workers = max(1, options.workers)
-    bind = sessions.kw.get("bind")
-    if workers > 1 and (bind is None or bind.dialect.name == "sqlite"):
+    if workers > 1 and one_writer(sessions):
         report.notes.append(
             f"note: SQLite runs one worker (asked for {workers}); "
             "several workers need PostgreSQL (FOR UPDATE SKIP LOCKED)"
@@ -268,6 +267,7 @@ def send_edition(
         else:
             from digest.send_processes import run_processes
 
+            bind = sessions.kw["bind"]
             assert isinstance(bind, Engine)
             totals = run_processes(config, bind, nl, edition.id, name, options, stop, progress)
         report.sent_now, report.failed_now, report.unknown_now, report.deferred_now = totals

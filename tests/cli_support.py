@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
-import digest.cli  # noqa: F401  (registers every command module)
+from digest.cli import load_all
 from digest.clock import Clock
+
+load_all()  # every command module, so each one's `utcnow` can be moved
 
 
 def set_cli_clock(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:

@@ -18,7 +18,7 @@ from digest.abtest import AbTest, Arm, ab_send, arm_of, pick_winner
 from digest.clicks import Click, record
 from digest.clock import fixed
 from digest.config import AbTestConfig, Config
-from digest.ledger import Delivery
+from digest.ledger import Delivery, decode_variant
 from digest.providers.base import Batch, Checkpoint, Outcome
 from digest.providers.outbox import OutboxProvider
 from digest.report import build_report, format_report
@@ -106,7 +106,7 @@ def test_ab_send_end_to_end_with_a_crash_in_the_sample_and_in_the_rest(
             record(
                 session,
                 Click(
-                    links[r.section_tuple[0]],
+                    links[decode_variant(r.sections)[0][0]],  # a story of the reader's email
                     edition_id,
                     r.subscriber_id,
                     t1 + timedelta(minutes=5),

@@ -106,7 +106,10 @@ def test_every_command_has_help_text() -> None:
     def walk(cmd: click.Command, path: str) -> list[str]:
         missing = [] if (cmd.help or cmd.short_help) else [path]
         if isinstance(cmd, click.Group):
-            for name, sub in cmd.commands.items():
+            ctx = click.Context(cmd)
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                assert sub is not None
                 missing += walk(sub, f"{path} {name}")
         return missing
 

@@ -23,6 +23,7 @@ from digest.errors import ConfigError
 from digest.message import Addressee, TransactionalMessage, VariantMessage
 from digest.providers.base import Batch
 from digest.providers.outbox import OutboxProvider
+from digest.providers.sendgrid import sendgrid_body, sendgrid_personalization
 from digest.providers.smtp import SmtpProvider
 from digest.sending import SendOptions, send_edition
 from tests.dkim_support import (
@@ -261,7 +262,7 @@ def test_sendgrid_needs_no_key_even_when_one_is_configured(config: Config, tmp_p
     cfg = dataclasses.replace(config, dkim=DkimConfig(keys=(key,)))
     m = outgoing(1)[0]
     v = variant(cfg)
-    body = v.sendgrid_body(m.content, [v.sendgrid_personalization(m.to)])
+    body = sendgrid_body(v, m.content, [sendgrid_personalization(v, m.to)])
     assert body["headers"]["Feedback-ID"] == "digest:daily:20260310:news.example"
 
 

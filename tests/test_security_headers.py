@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.clock import fixed
 from digest.config import Config, SendGridConfig, SmtpConfig, load_config
 from digest.message import Addressee, HeaderError, TransactionalMessage, VariantMessage
+from digest.providers.sendgrid import sendgrid_body, sendgrid_personalization
 from digest.render import Personalised
 from digest.sending import SendOptions, send_edition
 from digest.text import one_line
@@ -124,8 +125,10 @@ def test_sendgrid_bodies_carry_no_control_character_in_names_or_subjects(
     nl = replace(CONFIG.newsletter("daily"), title=title, from_name=title)
     message = VariantMessage(CONFIG, nl, DAY, "v-1")
     to = Addressee("ann@example.com", name, "https://news.example/u/tok", "m@x.example", 7)
-    body = message.sendgrid_body(
-        replace(CONTENT, subject=subject), [message.sendgrid_personalization(to, subject=subject)]
+    body = sendgrid_body(
+        message,
+        replace(CONTENT, subject=subject),
+        [sendgrid_personalization(message, to, subject=subject)],
     )
     (p,) = body["personalizations"]
     values = [
@@ -183,7 +186,7 @@ def test_addresses_urls_and_ids_with_line_breaks_are_refused(
         message.mime(CONTENT, to, WHEN)
     if field != "message_id":  # SendGrid sets the Message-ID itself
         with pytest.raises(HeaderError):
-            message.sendgrid_personalization(to)
+            sendgrid_personalization(message, to)
 
 
 def test_a_reply_to_or_from_address_with_a_line_break_is_refused(config: Config) -> None:
@@ -193,7 +196,7 @@ def test_a_reply_to_or_from_address_with_a_line_break_is_refused(config: Config)
         with pytest.raises(HeaderError):
             VariantMessage(config, nl, DAY, "v-1").mime(CONTENT, to, WHEN)
         with pytest.raises(HeaderError):
-            VariantMessage(config, nl, DAY, "v-1").sendgrid_body(CONTENT, [])
+            sendgrid_body(VariantMessage(config, nl, DAY, "v-1"), CONTENT, [])
 
 
 # --- end to end: names stored before entry points cleaned them still build safe messages -----

@@ -15,9 +15,10 @@ import pytest
 
 from digest.config import Config, SendGridConfig, SmtpConfig
 from digest.message import Addressee, VariantMessage
+from digest.providers import sendgrid
 from digest.providers.base import Batch, Kind, Outcome, Outgoing
 from digest.providers.outbox import OutboxProvider
-from digest.providers.sendgrid import SendGridProvider
+from digest.providers.sendgrid import SendGridProvider, sendgrid_body
 from digest.providers.smtp import SmtpProvider
 from tests.fakes.fixtures import sendgrid_server, smtp_server, tls_cert  # noqa: F401
 from tests.fakes.sendgrid import SendGridStandIn, limit_errors
@@ -320,17 +321,18 @@ def test_stand_in_rejects_what_sendgrid_would(
 def test_stand_in_names_the_personalization_that_breaks_the_spec(
     config: Config,
     sendgrid_server: SendGridStandIn,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     batch = substituted_batch(config, 3)
-    original = batch.variant.sendgrid_personalization
+    original = sendgrid.sendgrid_personalization
 
-    def with_empty_subject(to: Addressee, *args: object, **kw: object) -> dict[str, object]:
-        p = original(to, *args, **kw)  # type: ignore[arg-type]
+    def with_empty_subject(v: object, to: Addressee, *args: object) -> dict[str, object]:
+        p = original(v, to, *args)  # type: ignore[arg-type]
         if to.delivery_id == 103:
             p["subject"] = ""
         return p
 
-    batch.variant.sendgrid_personalization = with_empty_subject  # type: ignore[method-assign]
+    monkeypatch.setattr(sendgrid, "sendgrid_personalization", with_empty_subject)
     outcomes = sg_provider(sendgrid_server).send(batch, Marks())
     assert [o.kind for o in outcomes] == [Kind.RETRY, Kind.RETRY, Kind.DEFER]
     assert "'' should be non-empty (personalizations.2.subject)" in (outcomes[2].error or "")
@@ -430,7 +432,7 @@ def test_feedback_id_is_on_every_message_of_every_provider(
     assert parse(confirm.mime(m.content, m.to, WHEN))["Feedback-ID"] == (
         "confirm:daily:signup:news.example"
     )
-    assert confirm.sendgrid_body(m.content, [])["headers"] == {
+    assert sendgrid_body(confirm, m.content, [])["headers"] == {
         "Feedback-ID": "confirm:daily:signup:news.example"
     }
 

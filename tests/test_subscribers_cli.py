@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -152,5 +153,6 @@ def test_import_of_a_non_utf8_file_is_one_error(run, tmp_path: Path) -> None:  #
 
 def test_every_command_has_help(run) -> None:  # type: ignore[no-untyped-def]
     for group in ("subscribers", "segments"):
-        for name, command in cli.commands[group].commands.items():  # type: ignore[attr-defined]
+        loaded = cli.get_command(click.Context(cli), group)
+        for name, command in loaded.commands.items():  # type: ignore[union-attr]
             assert command.help, f"{group} {name} has no help"

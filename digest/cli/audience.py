@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
-from digest.cli.base import App, cli, pass_app
+from digest.cli.base import App, pass_app
 from digest.clock import utcnow
 
 # --- subscribers -----------------------------------------------------------------------------
@@ -38,7 +37,7 @@ newsletter_option = click.option(
 )
 
 
-@cli.group("subscribers")
+@click.group("subscribers")
 def subscribers_group() -> None:
     """Subscriber lists: add, import, export, unsubscribe, suppress, forget."""
 
@@ -258,6 +257,8 @@ def subscribers_import(app: App, file, newsletter_id, strict):
     """Import a CSV (email, name, sections, tags, timezone, any attribute columns).
 
     Exit 1 when every row is rejected (or, with --strict, any row); nothing is imported then."""
+    from pathlib import Path
+
     from digest.db import transaction
     from subscribers.importing import check_import, import_csv
 
@@ -288,7 +289,7 @@ def subscribers_export(app: App, newsletter_id, segments, output):
         click.echo(f"wrote {count} subscriber(s) to {output}")
 
 
-@cli.group("segments")
+@click.group("segments")
 def segments_group() -> None:
     """Named segments from the config ([segments] rules)."""
 

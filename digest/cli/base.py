@@ -1,11 +1,14 @@
 """What every command shares: the App (config and database, opened on first use), the error
-mapping to one line and a documented exit code, date flags, and the `digest` group itself."""
+mapping to one line and a documented exit code, date flags, and the `digest` group itself with
+the list of its commands (COMMANDS), each loaded from its module when it is run."""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -61,8 +64,113 @@ class _ExitError(click.ClickException):
         self.exit_code = code  # type: ignore[misc]  # click declares it a class variable
 
 
+# The commands of `digest`: name -> (module:attribute, the summary `digest --help` lists).
+# A command's module is imported when the command is run or its own help is shown, so
+# `digest --help` and completing a command name import none of them; each summary is the first
+# sentence of the command's docstring (tests/test_cli_startup.py holds the two equal).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "articles": ("store:articles", "List stored articles, newest first."),
+    "bounces": (
+        "service:bounces_cmd",
+        "Read bounces (DSNs) and complaints (ARF) from the return path's mailbox.",
+    ),
+    "db": ("store:db", "Database schema."),
+    "demo": (
+        "store:demo",
+        "Load the sample data, build today's edition and run the main job to the local outbox.",
+    ),
+    "doctor": (
+        "service:doctor_cmd",
+        "DNS records to publish (SPF, DKIM, DMARC) and a check of the configuration against the "
+        "bulk-sender rules of Gmail, Yahoo and Microsoft.",
+    ),
+    "edition": (
+        "editions:edition",
+        "Build and inspect editions (the frozen pick of stories for a date).",
+    ),
+    "ingest": (
+        "store:ingest",
+        "Load articles from RSS/Atom feeds, JSON (array or lines) or CSV files.",
+    ),
+    "preview": ("sending:preview", "Show the stored edition's email exactly as a reader gets it."),
+    "proof": (
+        "editions:proof_cmd",
+        "Send the stored edition, subject marked [PROOF], to the desk's own addresses.",
+    ),
+    "report": (
+        "readers:report_cmd",
+        "Delivered, unique clickers and click rate per story, section, variant, segment and "
+        "subject; top stories; the trend over the last editions.",
+    ),
+    "schedule": (
+        "service:schedule_group",
+        "Send each newsletter at its send time in its time zone, until SIGTERM/SIGINT.",
+    ),
+    "segments": ("audience:segments_group", "Named segments from the config ([segments] rules)."),
+    "send": (
+        "sending:send_cmd",
+        "Deliver the edition to its audience, exactly once per subscriber (safe to re-run).",
+    ),
+    "sends": (
+        "sending:sends_group",
+        "The delivery ledger: who got an edition, who did not, and why.",
+    ),
+    "serve": (
+        "service:serve",
+        "Run the subscriber web app: unsubscribe, preferences, archive, SendGrid webhook.",
+    ),
+    "subscribers": (
+        "audience:subscribers_group",
+        "Subscriber lists: add, import, export, unsubscribe, suppress, forget.",
+    ),
+    "unsubscribe": (
+        "service:unsubscribe_mail",
+        "Process unsubscribe requests sent to the List-Unsubscribe mailto address.",
+    ),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """The command `name` of COMMANDS, importing its module (digest.cli.<module>)."""
+    module, attribute = COMMANDS[name][0].split(":")
+    # __import__, not importlib.import_module: `python -X importtime` lists what it loads.
+    command = getattr(__import__(f"digest.cli.{module}", fromlist=[attribute]), attribute)
+    assert isinstance(command, click.Command)
+    return command
+
+
 class DigestGroup(click.Group):
-    """Turns library errors into one clear line and a documented exit code."""
+    """Loads each command when it is used (click's "lazily loading subcommands") and turns
+    library errors into one clear line and a documented exit code."""
+
+    _listing = False  # True while help or completion lists the commands by their summaries
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in COMMANDS:
+            return self.commands.get(cmd_name)
+        if self._listing:  # its summary is all a list shows: the module stays unloaded
+            return click.Command(cmd_name, help=COMMANDS[cmd_name][1], add_help_option=False)
+        self.add_command(load_command(cmd_name), cmd_name)
+        return self.commands[cmd_name]
+
+    @contextmanager
+    def _summaries(self) -> Iterator[None]:
+        self._listing = True
+        try:
+            yield
+        finally:
+            self._listing = False
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with self._summaries():
+            super().format_commands(ctx, formatter)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        with self._summaries():
+            return super().shell_complete(ctx, incomplete)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -153,7 +261,7 @@ def parse_since(value: str | None) -> datetime | None:
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, default_date: str | None) -> None:
     """digest: pick the day's top stories, render the email, send it with a ledger."""
-    if config_path and not Path(config_path).is_file():
+    if config_path and not os.path.isfile(config_path):
         # Named explicitly (flag or DIGEST_CONFIG): a typo must not pass silently, even for
         # commands that only need the database.
         raise click.BadParameter(f"{config_path}: no such config file", param_hint="--config")

@@ -7,14 +7,14 @@ from typing import Any
 
 import click
 
-from digest.cli.base import App, cli, parse_date, pass_app
+from digest.cli.base import App, parse_date, pass_app
 from digest.clock import utcnow
 from digest.providers import NAMES as PROVIDER_NAMES
 
 # --- editions --------------------------------------------------------------------------------
 
 
-@cli.group()
+@click.group()
 def edition() -> None:
     """Build and inspect editions (the frozen pick of stories for a date)."""
 
@@ -307,7 +307,7 @@ def edition_approve(app: App, newsletter, date_, by, withdraw):
     click.echo(result.message)
 
 
-@cli.command("proof")
+@click.command("proof")
 @click.argument("newsletter")
 @click.option("--date", "date_", help="Edition date (default today).")
 @click.option("--to", "to", multiple=True, help="Address(es), comma-separated (default: proof_to).")

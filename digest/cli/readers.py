@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from digest.cli.base import App, cli, parse_date, parse_since, pass_app
+from digest.cli.base import App, parse_date, parse_since, pass_app
 
 
-@cli.command("report")
+@click.command("report")
 @click.argument("newsletter")
 @click.option("--date", "date_", help="One edition (default: the latest sent).")
 @click.option("--since", help="Every edition from this date (YYYY-MM-DD) on.")

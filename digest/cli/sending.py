@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import click
 
-from digest.cli.base import App, cli, parse_date, pass_app
+from digest.cli.base import App, parse_date, pass_app
 from digest.clock import utcnow
 from digest.providers import NAMES as PROVIDER_NAMES
 
 # --- preview (rendering) ---------------------------------------------------------------------
 
 
-@cli.command()
+@click.command()
 @click.argument("newsletter")
 @click.option("--date", "date_", help="Edition date (default today in the newsletter's zone).")
 @click.option("--segment", help="Preview as the first member of this segment.")
@@ -35,6 +34,7 @@ def preview(app: App, newsletter, date_, segment, subscriber, fmt, output, open_
     import os
     import tempfile
     import webbrowser
+    from pathlib import Path
 
     from digest.preview import PreviewServer, preview_mail, render_preview
 
@@ -148,7 +148,7 @@ def run_send(app: App, newsletter_id: str, day: date, options: Any) -> Any:
         signal.signal(signal.SIGINT, previous)
 
 
-@cli.command("send")
+@click.command("send")
 @click.argument("newsletter")
 @click.option("--date", "date_", help="Edition date (default today in the newsletter's zone).")
 @click.option("--dry-run", is_flag=True, help="Write every message to the outbox; no ledger.")
@@ -238,7 +238,7 @@ def _send_if_due(app: App, newsletter_id: str, options: Any, force, date_, dry_r
     return exit_code(results)
 
 
-@cli.group("sends")
+@click.group("sends")
 def sends_group() -> None:
     """The delivery ledger: who got an edition, who did not, and why."""
 

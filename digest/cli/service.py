@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from digest.cli.base import App, cli, pass_app
+from digest.cli.base import App, pass_app
 from digest.clock import utcnow
 from digest.providers import NAMES as PROVIDER_NAMES
 
 # --- web -------------------------------------------------------------------------------------
 
 
-@cli.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @pass_app
@@ -32,7 +30,7 @@ def serve(app: App, host: str, port: int):
     )
 
 
-@cli.command("unsubscribe")
+@click.command("unsubscribe")
 @click.option(
     "--from-mbox",
     "mbox",
@@ -43,12 +41,14 @@ def serve(app: App, host: str, port: int):
 @pass_app
 def unsubscribe_mail(app: App, mbox: str):
     """Process unsubscribe requests sent to the List-Unsubscribe mailto address."""
+    from pathlib import Path
+
     from digest.mailto import process_mailbox
 
     click.echo(process_mailbox(app.config, app.sessions, Path(mbox), clock=utcnow).summary())
 
 
-@cli.command("doctor")
+@click.command("doctor")
 @click.argument("newsletter")
 @click.option(
     "--provider",
@@ -72,7 +72,7 @@ def doctor_cmd(ctx: click.Context, newsletter: str, provider: str | None, check_
     ctx.exit(1 if diagnosis.failed else 0)
 
 
-@cli.command("bounces")
+@click.command("bounces")
 @click.option(
     "--from-mbox",
     "mbox",
@@ -88,6 +88,8 @@ def bounces_cmd(app: App, mbox: str | None, maildir: str | None):
     after bounces.soft_bounce_limit. The mailbox is not changed; reading it again changes
     nothing more.
     """
+    from pathlib import Path
+
     from digest.bounces.apply import process_bounces
 
     if (mbox is None) == (maildir is None):
@@ -101,7 +103,7 @@ def bounces_cmd(app: App, mbox: str | None, maildir: str | None):
 # --- scheduling ------------------------------------------------------------------------------
 
 
-@cli.group("schedule", invoke_without_command=True)
+@click.group("schedule", invoke_without_command=True)
 @click.option("--log-json", is_flag=True, help="Log one JSON object per line (for machines).")
 @click.pass_context
 def schedule_group(ctx: click.Context, log_json: bool):

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from digest.cli.base import App, cli, parse_since, pass_app
+from digest.cli.base import App, parse_since, pass_app
 from digest.clock import utcnow
 
 # --- database --------------------------------------------------------------------------------
 
 
-@cli.group()
+@click.group()
 def db() -> None:
     """Database schema."""
 
@@ -31,7 +29,7 @@ def db_upgrade() -> None:
 # --- articles --------------------------------------------------------------------------------
 
 
-@cli.command()
+@click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--section", help="Section for items whose feed gives none.")
 @click.option("--source", help="Source name for items that carry none (default: the feed title).")
@@ -62,6 +60,7 @@ def ingest(
     """Load articles from RSS/Atom feeds, JSON (array or lines) or CSV files.
 
     Exit 1 when a file has every item rejected (or, with --strict, any item)."""
+    from pathlib import Path
     from zoneinfo import ZoneInfo
 
     from digest.ingest import check_reports, ingest_files
@@ -89,7 +88,7 @@ def ingest(
     check_reports(reports, strict=strict)
 
 
-@cli.command()
+@click.command()
 @click.option("--section", help="Only this section.")
 @click.option("--since", help="Published at or after (ISO date or time, UTC when no zone).")
 @click.option("--text", "text_", help="Text in the title (case-insensitive).")
@@ -115,7 +114,7 @@ def articles(app: App, section: str | None, since: str | None, text_: str | None
 # --- demo ------------------------------------------------------------------------------------
 
 
-@cli.command()
+@click.command()
 @pass_app
 def demo(app: App):
     """Load the sample data, build today's edition and run the main job to the local outbox."""

@@ -10,16 +10,14 @@ library: sendgrid, smtplib) loads only when one is made.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from digest.config import Config, NewsletterConfig
     from digest.providers.base import Provider
 
 
-@dataclass(frozen=True)
-class ProviderEntry:
+class ProviderEntry(NamedTuple):  # a NamedTuple: `digest send --help` pays no dataclasses
     name: str
     factory: Callable[[Config, NewsletterConfig], Provider]
     credentials: Callable[[Config], str]  # what to check when the provider refuses them

@@ -27,10 +27,25 @@ from sendgrid import SendGridAPIClient
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 
-from digest.config import SendGridConfig
+from digest.config import NewsletterConfig, SendGridConfig
 from digest.errors import ConfigError
 from digest.events import TrackingEvent, TrackingKind
-from digest.message import HeaderError, TransactionalMessage, VariantMessage, needs_smtputf8
+from digest.message import (
+    EDITION_HEADER,
+    PROOF_HEADER,
+    VARIANT_HEADER,
+    Addressee,
+    Content,
+    HeaderError,
+    TransactionalMessage,
+    VariantMessage,
+    display_name,
+    list_unsubscribe,
+    needs_smtputf8,
+    plain_address,
+    refuse_unsafe,
+    wire_address,
+)
 from digest.providers.base import (
     BUILD_ERRORS,
     Batch,
@@ -42,18 +57,13 @@ from digest.providers.base import (
     RateLimiter,
     unbuildable,
 )
-from digest.text import strip_controls
+from digest.text import one_line, strip_controls
 
 _FIELD_INDEX = re.compile(r"personalizations\.(\d+)")
 # The body goes to the library already serialised (see _request); python_http_client passes a
 # body through unchanged when the content type is not exactly "application/json".
 _JSON = {"Content-Type": "application/json; charset=utf-8"}
 _Part = tuple[list[Outgoing], list[dict[str, str]] | None]
-
-
-def _variant(v: VariantMessage | TransactionalMessage) -> VariantMessage:
-    assert isinstance(v, VariantMessage)
-    return v
 
 
 # Its API takes RFC 5321 addresses (the spec's `format: email`, not `idn-email`) and its docs
@@ -94,6 +104,99 @@ def _errors(body: Any) -> tuple[str, list[int]]:
     except (ValueError, AttributeError, TypeError):
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
         return text[:300] or "no error message", []
+
+
+# --- the v3 /mail/send body: SendGrid's dialect of a VariantMessage or TransactionalMessage --
+
+
+def sendgrid_body(
+    v: VariantMessage | TransactionalMessage,
+    content: Content,
+    personalizations: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A v3 /mail/send body; for an edition's variant `content` may hold substitution tags that
+    each personalization fills in (see sendgrid_personalization)."""
+    if isinstance(v, TransactionalMessage):
+        body = _shared_body(v.newsletter, content, personalizations, v.purpose)
+        body["custom_args"] = {"purpose": v.purpose}
+        body["headers"] = {"Feedback-ID": v.feedback_id}
+        return body
+    body = _shared_body(v.newsletter, content, personalizations, v.newsletter.id)
+    body["custom_args"] = {"edition": v.campaign}
+    body["headers"] = {
+        "List-Id": v.list_id,
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        "Feedback-ID": refuse_unsafe("Feedback-ID", v.feedback_id),
+        EDITION_HEADER: refuse_unsafe(EDITION_HEADER, v.campaign),
+        VARIANT_HEADER: refuse_unsafe(VARIANT_HEADER, v.variant_key),
+    }
+    if v.proof:
+        body["headers"][PROOF_HEADER] = "yes"
+    return body
+
+
+def sendgrid_personalization(
+    v: VariantMessage | TransactionalMessage,
+    to: Addressee,
+    substitutions: dict[str, str] | None = None,
+    subject: str | None = None,
+) -> dict[str, Any]:
+    """One recipient of a body: To, List-Unsubscribe, the ledger row the Event Webhook finds it
+    by, and (for a template) the values of its substitution tags."""
+    if isinstance(v, TransactionalMessage):
+        # No delivery_id custom arg: the Event Webhook would look it up in the edition ledger.
+        return {"to": [_recipient(to)]}
+    p: dict[str, Any] = {
+        "to": [_recipient(to)],
+        "headers": {
+            "List-Unsubscribe": list_unsubscribe(
+                to.unsubscribe_url, v.config.site.unsubscribe_mailto
+            ),
+        },
+        # The Event Webhook finds ledger rows by delivery_id: a proof must never match one.
+        "custom_args": {"proof_id" if v.proof else "delivery_id": str(to.delivery_id)},
+    }
+    if subject is not None:
+        p["subject"] = one_line(subject)
+    if substitutions:
+        p["substitutions"] = substitutions
+    return p
+
+
+def _shared_body(
+    nl: NewsletterConfig,
+    content: Content,
+    personalizations: list[dict[str, Any]],
+    category: str,
+) -> dict[str, Any]:
+    """The parts of a body every message shares (sender, subject, both parts)."""
+    body: dict[str, Any] = {
+        "personalizations": personalizations,
+        "from": _address(nl.from_name, nl.from_email, "From"),
+        "subject": one_line(content.subject),
+        "content": [
+            {"type": "text/plain", "value": content.text},
+            {"type": "text/html", "value": content.html},
+        ],
+        "categories": [category[:255]],
+    }
+    if nl.reply_to:
+        body["reply_to"] = {"email": plain_address("Reply-To", nl.reply_to)}
+    return body
+
+
+def _address(name: str | None, address: str, header: str) -> dict[str, str]:
+    """{"email", "name"} as SendGrid takes an address; the same rule as for a header (an
+    internationalised domain in its IDNA form: the API takes RFC 5321 ASCII addresses)."""
+    out = {"email": wire_address(plain_address(header, address))}
+    shown = display_name(name)
+    if shown:
+        out["name"] = shown
+    return out
+
+
+def _recipient(to: Addressee) -> dict[str, str]:
+    return _address(to.name, to.email, "To")
 
 
 class SendGridProvider(Closing):
@@ -145,11 +248,7 @@ class SendGridProvider(Closing):
                 failed.append(Outcome(m.delivery_id, Kind.FAILED, error=why))
                 continue
             try:
-                ps.append(
-                    v.sendgrid_personalization(m.to)
-                    if subs is None
-                    else _variant(v).sendgrid_personalization(m.to, subs[i])
-                )
+                ps.append(sendgrid_personalization(v, m.to, None if subs is None else subs[i]))
             except BUILD_ERRORS as e:
                 failed.append(unbuildable(m.delivery_id, e))
                 continue
@@ -159,11 +258,9 @@ class SendGridProvider(Closing):
         body: dict[str, Any] | None = None
         if ok:
             try:
-                if subs is not None:
-                    assert batch.template is not None
-                    body = _variant(v).sendgrid_body(batch.template, ps)
-                else:
-                    body = v.sendgrid_body(ok[0].content, ps)
+                content = ok[0].content if subs is None else batch.template
+                assert content is not None
+                body = sendgrid_body(v, content, ps)
             except BUILD_ERRORS as e:
                 failed += [unbuildable(m.delivery_id, e) for m in ok]
                 ok, ok_subs = [], None
