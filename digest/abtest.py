@@ -280,7 +280,16 @@ def _utc(at: datetime) -> datetime:
 
 
 def _merge(into: AbReport, report: SendReport) -> None:
-    for name in ("sent_now", "failed_now", "unknown_now", "created", "skipped_now", "recovered"):
+    for name in (
+        "sent_now",
+        "failed_now",
+        "unknown_now",
+        "created",
+        "skipped_now",
+        "missed_now",
+        "seen_today",
+        "recovered",
+    ):
         setattr(into, name, getattr(into, name) + getattr(report, name))
     into.provider, into.counts = report.provider, report.counts
     into.edition_status, into.stopped = report.edition_status, report.stopped
