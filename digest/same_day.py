@@ -62,6 +62,7 @@ class SameDay:
         self._seen = seen
         self._items = [(article_id, _canonical(url)) for article_id, url in items]
         self._hits: dict[frozenset[_Story], tuple[int, ...]] = {}
+        self._empty: dict[tuple[tuple[str, ...], tuple[int, ...]], bool] = {}
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -72,8 +73,12 @@ class SameDay:
         skip = self.skip(r.subscriber_id)
         if not skip:
             return ()
-        shown, _ = renderer.leave_out(renderer.resolve(r.sections), skip)
-        return skip if shown else None
+        key = (r.sections, skip)
+        empty = self._empty.get(key)
+        if empty is None:
+            shown, _ = renderer.leave_out(renderer.resolve(r.sections), skip)
+            empty = self._empty[key] = not shown
+        return None if empty else skip
 
     def skip(self, subscriber_id: int) -> tuple[int, ...]:
         """This edition's article ids the reader was sent today, wherever they are."""
