@@ -250,3 +250,25 @@ def test_stories_sent_yesterday_are_not_left_out(
     send(room, sessions, "evening", EVENING)
     got = mail(room)
     assert all(PORT in got[("evening", r)][0] for r in BOTH)
+
+
+def test_the_switch_is_read_from_the_config(tmp_path: Path) -> None:
+    from digest.config import load_config
+    from digest.errors import ConfigError
+
+    base = (Path(__file__).parent / "data" / "digest.toml").read_text()
+    assert (
+        load_config(Path(__file__).parent / "data" / "digest.toml")
+        .newsletter("daily")
+        .no_repeat_today
+    )
+    path = tmp_path / "repeats.toml"
+    path.write_text(
+        base.replace("[newsletters.daily]\n", "[newsletters.daily]\nno_repeat_today = false\n", 1)
+    )
+    assert not load_config(path).newsletter("daily").no_repeat_today
+    path.write_text(
+        base.replace("[newsletters.daily]\n", '[newsletters.daily]\nno_repeat_today = "no"\n', 1)
+    )
+    with pytest.raises(ConfigError, match="no_repeat_today"):
+        load_config(path)
