@@ -24,7 +24,7 @@ from digest.ledger import Delivery
 from digest.sending import SendOptions
 from digest_cli import cli
 from tests.cli_support import set_cli_clock
-from tests.clicks_support import FAST, tracked
+from tests.clicks_support import FAST, tracked, tracked_toml
 from tests.fakes.population import add_population
 from tests.render_support import EDITION_DATE, store_edition
 
@@ -150,10 +150,7 @@ def test_cli_sets_shows_and_clears_the_subjects(
     stored: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    base = (Path(__file__).parent / "data" / "digest.toml").read_text()
-    toml = base.replace("[newsletters.daily]\n", "[newsletters.daily]\ntrack_clicks = true\n", 1)
-    path = tmp_path / "ab.toml"
-    path.write_text(toml)
+    path = tracked_toml(tmp_path)
     set_cli_clock(monkeypatch, fixed(now))
 
     def run(*args: str):
