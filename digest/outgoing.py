@@ -25,6 +25,7 @@ from digest.message import (
 from digest.providers.base import BUILD_ERRORS, Batch, Outcome, Outgoing, unbuildable
 from digest.render import (
     SLOTS,
+    Layout,
     Links,
     Personal,
     Personalised,
@@ -33,9 +34,6 @@ from digest.render import (
     personal_values,
     personalise,
 )
-
-# What names a variant: (sections, blocks, article ids left out).
-_Layout = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]
 
 
 class VariantMail:
@@ -139,7 +137,7 @@ class MessageBuilder:
         self.renderer = renderer
         self.links = Links(config, nl, edition)
         self._message_id = message_id_parts(nl, edition.edition_date)
-        self._variants: dict[_Layout, VariantMail] = {}
+        self._variants: dict[Layout, VariantMail] = {}
 
     def variant(
         self, sections: tuple[str, ...], blocks: tuple[int, ...], skip: tuple[int, ...] = ()
@@ -159,7 +157,7 @@ class MessageBuilder:
     ) -> list[Batch]:
         """The rows' messages, a batch per variant; a row whose message cannot be built goes
         to `unbuilt` (failed, with the reason) and the others go on."""
-        groups: dict[_Layout, list[Claimed]] = {}
+        groups: dict[Layout, list[Claimed]] = {}
         for c in claimed:
             groups.setdefault((c.sections, c.blocks, c.skip), []).append(c)
         out: list[Batch] = []

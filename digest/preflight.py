@@ -28,7 +28,7 @@ from digest.ledger import Delivery
 from digest.limits import MAX_ARTICLE_FIELD
 from digest.message import Addressee, HeaderError, VariantMessage, make_message_id
 from digest.preview import sample_personal
-from digest.render import Renderer, check_size, personalise
+from digest.render import Layout, Renderer, check_size, personalise
 from subscribers.audience import Recipient, audience, audience_query
 from subscribers.models import Subscriber
 
@@ -94,7 +94,7 @@ class VariantCheck:
         self.renderer = renderer or Renderer(config, nl, edition)
         # Set by the caller when this transaction froze the edition (the checks then run).
         self.edition_was_draft = False
-        self._seen: set[tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]] = set()
+        self._seen: set[Layout] = set()
 
     def check(
         self, sections: tuple[str, ...], blocks: tuple[int, ...] = (), skip: tuple[int, ...] = ()

@@ -194,8 +194,8 @@ class _NoteView:
     text: str  # wrapped for the text twin
 
 
-# What names a variant: (sections, blocks, article ids left out).
-_Layout = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]
+# What names a variant: (sections, blocks, article ids left out; digest.same_day).
+Layout = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]
 
 
 class Renderer:
@@ -224,8 +224,8 @@ class Renderer:
         self.env = template_environment(templates_dir or config.templates_dir, self.translations)
         self.brand = Brand.of(newsletter.brand_color)
         self._sections = _edition_sections(edition)
-        self._cache: dict[tuple[_Layout, bool], RenderedVariant] = {}
-        self._requested: dict[_Layout, RenderedVariant] = {}
+        self._cache: dict[tuple[Layout, bool], RenderedVariant] = {}
+        self._requested: dict[Layout, RenderedVariant] = {}
 
     @property
     def edition_sections(self) -> tuple[str, ...]:
@@ -278,7 +278,7 @@ class Renderer:
         variant = self._render((self.edition_sections, (), ()), archive=True)
         return personalise(variant, Personal("", None, url, url, url))
 
-    def _render(self, layout: _Layout, *, archive: bool) -> RenderedVariant:
+    def _render(self, layout: Layout, *, archive: bool) -> RenderedVariant:
         cached = self._cache.get((layout, archive))
         if cached is not None:
             return cached
@@ -313,7 +313,7 @@ class Renderer:
         self._cache[(layout, archive)] = variant
         return variant
 
-    def _context(self, layout: _Layout, archive: bool) -> dict[str, Any]:
+    def _context(self, layout: Layout, archive: bool) -> dict[str, Any]:
         nl, day = self.newsletter, self.edition.edition_date
         sections, blocks, left_out = layout
         skip = frozenset(left_out)

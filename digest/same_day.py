@@ -64,9 +64,6 @@ class SameDay:
         self._hits: dict[frozenset[_Story], tuple[int, ...]] = {}
         self._empty: dict[tuple[tuple[str, ...], tuple[int, ...]], bool] = {}
 
-    def __len__(self) -> int:
-        return len(self._seen)
-
     def left_out(self, renderer: Renderer, r: Recipient) -> tuple[int, ...] | None:
         """The article ids to leave out of this reader's copy (the `skip` to ask their variant
         with), or None when that leaves no story: they have nothing new today."""

@@ -13,6 +13,7 @@ from digest import ledger
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
 from digest.preflight import VariantCheck
+from digest.render import Layout
 from digest.same_day import NOTHING_NEW, same_day
 from digest.send_options import SendOptions
 from subscribers.audience import audience
@@ -53,7 +54,7 @@ def create_rows(
     now = clock()
     renderer = check.renderer
     today = same_day(session, config, nl, check.edition, now)
-    variants: dict[tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]], Variant] = {}
+    variants: dict[Layout, Variant] = {}
     present: set[int] = set()
     rows = ledger.add_rows(session, edition_id, segment, now)
     for r in audience(session, config, nl, segments):

@@ -423,8 +423,9 @@ def _dry_run(
             if skip is None:  # nothing new for them today: the send skips them
                 continue
             check_size(builder.variant(r.sections, r.blocks, skip).rendered)
-            claimed = Claimed(n, r.subscriber_id, r.email, r.name, r.sections, "", r.blocks)
-            rows.append(claimed._replace(skip=skip))
+            rows.append(
+                Claimed(n, r.subscriber_id, r.email, r.name, r.sections, "", r.blocks, skip=skip)
+            )
         unbuilt: list[Outcome] = []
         for batch in builder.batches(rows, clock(), unbuilt):
             outcomes = out.send(batch, lambda handed, settled: None)
