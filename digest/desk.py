@@ -413,6 +413,20 @@ def _ab_subject(raw: str, n: int) -> str:
     return value
 
 
+def check_ab_subjects(subjects: Sequence[str]) -> list[str]:
+    """Two to four A/B subjects as they will be sent, each checked; InputError (one line)
+    names the first problem."""
+    values = [_ab_subject(raw, n) for n, raw in enumerate(subjects, 1)]
+    low, high = AB_SUBJECTS
+    if not low <= len(values) <= high:
+        raise InputError(f"give {low} to {high} A/B subjects, not {len(values)}")
+    folded = [v.casefold() for v in values]
+    for n, v in enumerate(folded, 1):
+        if v in folded[: n - 1]:
+            raise InputError(f"A/B subject {n} repeats subject {folded.index(v) + 1}")
+    return values
+
+
 def set_ab_subjects(
     session: Session,
     newsletter: NewsletterConfig,
@@ -426,14 +440,7 @@ def set_ab_subjects(
     config's [ab_test] subjects (its sample, wait and minimum still apply); none clears them.
     They freeze with the edition."""
     edition = open_draft(session, newsletter, edition_date)
-    values = [_ab_subject(raw, n) for n, raw in enumerate(subjects, 1)]
-    low, high = AB_SUBJECTS
-    if values and not low <= len(values) <= high:
-        raise InputError(f"give {low} to {high} A/B subjects, not {len(values)}")
-    folded = [v.casefold() for v in values]
-    for n, v in enumerate(folded, 1):
-        if v in folded[: n - 1]:
-            raise InputError(f"A/B subject {n} repeats subject {folded.index(v) + 1}")
+    values = check_ab_subjects(subjects) if subjects else []
     if values and not newsletter.track_clicks:
         raise InputError(
             f"A/B subjects pick their winner by clicks: set track_clicks = true for "

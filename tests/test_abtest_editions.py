@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import example, given
+from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.abtest import AbTest, ab_send, runs_ab
 from digest.clock import fixed
 from digest.config import AbTestConfig, Config
-from digest.desk import set_ab_subjects
+from digest.desk import check_ab_subjects, set_ab_subjects
 from digest.errors import EditionFrozen, InputError
 from digest.ledger import Delivery
 from digest.sending import SendOptions
@@ -176,3 +178,17 @@ def test_cli_sets_shows_and_clears_the_subjects(
     assert cleared.output == "daily 2026-03-10: A/B subjects removed\n"
     assert "A/B subjects (this edition)" not in run("show", "daily", *D).output
     assert json.loads(run("show", "daily", *D, "--json").output)["ab_subjects"] == []
+
+
+@given(st.lists(st.text(max_size=250), max_size=6))
+@example(["{", "{title!r}"])
+@example(["{{literal}}", "Today: {lead}", "\u202eevil"])
+def test_any_text_is_a_subject_list_or_one_clear_error(subjects: list[str]) -> None:
+    try:
+        values = check_ab_subjects(subjects)
+    except InputError as e:
+        assert str(e) and "\n" not in str(e)
+        return
+    assert 2 <= len(values) <= 4 and len({v.casefold() for v in values}) == len(values)
+    for v in values:
+        assert v and v == v.strip() and len(v) <= 200 and v.isprintable()
