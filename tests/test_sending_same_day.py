@@ -272,3 +272,20 @@ def test_the_switch_is_read_from_the_config(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="no_repeat_today"):
         load_config(path)
+
+
+def test_the_dry_run_leaves_out_what_the_send_would(
+    room: Config, sessions: sessionmaker[Session], editions: tuple[int, int]
+) -> None:
+    send(room, sessions, "daily", MORNING)
+    report = send(room, sessions, "evening", EVENING, dry_run=True)
+    assert report.dry_run and report.sent_now == len(BOTH + EVENING_ONLY)
+    assert room.outbox.dir is not None
+    dry = dataclasses.replace(
+        room, outbox=dataclasses.replace(room.outbox, dir=Path(room.outbox.dir) / "dry-run")
+    )
+    got = mail(dry)
+    assert all(TRANSIT not in got[("evening", r)][0] for r in BOTH)
+    assert all(TRANSIT in got[("evening", r)][0] for r in EVENING_ONLY)
+    _, evening_id = editions
+    assert rows(sessions, evening_id) == {}  # the ledger was not touched
