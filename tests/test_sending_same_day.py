@@ -24,6 +24,7 @@ from digest.clock import fixed
 from digest.config import Config
 from digest.editions import Edition
 from digest.ledger import Delivery, decode_layout
+from digest.ledger_report import format_report, ledger_report
 from digest.providers.base import Batch, Checkpoint, Outcome
 from digest.providers.outbox import OutboxProvider
 from digest.same_day import NOTHING_NEW
@@ -175,6 +176,11 @@ def test_a_reader_of_both_newsletters_gets_each_story_once_a_day(
     # Render once per variant: one rendering per distinct (layout, exclusions) key.
     assert len(renders) == len(both | alone) == 2
     assert "skip" not in json.loads(ledger[EVENING_ONLY[0]].sections)
+    with sessions() as session:
+        shown = format_report(
+            ledger_report(session, room, "evening", EDITION_DATE), room.newsletter("evening")
+        )
+    assert f"{both.pop()} (News, Health; 1 sent earlier today left out): sent 2" in shown
 
 
 def test_a_crash_and_a_re_run_keep_each_readers_copy(
