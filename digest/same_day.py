@@ -121,19 +121,17 @@ def same_day(
             Delivery.state.not_in(_GONE),
         )
     )
-    per_reader: dict[int, list[frozenset[_Story]]] = {}
-    for edition_id, subscriber_id, raw in rows:
-        per_reader.setdefault(subscriber_id, []).append(shown(edition_id, raw))
-    if not per_reader:
-        return None
-    unions: dict[tuple[frozenset[_Story], ...], frozenset[_Story]] = {}
     seen: dict[int, frozenset[_Story]] = {}
-    for subscriber_id, parts in per_reader.items():
-        key = tuple(parts)
-        union = unions.get(key)
-        if union is None:
-            union = unions[key] = frozenset().union(*parts)
-        seen[subscriber_id] = union
+    unions: dict[tuple[frozenset[_Story], frozenset[_Story]], frozenset[_Story]] = {}
+    for edition_id, subscriber_id, raw in rows:
+        part = shown(edition_id, raw)
+        had = seen.get(subscriber_id)
+        if had is not None and had is not part:  # several newsletters today: their union
+            both = unions.get((had, part))
+            part = unions[(had, part)] = had | part if both is None else both
+        seen[subscriber_id] = part
+    if not seen:
+        return None
     return SameDay(seen, ((i.article_id, i.url) for i in edition.items))
 
 

@@ -295,3 +295,31 @@ def test_the_dry_run_leaves_out_what_the_send_would(
     assert all(TRANSIT in got[("evening", r)][0] for r in EVENING_ONLY)
     _, evening_id = editions
     assert rows(sessions, evening_id) == {}  # the ledger was not touched
+
+
+def test_stories_of_two_earlier_newsletters_are_both_left_out(
+    room: Config, sessions: sessionmaker[Session], editions: tuple[int, int]
+) -> None:
+    """The morning sent the transit story; a noon newsletter (its own edition of one story:
+    the river story the evening also has) reached the same readers: the evening's copy has
+    only what neither sent."""
+    noon_nl = dataclasses.replace(
+        room.newsletter("evening"), id="noon", from_email="noon@x.example"
+    )
+    three = dataclasses.replace(room, newsletters={**room.newsletters, "noon": noon_nl})
+    with sessions.begin() as session:
+        river = session.scalars(select(Edition).where(Edition.newsletter == "evening")).one().items
+        (item,) = [i for i in river if i.title == RIVER]
+        noon = make_edition([("News", RIVER, "", None, None, None)], "noon", edition_id=None)
+        noon.items[0].article_id, noon.items[0].url = item.article_id, item.url
+        session.add(noon)
+        for address in BOTH:
+            add_subscriber(session, noon_nl, address, at=MORNING)
+    send(three, sessions, "daily", MORNING)
+    send(three, sessions, "noon", MORNING + timedelta(hours=5))
+    send(three, sessions, "evening", EVENING)
+    got = mail(three)
+    for reader in BOTH:
+        (evening,) = got[("evening", reader)]
+        assert TRANSIT not in evening and RIVER not in evening and FLU in evening
+    assert all(RIVER in got[("evening", r)][0] for r in EVENING_ONLY)
