@@ -25,7 +25,7 @@ from sqlalchemy.sql.elements import ColumnClause
 from digest.articles import UTCDateTime
 from digest.clicks import ClickEvent
 from digest.clock import Clock
-from digest.config import Config, NewsletterConfig
+from digest.config import AbTestConfig, Config, NewsletterConfig
 from digest.db import Base, transaction
 from digest.editions import Edition, build_edition, get_edition
 from digest.ledger import Delivery
@@ -149,22 +149,44 @@ class AbReport(SendReport):
         return "\n".join(lines)
 
 
-def _state(session: Session, config: Config, nl: NewsletterConfig, edition: Edition) -> AbTest:
+def ab_config(nl: NewsletterConfig, edition: Edition | None) -> AbTestConfig | None:
+    """The A/B test an edition runs: the editor's subjects for it (digest.desk), with the
+    config's sample, wait and minimum (or their defaults), else the config's [ab_test]."""
+    subjects = edition.ab_subject_list if edition is not None else ()
+    if not subjects:
+        return nl.ab_test
+    return replace(nl.ab_test or AbTestConfig(subjects=subjects), subjects=subjects)
+
+
+def runs_ab(config: Config, sessions: sessionmaker[Session], nl_id: str, day: date) -> bool:
+    """Whether sending this edition is an A/B send (the config's or the edition's subjects)."""
+    nl = config.newsletter(nl_id)
+    if nl.ab_test is not None:
+        return True
+    with sessions() as session:
+        return ab_config(nl, get_edition(session, nl.id, day)) is not None
+
+
+def _state(
+    session: Session, config: Config, nl: NewsletterConfig, edition: Edition, cfg: AbTestConfig
+) -> AbTest:
     test = session.get(AbTest, edition.id, with_for_update=True)
     if test is None:
-        assert nl.ab_test is not None
-        sample = nl.ab_test.sample
+        sample = cfg.sample
         if sample >= 1:  # a count: the fraction of today's audience it is
             size = sum(1 for _ in audience(session, config, nl, ()))
             sample = min(1.0, sample / size) if size else 1.0
         test = AbTest(
             edition_id=edition.id,
-            subjects=json.dumps(list(nl.ab_test.subjects)),
+            subjects=json.dumps(list(cfg.subjects)),
             sample=f"{sample:.6f}",
             phase="sample",
         )
         session.add(test)
         session.flush()
+    elif not edition.frozen and test.phase == "sample":
+        # A send refused before freezing left its state: the draft's subjects may have changed.
+        test.subjects = json.dumps(list(cfg.subjects))
     return test
 
 
@@ -192,14 +214,14 @@ def ab_send(
     ledger): the sample arms one after another, then (once `wait_minutes` have passed since
     the sample went out) the winner to everyone else. Call again while `waiting`."""
     nl = config.newsletter(newsletter_id)
-    assert nl.ab_test is not None, "newsletter has no ab_test"
     options = options or SendOptions()
-    cfg = nl.ab_test
     with transaction(sessions) as session:
         edition = get_edition(session, nl.id, edition_date)
         if edition is None:
             edition = build_edition(session, config, nl, edition_date, clock=clock).edition
-        test = _state(session, config, nl, edition)
+        cfg = ab_config(nl, edition)
+        assert cfg is not None, "no A/B subjects: neither [ab_test] nor the edition's"
+        test = _state(session, config, nl, edition, cfg)
         edition_id, phase, fraction = edition.id, test.phase, float(test.sample)
         subjects = json.loads(test.subjects)
         unsettled = _open_subject(session, edition_id)
@@ -258,7 +280,16 @@ def _utc(at: datetime) -> datetime:
 
 
 def _merge(into: AbReport, report: SendReport) -> None:
-    for name in ("sent_now", "failed_now", "unknown_now", "created", "skipped_now", "recovered"):
+    for name in (
+        "sent_now",
+        "failed_now",
+        "unknown_now",
+        "created",
+        "skipped_now",
+        "missed_now",
+        "seen_today",
+        "recovered",
+    ):
         setattr(into, name, getattr(into, name) + getattr(report, name))
     into.provider, into.counts = report.provider, report.counts
     into.edition_status, into.stopped = report.edition_status, report.stopped

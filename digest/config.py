@@ -160,6 +160,9 @@ class NewsletterConfig:
     track_opens: bool = False  # unreliable (Apple Mail Privacy Protection): off by default
     ab_test: AbTestConfig | None = None
     click_signal: ClickSignalConfig | None = None
+    # A story a reader was sent today in another newsletter of this config is left out of
+    # their copy of this one (digest.same_day); false: repeats are fine.
+    no_repeat_today: bool = True
 
     @property
     def section_names(self) -> tuple[str, ...]:

@@ -411,13 +411,14 @@ def _gates(g: Reader) -> GateConfig:
 
 # --- what readers read (issue 15) ------------------------------------------------------------
 
-_ENGAGEMENT_KEYS = ("track_clicks", "track_opens", "ab_test", "click_signal")
+_ENGAGEMENT_KEYS = ("track_clicks", "track_opens", "ab_test", "click_signal", "no_repeat_today")
 
 
 def _engagement(t: Reader) -> dict[str, Any]:
     out: dict[str, Any] = {
         "track_clicks": t.boolean("track_clicks", False),
         "track_opens": t.boolean("track_opens", False),
+        "no_repeat_today": t.boolean("no_repeat_today", True),
     }
     if "ab_test" in t.raw:
         a = t.table("ab_test")

@@ -1,7 +1,7 @@
 """The editor's desk: shape a draft edition, then sign it off.
 
 Every change (drop, add, move, pin a story; a headline or blurb for the email; the editor's
-note; the subject and preheader) is made to the stored draft and logged with who and when in
+note; the subject and preheader; A/B subjects) is made to the stored draft and logged with who and when in
 `edition_edits`, which `edition show` prints and a rebuild replays (digest.editions). The
 stored articles are never touched. A frozen edition (sending started) refuses every change.
 
@@ -12,7 +12,9 @@ the caller's session; the caller commits. What the desk shows is digest.desk_vie
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -38,7 +40,7 @@ from digest.editions import (
 from digest.errors import EditionFrozen, InputError, NotFound
 from digest.notes import NOTE_MAX
 from digest.render import check_subject_fields
-from digest.text import clean_text, shown_line
+from digest.text import clean_text, line_problem, shown_line
 
 __all__ = ["EditionSummary", "EditionView", "list_editions", "show_edition", "to_json"]
 
@@ -392,6 +394,69 @@ def set_wording(
     configured = getattr(newsletter, field)
     summary = f"{field} is now {value!r}" if value else f"{field} back to {configured!r}"
     return DeskResult(edition, _log(edition, field, summary, by=by, clock=clock, value=value))
+
+
+AB_SUBJECTS = (2, 4)
+
+
+def _ab_subject(raw: str, n: int) -> str:
+    """One A/B subject, checked: one line, not blank, at most SUBJECT_MAX characters."""
+    problem = line_problem(raw)
+    if problem is not None:
+        raise InputError(f"A/B subject {n} {problem}: a subject is one line of text")
+    value = shown_line(raw)
+    if not value:
+        raise InputError(f"A/B subject {n} is empty")
+    if len(value) > SUBJECT_MAX:
+        raise InputError(f"A/B subject {n} is {len(value)} characters; at most {SUBJECT_MAX}")
+    check_subject_fields(value, f"A/B subject {n}")
+    return value
+
+
+def check_ab_subjects(subjects: Sequence[str]) -> list[str]:
+    """Two to four A/B subjects as they will be sent, each checked; InputError (one line)
+    names the first problem."""
+    values = [_ab_subject(raw, n) for n, raw in enumerate(subjects, 1)]
+    low, high = AB_SUBJECTS
+    if not low <= len(values) <= high:
+        raise InputError(f"give {low} to {high} A/B subjects, not {len(values)}")
+    folded = [v.casefold() for v in values]
+    for n, v in enumerate(folded, 1):
+        if v in folded[: n - 1]:
+            raise InputError(f"A/B subject {n} repeats subject {folded.index(v) + 1}")
+    return values
+
+
+def set_ab_subjects(
+    session: Session,
+    newsletter: NewsletterConfig,
+    edition_date: date,
+    subjects: Sequence[str],
+    *,
+    by: str,
+    clock: Clock,
+) -> DeskResult:
+    """Two to four subjects this edition's A/B test sends (digest.abtest), in place of the
+    config's [ab_test] subjects (its sample, wait and minimum still apply); none clears them.
+    They freeze with the edition."""
+    edition = open_draft(session, newsletter, edition_date)
+    values = check_ab_subjects(subjects) if subjects else []
+    if values and not newsletter.track_clicks:
+        raise InputError(
+            f"A/B subjects pick their winner by clicks: set track_clicks = true for "
+            f"newsletter {newsletter.id}"
+        )
+    edition.ab_subjects = json.dumps(values) if values else None
+    summary = (
+        "A/B subjects " + " | ".join(repr(v) for v in values)
+        if values
+        else "A/B subjects removed"
+        + (" (the config's apply)" if newsletter.ab_test is not None else "")
+    )
+    return DeskResult(
+        edition,
+        _log(edition, "ab_subjects", summary, by=by, clock=clock, value=edition.ab_subjects),
+    )
 
 
 # --- approval ----------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ class EditionView:
             },
             "subject": e.subject,
             "preheader": e.preheader,
+            "ab_subjects": list(e.ab_subject_list),
             "note": e.note,
             "sections": [
                 {

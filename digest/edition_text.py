@@ -35,6 +35,9 @@ def format_edition(edition: Edition, newsletter: NewsletterConfig | None = None)
         lines.append(f"subject (this edition): {edition.subject}")
     if edition.preheader:
         lines.append(f"preheader (this edition): {edition.preheader}")
+    if edition.ab_subjects:
+        shown = " | ".join(edition.ab_subject_list)
+        lines.append(f"A/B subjects (this edition): {shown}")
     if edition.note:
         lines.append("editor's note:")
         lines += [f"  {line}".rstrip() for line in edition.note.splitlines()]

@@ -7,6 +7,7 @@ the story (title, dek, link, image...) so later re-ingests cannot change what wa
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -69,6 +70,9 @@ class Edition(Base):
     note: Mapped[str | None] = mapped_column(Text)
     subject: Mapped[str | None] = mapped_column(Text)
     preheader: Mapped[str | None] = mapped_column(Text)
+    # A/B subjects for this edition (a JSON list of two to four, digest.desk.set_ab_subjects):
+    # they override the config's [ab_test] subjects and freeze with the edition.
+    ab_subjects: Mapped[str | None] = mapped_column(Text)
     approved_by: Mapped[str | None] = mapped_column(String(100))
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -87,6 +91,11 @@ class Edition(Base):
     @property
     def frozen(self) -> bool:
         return self.status != "draft"
+
+    @property
+    def ab_subject_list(self) -> tuple[str, ...]:
+        """The editor's A/B subjects for this edition (empty: the config's, if any)."""
+        return tuple(json.loads(self.ab_subjects)) if self.ab_subjects else ()
 
     def sections(self) -> list[tuple[str, list[EditionItem]]]:
         """Sections in edition order with their ranked items."""
@@ -182,8 +191,8 @@ class EditionEdit(Base):
     )
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     by: Mapped[str] = mapped_column(String(100))
-    # drop, add, move, pin, unpin, headline, blurb, note, subject, preheader, approve,
-    # withdraw, rebuild, reopen
+    # drop, add, move, pin, unpin, headline, blurb, note, subject, preheader, ab_subjects,
+    # approve, withdraw, rebuild, reopen
     action: Mapped[str] = mapped_column(String(20))
     article_id: Mapped[int | None] = mapped_column(Integer)
     section: Mapped[str | None] = mapped_column(String(100))

@@ -53,6 +53,7 @@ from digest.ledger_model import (
     UNSETTLED,
     Claimed,
     Delivery,
+    decode_layout,
     decode_variant,
     encode_variant,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "add_rows",
     "Claimed",
     "Delivery",
+    "decode_layout",
     "decode_variant",
     "encode_variant",
 ]
@@ -199,13 +201,13 @@ def claim(
     else:
         rows = session.execute(_CLAIM_NEXT, params).all()
     # A handful of distinct variants per batch.
-    parsed: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+    parsed: dict[str, tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]] = {}
     out = []
     for r in rows:
         found = parsed.get(r[4])
         if found is None:
-            found = parsed[r[4]] = decode_variant(r[4])
-        out.append(Claimed(r[0], r[1], r[2], r[3], found[0], r[5], found[1], r[6]))
+            found = parsed[r[4]] = decode_layout(r[4])
+        out.append(Claimed(r[0], r[1], r[2], r[3], found[0], r[5], found[1], r[6], found[2]))
     out.sort(key=lambda c: c.id)
     return out
 

@@ -94,20 +94,35 @@ class Delivery(Base):
     )
 
 
-def encode_variant(sections: Sequence[str], blocks: Sequence[int]) -> str:
+def encode_variant(sections: Sequence[str], blocks: Sequence[int], skip: Sequence[int] = ()) -> str:
     """The `sections` column: the JSON list of sections, as rows were before segment blocks
-    existed, or {"sections": [...], "blocks": [...]} when the variant shows blocks."""
-    if not blocks:
+    existed, or {"sections": [...], "blocks": [...], "skip": [...]} when the variant shows
+    blocks or leaves out stories (article ids sent today in another newsletter)."""
+    if not blocks and not skip:
         return json.dumps(list(sections))
-    return json.dumps({"sections": list(sections), "blocks": list(blocks)})
+    value: dict[str, list[str] | list[int]] = {"sections": list(sections), "blocks": list(blocks)}
+    if skip:
+        value["skip"] = list(skip)
+    return json.dumps(value)
+
+
+def decode_layout(raw: str) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
+    """(sections, block indexes, left-out article ids) of a row; rows written before blocks
+    or the same-day rule existed have none."""
+    value = json.loads(raw)
+    if isinstance(value, dict):
+        return (
+            tuple(value["sections"]),
+            tuple(int(b) for b in value.get("blocks", ())),
+            tuple(int(a) for a in value.get("skip", ())),
+        )
+    return tuple(value), (), ()
 
 
 def decode_variant(raw: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """(sections, block indexes) of a row; rows written before blocks existed have none."""
-    value = json.loads(raw)
-    if isinstance(value, dict):
-        return tuple(value["sections"]), tuple(int(b) for b in value.get("blocks", ()))
-    return tuple(value), ()
+    """(sections, block indexes) of a row."""
+    sections, blocks, _ = decode_layout(raw)
+    return sections, blocks
 
 
 DELIVERIES = cast(Table, Delivery.__table__)
@@ -124,3 +139,4 @@ class Claimed(NamedTuple):
     variant: str
     blocks: tuple[int, ...] = ()
     deferred_since: datetime | None = None  # a row deferred before: when that began
+    skip: tuple[int, ...] = ()  # article ids left out (sent today in another newsletter)

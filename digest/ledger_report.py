@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from digest.config import Config, NewsletterConfig
 from digest.editions import get_edition
 from digest.errors import NotFound
-from digest.ledger import STATES, Delivery, counts, decode_variant, resolved_counts
+from digest.ledger import STATES, Delivery, counts, decode_layout, resolved_counts
 from digest.text import csv_row
 
 
@@ -47,6 +47,8 @@ class LedgerReport:
     approval: str = ""  # who signed the edition off (digest.desk)
     # Rows settled by a provider's later event (SendGrid's webhook), by state.
     resolved: dict[str, int] = field(default_factory=dict)
+    # How many stories each variant leaves out (sent today in another newsletter).
+    variant_left_out: dict[str, int] = field(default_factory=dict)
 
 
 def report(session: Session, edition_id: int, max_failures: int = 200) -> LedgerReport:
@@ -58,6 +60,7 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
     by_variant: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
     sections: dict[str, tuple[str, ...]] = {}
     blocks: dict[str, tuple[int, ...]] = {}
+    left_out: dict[str, int] = {}
     rows = session.execute(
         select(Delivery.segment, Delivery.variant, Delivery.sections, Delivery.state, func.count())
         .where(Delivery.edition_id == edition_id)
@@ -66,7 +69,8 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
     for segment, variant, secs, state, n in rows:
         by_segment[segment or "(all)"][state] += n
         by_variant[variant][state] += n
-        sections[variant], blocks[variant] = decode_variant(secs)
+        sections[variant], blocks[variant], skip = decode_layout(secs)
+        left_out[variant] = len(skip)
     failures = [
         Failure(email, state, attempts, error or "", due if state == "deferred" else None)
         for email, state, attempts, error, due in session.execute(
@@ -97,6 +101,7 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
         blocks,
         approval_text(edition),
         resolved_counts(session, edition_id),
+        left_out,
     )
 
 
@@ -165,6 +170,8 @@ def variant_label(r: LedgerReport, variant: str, nl: NewsletterConfig) -> str:
     ]
     if shown:
         label += f"; block for {', '.join(shown)}"
+    if r.variant_left_out.get(variant):
+        label += f"; {r.variant_left_out[variant]} sent earlier today left out"
     return label
 
 

@@ -27,6 +27,7 @@ from digest.message import (
 from digest.providers.base import BUILD_ERRORS, Batch, Outcome, Outgoing, unbuildable
 from digest.render import (
     SLOTS,
+    Layout,
     Links,
     Personal,
     Personalised,
@@ -140,13 +141,15 @@ class MessageBuilder:
         self.renderer = renderer
         self.links = Links(config, nl, edition)
         self._message_id = message_id_parts(nl, edition.edition_date)
-        self._variants: dict[tuple[tuple[str, ...], tuple[int, ...]], VariantMail] = {}
+        self._variants: dict[Layout, VariantMail] = {}
 
-    def variant(self, sections: tuple[str, ...], blocks: tuple[int, ...]) -> VariantMail:
-        v = self._variants.get((sections, blocks))
+    def variant(
+        self, sections: tuple[str, ...], blocks: tuple[int, ...], skip: tuple[int, ...] = ()
+    ) -> VariantMail:
+        v = self._variants.get((sections, blocks, skip))
         if v is None:
-            rendered = self.renderer.variant(sections, blocks)
-            v = self._variants[(sections, blocks)] = self.variant_mail(rendered)
+            rendered = self.renderer.variant(sections, blocks, skip)
+            v = self._variants[(sections, blocks, skip)] = self.variant_mail(rendered)
         return v
 
     def variant_mail(self, rendered: RenderedVariant) -> VariantMail:
@@ -158,9 +161,9 @@ class MessageBuilder:
     ) -> list[Batch]:
         """The rows' messages, a batch per variant; a row whose message cannot be built goes
         to `unbuilt` (failed, with the reason) and the others go on."""
-        groups: dict[tuple[tuple[str, ...], tuple[int, ...]], list[Claimed]] = {}
+        groups: dict[Layout, list[Claimed]] = {}
         for c in claimed:
-            groups.setdefault((c.sections, c.blocks), []).append(c)
+            groups.setdefault((c.sections, c.blocks, c.skip), []).append(c)
         out: list[Batch] = []
         for pair, rows in groups.items():
             batch = self.batch(self.variant(*pair), rows, when, unbuilt)

@@ -52,6 +52,7 @@ class RenderedVariant:
     blocks: tuple[int, ...] = ()  # indexes into the newsletter's blocks
     name_fallback: str = NAME_FALLBACK
     tracked: bool = False  # its content links go through /r/ (digest.tracking)
+    skip: tuple[int, ...] = ()  # article ids left out (sent today in another newsletter)
     _html_fill: _Fill = field(init=False, repr=False, compare=False)
     _text_fill: _Fill = field(init=False, repr=False, compare=False)
 

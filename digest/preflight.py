@@ -28,7 +28,7 @@ from digest.ledger import Delivery
 from digest.limits import MAX_ARTICLE_FIELD
 from digest.message import Addressee, HeaderError, VariantMessage, make_message_id
 from digest.preview import sample_personal
-from digest.render import Renderer, check_size, personalise
+from digest.render import Layout, Renderer, check_size, personalise
 from subscribers.audience import Recipient, audience, audience_query
 from subscribers.models import Subscriber
 
@@ -94,12 +94,14 @@ class VariantCheck:
         self.renderer = renderer or Renderer(config, nl, edition)
         # Set by the caller when this transaction froze the edition (the checks then run).
         self.edition_was_draft = False
-        self._seen: set[tuple[tuple[str, ...], tuple[int, ...]]] = set()
+        self._seen: set[Layout] = set()
 
-    def check(self, sections: tuple[str, ...], blocks: tuple[int, ...] = ()) -> None:
-        if (sections, blocks) in self._seen:
+    def check(
+        self, sections: tuple[str, ...], blocks: tuple[int, ...] = (), skip: tuple[int, ...] = ()
+    ) -> None:
+        if (sections, blocks, skip) in self._seen:
             return
-        rendered = self.renderer.variant(sections, blocks)
+        rendered = self.renderer.variant(sections, blocks, skip)
         check_size(rendered)
         personal = sample_personal(self.config, self.nl, self.edition)
         to = Addressee(
@@ -110,7 +112,7 @@ class VariantCheck:
         )
         message = VariantMessage(self.config, self.nl, self.edition.edition_date, rendered.key)
         message.mime(personalise(rendered, personal), to, self.edition.built_at)
-        self._seen.add((sections, blocks))
+        self._seen.add((sections, blocks, skip))
 
     def check_audience(self, recipients: Iterable[Recipient]) -> None:
         """Every variant the recipients need, and the whole edition's (an empty audience still

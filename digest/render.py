@@ -194,6 +194,10 @@ class _NoteView:
     text: str  # wrapped for the text twin
 
 
+# What names a variant: (sections, blocks, article ids left out; digest.same_day).
+Layout = tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]
+
+
 class Renderer:
     """Renders one edition; each distinct variant is rendered and inlined once and cached."""
 
@@ -220,8 +224,8 @@ class Renderer:
         self.env = template_environment(templates_dir or config.templates_dir, self.translations)
         self.brand = Brand.of(newsletter.brand_color)
         self._sections = _edition_sections(edition)
-        self._cache: dict[tuple[tuple[str, ...], tuple[int, ...], bool], RenderedVariant] = {}
-        self._requested: dict[tuple[tuple[str, ...], tuple[int, ...]], RenderedVariant] = {}
+        self._cache: dict[tuple[Layout, bool], RenderedVariant] = {}
+        self._requested: dict[Layout, RenderedVariant] = {}
 
     @property
     def edition_sections(self) -> tuple[str, ...]:
@@ -244,13 +248,23 @@ class Renderer:
         wanted = set(blocks)
         return tuple(i for i in range(len(self.newsletter.blocks)) if i in wanted)
 
-    def variant(self, sections: tuple[str, ...], blocks: tuple[int, ...] = ()) -> RenderedVariant:
-        # Looked up per recipient: remember what each requested pair resolved to.
-        found = self._requested.get((sections, blocks))
+    def leave_out(
+        self, sections: tuple[str, ...], skip: Iterable[int]
+    ) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        return leave_out(self._sections, sections, skip)
+
+    def variant(
+        self, sections: tuple[str, ...], blocks: tuple[int, ...] = (), skip: tuple[int, ...] = ()
+    ) -> RenderedVariant:
+        """A reader's variant: sections, blocks, less the stories `skip` (see leave_out)."""
+        # Looked up per recipient: remember what each request resolved to.
+        found = self._requested.get((sections, blocks, skip))
         if found is None:
-            found = self._requested[(sections, blocks)] = self._render(
-                self.resolve(sections), self.resolve_blocks(blocks), archive=False
-            )
+            shown, left_out = self.leave_out(self.resolve(sections), skip)
+            if not shown:
+                raise ValueError("every story is left out: the reader has nothing to get")
+            layout = (shown, self.resolve_blocks(blocks), left_out)
+            found = self._requested[(sections, blocks, skip)] = self._render(layout, archive=False)
         return found
 
     def forget_variants(self) -> None:
@@ -261,18 +275,17 @@ class Renderer:
     def archive(self) -> Personalised:
         """The web-archive version: the whole edition, no personal data, no personal links."""
         url = archive_url(self.config, self.newsletter, self.edition)
-        variant = self._render(self.edition_sections, (), archive=True)
+        variant = self._render((self.edition_sections, (), ()), archive=True)
         return personalise(variant, Personal("", None, url, url, url))
 
-    def _render(
-        self, sections: tuple[str, ...], blocks: tuple[int, ...], *, archive: bool
-    ) -> RenderedVariant:
-        cached = self._cache.get((sections, blocks, archive))
+    def _render(self, layout: Layout, *, archive: bool) -> RenderedVariant:
+        cached = self._cache.get((layout, archive))
         if cached is not None:
             return cached
+        sections, blocks, skip = layout
         self._tracking_now = None if archive else self.tracking
         try:
-            context = self._context(sections, blocks, archive)
+            context = self._context(layout, archive)
         finally:
             self._tracking_now = None
         html_doc = render_template(self.env, HTML_TEMPLATE, context)
@@ -285,7 +298,7 @@ class Renderer:
                 for line in text.split("\n")
             )
         variant = RenderedVariant(
-            key="archive" if archive else _variant_key(sections, blocks),
+            key="archive" if archive else _variant_key(sections, blocks, skip),
             sections=sections,
             subject=context["subject"],
             preheader=context["preheader"],
@@ -295,22 +308,24 @@ class Renderer:
             blocks=blocks,
             name_fallback=self.translations.gettext(NAME_FALLBACK),
             tracked=slot_placeholder(self.nonce, "click") in inlined,
+            skip=skip,
         )
-        self._cache[(sections, blocks, archive)] = variant
+        self._cache[(layout, archive)] = variant
         return variant
 
-    def _context(
-        self, sections: tuple[str, ...], blocks: tuple[int, ...], archive: bool
-    ) -> dict[str, Any]:
+    def _context(self, layout: Layout, archive: bool) -> dict[str, Any]:
         nl, day = self.newsletter, self.edition.edition_date
+        sections, blocks, left_out = layout
+        skip = frozenset(left_out)
         by_name = dict(self._sections)
         out: list[_Section] = []
         for name in sections:
+            items = [item for item in by_name[name] if item.article_id not in skip]
             stories = tuple(
                 _story(
                     item, self.link(item.url), nl, day, self.language.dir, lead=not out and i == 0
                 )
-                for i, item in enumerate(by_name[name])
+                for i, item in enumerate(items)
             )
             out.append(_Section(name, stories))
         subject, preheader = _subject_and_preheader(
@@ -425,11 +440,38 @@ def _inlined(html_doc: str, nonce: str) -> str:
     return inlined
 
 
-def _variant_key(sections: tuple[str, ...], blocks: tuple[int, ...]) -> str:
+def leave_out(
+    edition_sections: list[tuple[str, list[EditionItem]]],
+    sections: tuple[str, ...],
+    skip: Iterable[int],
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The (resolved) sections that keep a story once the article ids `skip` are left out,
+    and the ids of `skip` those sections hold, sorted. A section left with no story is not
+    shown; none left means the reader has nothing new in this edition (digest.same_day)."""
+    wanted = set(skip)
+    if not wanted:
+        return sections, ()
+    by_name = dict(edition_sections)
+    kept: list[str] = []
+    out: list[int] = []
+    for name in sections:
+        ids = [item.article_id for item in by_name[name]]
+        gone = [a for a in ids if a in wanted]
+        if len(gone) < len(ids):
+            kept.append(name)
+            out += gone
+    return tuple(kept), tuple(sorted(out))
+
+
+def _variant_key(
+    sections: tuple[str, ...], blocks: tuple[int, ...], skip: tuple[int, ...] = ()
+) -> str:
     identity = "\x1f".join(sections)
     if blocks:
         # Without blocks the key stays what it was before blocks existed.
         identity += "\x1e" + ",".join(map(str, blocks))
+    if skip:  # stories left out (digest.same_day); without, the key is unchanged
+        identity += "\x1d" + ",".join(map(str, skip))
     return "v-" + hashlib.sha1(identity.encode()).hexdigest()[:10]
 
 

@@ -202,7 +202,7 @@ def build_report(
                 ClickEvent.edition_id.in_(ids), ClickEvent.kind == "open"
             )
         )
-    if nl.ab_test is not None and len(report.subjects) > 1:
+    if len(report.subjects) > 1:  # A/B subjects (the config's or the edition's)
         from digest.abtest import winner_of
 
         report.ab_winner = winner_of(session, scope[-1].id)

@@ -99,9 +99,9 @@ def _send(
 ) -> Report:
     if recipients is not None:
         options = replace(options, recipient_filter=recipients)
-    if config.newsletter(newsletter_id).ab_test is not None:  # A/B subjects (issue 15)
-        from digest.abtest import ab_send
+    from digest.abtest import ab_send, runs_ab
 
+    if runs_ab(config, sessions, newsletter_id, edition_date):  # A/B subjects (issue 15)
         return ab_send(
             config, sessions, newsletter_id, edition_date, options, clock=clock, stop=stop
         )

@@ -13,6 +13,8 @@ from digest import ledger
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
 from digest.preflight import VariantCheck
+from digest.render import Layout
+from digest.same_day import NOTHING_NEW, same_day
 from digest.send_options import SendOptions
 from subscribers.audience import audience
 
@@ -39,17 +41,20 @@ def create_rows(
     check: VariantCheck,
     options: SendOptions,
     clock: Clock,
-) -> tuple[int, int, int, int]:
+) -> tuple[int, int, int, int, int]:
     """One pending row per audience member not yet in the ledger (a skipped one for those the
-    recipient filter says missed their send time); pending rows of people who left the
+    recipient filter says missed their send time, or who were sent every story of their copy
+    today in another newsletter: digest.same_day); pending rows of people who left the
     audience since become skipped/suppressed. Returns (created pending, skipped, missed, left
-    out by the recipient filter for a later run)."""
+    out by the recipient filter for a later run, nothing new today)."""
     existing = ledger.existing_subscribers(session, edition_id)
     segments, wave = options.segments, options.recipient_filter
     segment = ",".join(segments)
-    left_out = 0
+    left_out = nothing_new = 0
     now = clock()
-    variants: dict[tuple[tuple[str, ...], tuple[int, ...]], tuple[str, str, str]] = {}
+    renderer = check.renderer
+    today = same_day(session, config, nl, check.edition, now)
+    variants: dict[Layout, Variant] = {}
     present: set[int] = set()
     rows = ledger.add_rows(session, edition_id, segment, now)
     for r in audience(session, config, nl, segments):
@@ -60,15 +65,15 @@ def create_rows(
         if verdict is False:
             left_out += 1
             continue
-        v = variants.get((r.sections, r.blocks))
+        skip = today.left_out(renderer, r) if today is not None else ()
+        if skip is None:
+            nothing_new += 1
+            encoded = ledger.encode_variant(renderer.resolve(r.sections), r.blocks)
+            rows.skip((r.subscriber_id, r.email, r.name, encoded, "none", ""), NOTHING_NEW)
+            continue
+        v = variants.get((r.sections, r.blocks, skip))
         if v is None:
-            check.check(r.sections, r.blocks)  # refuses a variant Gmail would clip, a bad header
-            rendered = check.renderer.variant(r.sections, r.blocks)
-            v = variants[(r.sections, r.blocks)] = (
-                rendered.key,
-                ledger.encode_variant(rendered.sections, rendered.blocks),
-                rendered.subject[:300],
-            )
+            v = variants[(r.sections, r.blocks, skip)] = _variant(check, r.sections, r.blocks, skip)
         row = (r.subscriber_id, r.email, r.name, v[1], v[0], v[2])
         if verdict is True:
             rows.add(row)
@@ -78,4 +83,20 @@ def create_rows(
     # Only rows from an earlier run can belong to someone who has left since.
     gone = ledger.pending_of(session, edition_id, sorted(existing - present), segment)
     skipped = ledger.leave_audience(session, gone, now)
-    return created, skipped, missed, left_out
+    return created, skipped, max(missed - nothing_new, 0), left_out, nothing_new
+
+
+# What a row records of its variant: (key, the `sections` column, subject).
+Variant = tuple[str, str, str]
+
+
+def _variant(
+    check: VariantCheck, sections: tuple[str, ...], blocks: tuple[int, ...], skip: tuple[int, ...]
+) -> Variant:
+    check.check(sections, blocks, skip)  # refuses a variant Gmail would clip, a bad header
+    rendered = check.renderer.variant(sections, blocks, skip)
+    return (
+        rendered.key,
+        ledger.encode_variant(rendered.sections, rendered.blocks, rendered.skip),
+        rendered.subject[:300],
+    )

@@ -44,6 +44,7 @@ from digest.preflight import (
 from digest.providers import make_provider
 from digest.providers.base import Kind, Outcome, Provider
 from digest.render import Renderer, check_size
+from digest.same_day import same_day
 from digest.send_options import (
     Progress,
     ProgressEvent,
@@ -88,6 +89,7 @@ class SendReport:
     created: int = 0
     skipped_now: int = 0
     missed_now: int = 0
+    seen_today: int = 0  # readers sent every story of their copy today in another newsletter
     recovered: int = 0
     elapsed: float = 0.0
     dry_run: bool = False
@@ -137,6 +139,11 @@ class SendReport:
             lines.append(
                 f"{self.missed_now} recipient(s) missed their local send time by more than "
                 "catch_up_hours: recorded as skipped"
+            )
+        if self.seen_today:
+            lines.append(
+                f"{self.seen_today} recipient(s) were sent every story of their copy today in "
+                "another newsletter: recorded as skipped"
             )
         if self.recovered:
             lines.append(f"{self.recovered} row(s) recovered from an interrupted send")
@@ -314,7 +321,7 @@ def _prepare_rows(
         return 0
     with collector_paused():
         created = create_rows(session, config, nl, edition.id, check, options, clock)
-    report.created, report.skipped_now, report.missed_now, left_out = created
+    report.created, report.skipped_now, report.missed_now, left_out, report.seen_today = created
     return left_out
 
 
@@ -405,13 +412,20 @@ def _dry_run(
             edition = build_edition(session, config, nl, edition_date, clock=clock).edition
             session.flush()
         edition = load_for_send(session, edition.id)
-        builder = MessageBuilder(config, nl, edition, Renderer(config, nl, edition))
+        renderer = Renderer(config, nl, edition)
+        builder = MessageBuilder(config, nl, edition, renderer)
+        today = same_day(session, config, nl, edition, clock())  # as the send would leave out
         rows: list[Claimed] = []
         for n, r in enumerate(audience(session, config, nl, options.segments), start=1):
             if options.limit is not None and n > options.limit:
                 break
-            check_size(builder.variant(r.sections, r.blocks).rendered)
-            rows.append(Claimed(n, r.subscriber_id, r.email, r.name, r.sections, "", r.blocks))
+            skip = today.left_out(renderer, r) if today is not None else ()
+            if skip is None:  # nothing new for them today: the send skips them
+                continue
+            check_size(builder.variant(r.sections, r.blocks, skip).rendered)
+            rows.append(
+                Claimed(n, r.subscriber_id, r.email, r.name, r.sections, "", r.blocks, skip=skip)
+            )
         unbuilt: list[Outcome] = []
         for batch in builder.batches(rows, clock(), unbuilt):
             outcomes = out.send(batch, lambda handed, settled: None)

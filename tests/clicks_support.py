@@ -34,6 +34,16 @@ def tracked(config: Config, tmp_path: Path, newsletter: str = "daily", **fields:
     )
 
 
+def tracked_toml(tmp_path: Path, extra: str = "") -> Path:
+    """The tests' digest.toml with click tracking on for `daily` (and `extra` appended), in
+    tmp_path, for the CLI."""
+    base = (Path(__file__).parent / "data" / "digest.toml").read_text()
+    toml = base.replace("[newsletters.daily]\n", "[newsletters.daily]\ntrack_clicks = true\n", 1)
+    path = tmp_path / "tracked.toml"
+    path.write_text(toml + extra)
+    return path
+
+
 def send(
     config: Config,
     sessions: sessionmaker[Session],

@@ -24,7 +24,7 @@ from digest.providers.outbox import OutboxProvider
 from digest.report import build_report, format_report
 from digest.sending import SendOptions
 from digest.tracking import TrackedLink
-from tests.clicks_support import FAST, outbox, tracked
+from tests.clicks_support import FAST, outbox, tracked, tracked_toml
 from tests.fakes.population import add_population
 from tests.render_support import EDITION_DATE, store_edition
 
@@ -211,11 +211,9 @@ def test_digest_send_on_an_ab_newsletter_runs_the_ab_steps(
 
     from digest_cli import cli
 
-    base = (Path(__file__).parent / "data" / "digest.toml").read_text()
-    toml = base.replace("[newsletters.daily]\n", "[newsletters.daily]\ntrack_clicks = true\n", 1)
-    toml += '\n[newsletters.daily.ab_test]\nsubjects = ["One", "Two"]\nsample = 0.5\n'
-    path = tmp_path / "ab.toml"
-    path.write_text(toml)
+    path = tracked_toml(
+        tmp_path, '\n[newsletters.daily.ab_test]\nsubjects = ["One", "Two"]\nsample = 0.5\n'
+    )
     monkeypatch.setenv("DIGEST_DATABASE_URL", db_url)
     monkeypatch.setenv("DIGEST_CONFIG", str(path))
     monkeypatch.chdir(tmp_path)

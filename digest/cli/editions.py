@@ -287,6 +287,26 @@ _wording_command("subject")
 _wording_command("preheader")
 
 
+@_desk_command(
+    "subjects",
+    "Two to four A/B subjects for this edition (in place of [ab_test] subjects); --clear.",
+)
+@click.argument("subjects", nargs=-1)
+@click.option("--clear", is_flag=True, help="Remove them (the config's [ab_test] applies).")
+def edition_subjects(app: App, newsletter, date_, by, subjects, clear):
+    from digest.desk import set_ab_subjects
+
+    if clear == bool(subjects):
+        raise click.UsageError("give two to four SUBJECTS, or --clear")
+    _change(
+        app,
+        newsletter,
+        date_,
+        by,
+        lambda s, nl, d, who: set_ab_subjects(s, nl, d, subjects, by=who, clock=utcnow),
+    )
+
+
 @edition.command("approve")
 @click.argument("newsletter")
 @click.option("--date", "date_", help="Edition date (default today).")

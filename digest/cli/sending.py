@@ -93,8 +93,12 @@ def run_send(app: App, newsletter_id: str, day: date, options: Any) -> Any:
     import signal
     import threading
 
+    from digest.abtest import ab_send, runs_ab
     from digest.sending import send_edition
 
+    # A/B subjects (issue 15, the config's or the edition's): one step (the sample, or the
+    # winner once it is due); run `digest send` again, or let `digest schedule` do it.
+    ab = not options.dry_run and runs_ab(app.config, app.sessions, newsletter_id, day)
     stop = threading.Event()
 
     def on_interrupt(signum: int, frame: Any) -> None:
@@ -104,14 +108,11 @@ def run_send(app: App, newsletter_id: str, day: date, options: Any) -> Any:
         click.echo("\nstopping after the current batch (Ctrl-C again to abort)", err=True)
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
-    nl = app.config.newsletter(newsletter_id)
-    if nl.ab_test is not None and not options.dry_run:
-        # A/B subjects (issue 15): one step (the sample, or the winner once it is due);
-        # run `digest send` again, or let `digest schedule` do it.
-        from digest.abtest import ab_send
-
+    if ab:
         try:
-            return ab_send(app.config, app.sessions, nl.id, day, options, clock=utcnow, stop=stop)
+            return ab_send(
+                app.config, app.sessions, newsletter_id, day, options, clock=utcnow, stop=stop
+            )
         finally:
             signal.signal(signal.SIGINT, previous)
     # Shown from the first delivered batch on: a send refused by its checks prints only its
