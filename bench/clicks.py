@@ -171,6 +171,7 @@ def _fill(url: str, deliveries: int, clicks: int) -> None:
             session.add(edition)
             session.flush()
             link_ids = []
+            link_sections = {}
             for k in range(9):
                 link = TrackedLink(
                     edition_id=edition.id,
@@ -183,6 +184,7 @@ def _fill(url: str, deliveries: int, clicks: int) -> None:
                 session.add(link)
                 session.flush()
                 link_ids.append(link.id)
+                link_sections[link.id] = link.section
             first = session.scalar(select(func.coalesce(func.max(Delivery.id), 0))) + 1
             for lo in range(0, per, 20000):
                 rows = [
@@ -208,7 +210,8 @@ def _fill(url: str, deliveries: int, clicks: int) -> None:
                 {
                     "edition_id": edition.id,
                     "delivery_id": first + (d := rng.randrange(per)),
-                    "link_id": rng.choice(link_ids),
+                    "link_id": (link_id := rng.choice(link_ids)),
+                    "section": link_sections[link_id],
                     "kind": "click",
                     "variant": f"v-{d % 10}",
                     "segment": "",

@@ -299,18 +299,17 @@ def _stories(
                 url=link.url,
             )
         )
-    # Per section: readers who clicked any of its stories (a GROUP BY through the link table).
+    # Per section: readers who clicked any of its stories (click rows carry the section).
     section_readers = dict(
         session.execute(
-            select(TrackedLink.section, func.count(func.distinct(ClickEvent.delivery_id)))
-            .join(TrackedLink, TrackedLink.id == ClickEvent.link_id)
+            select(ClickEvent.section, func.count(func.distinct(ClickEvent.delivery_id)))
             .where(
                 ClickEvent.edition_id.in_(ids),
                 ClickEvent.kind == "click",
                 ClickEvent.counted == true(),
-                TrackedLink.kind == "story",
+                ClickEvent.section.is_not(None),
             )
-            .group_by(TrackedLink.section)
+            .group_by(ClickEvent.section)
         ).all()
     )
     names: dict[str, int] = defaultdict(int)
