@@ -59,25 +59,55 @@ _SQLITE = [
     BEGIN DELETE FROM report_sent WHERE edition_id = OLD.id; END""",
 ]
 
-_PG_FUNCTION = f"""
-CREATE FUNCTION report_sent_count() RETURNS trigger LANGUAGE plpgsql AS $$
+
+# PostgreSQL: statement-level triggers over the transition tables, one upsert per group and
+# statement (sorted, in this backend's shard). A row-level upsert would update one counter row
+# once per delivery, and PostgreSQL keeps every version of that row until the transaction ends:
+# each update then walks all the versions before it (quadratic in a bulk settle).
+def _pg_delta(rows: str, sign: str, where: str = "state = 'sent'") -> str:
+    return (
+        f"SELECT edition_id, variant, segment, coalesce(subject, '') AS subject, {sign}1 AS d "
+        f"FROM {rows} WHERE {where}"
+    )
+
+
+_PG_LIVES = "state = 'sent' AND EXISTS (SELECT 1 FROM editions e WHERE e.id = edition_id)"
+_PG_SOURCES = {
+    "insert": _pg_delta("new_rows", "+"),
+    "update": f"{_pg_delta('old_rows', '-')} UNION ALL {_pg_delta('new_rows', '+')}",
+    "delete": _pg_delta("old_rows", "-", _PG_LIVES),
+}
+
+
+def _pg_function(op_name: str) -> str:
+    return f"""
+CREATE FUNCTION report_sent_{op_name}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF TG_OP <> 'INSERT' AND OLD.state = 'sent' AND {_EDITION_LIVES} THEN
-    {_upsert("OLD", "pg_backend_pid()", -1)};
-  END IF;
-  IF TG_OP <> 'DELETE' AND NEW.state = 'sent' THEN
-    {_upsert("NEW", "pg_backend_pid()", 1)};
-  END IF;
+  INSERT INTO report_sent ({_COLS})
+  SELECT edition_id, variant, segment, subject, pg_backend_pid(), sum(d)
+  FROM ({_PG_SOURCES[op_name]}) AS delta
+  GROUP BY edition_id, variant, segment, subject
+  HAVING sum(d) <> 0
+  ORDER BY edition_id, variant, segment, subject
+  ON CONFLICT ({_KEY}) DO UPDATE SET delivered = report_sent.delivered + EXCLUDED.delivered;
   RETURN NULL;
 END $$"""
+
+
+def _pg_trigger(op_name: str) -> str:
+    tables = {
+        "insert": "NEW TABLE AS new_rows",
+        "update": "OLD TABLE AS old_rows NEW TABLE AS new_rows",
+        "delete": "OLD TABLE AS old_rows",
+    }[op_name]
+    return (
+        f"CREATE TRIGGER report_sent_{op_name} AFTER {op_name.upper()} ON deliveries "
+        f"REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION report_sent_{op_name}()"
+    )
+
+
 _PG = [
-    _PG_FUNCTION,
-    """CREATE TRIGGER report_sent_insert AFTER INSERT ON deliveries FOR EACH ROW
-    WHEN (NEW.state = 'sent') EXECUTE FUNCTION report_sent_count()""",
-    f"""CREATE TRIGGER report_sent_update AFTER UPDATE OF {_COLUMNS} ON deliveries FOR EACH ROW
-    WHEN ({_MOVED}) EXECUTE FUNCTION report_sent_count()""",
-    """CREATE TRIGGER report_sent_delete AFTER DELETE ON deliveries FOR EACH ROW
-    WHEN (OLD.state = 'sent') EXECUTE FUNCTION report_sent_count()""",
+    *(ddl for name in _PG_SOURCES for ddl in (_pg_function(name), _pg_trigger(name))),
     """CREATE FUNCTION report_sent_edition() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   DELETE FROM report_sent WHERE edition_id = OLD.id;
@@ -135,6 +165,6 @@ def downgrade() -> None:
         on = f" ON {table}" if op.get_bind().dialect.name == "postgresql" else ""
         op.execute(f"DROP TRIGGER IF EXISTS {trigger}{on}")
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP FUNCTION IF EXISTS report_sent_count()")
-        op.execute("DROP FUNCTION IF EXISTS report_sent_edition()")
+        for name in (*_PG_SOURCES, "edition"):
+            op.execute(f"DROP FUNCTION IF EXISTS report_sent_{name}()")
     op.drop_table("report_sent")
