@@ -299,19 +299,24 @@ def _stories(
                 url=link.url,
             )
         )
-    # Per section: readers who clicked any of its stories (click rows carry the section).
-    section_readers = dict(
-        session.execute(
-            select(ClickEvent.section, func.count(func.distinct(ClickEvent.delivery_id)))
-            .where(
-                ClickEvent.edition_id.in_(ids),
-                ClickEvent.kind == "click",
-                ClickEvent.counted == true(),
-                ClickEvent.section.is_not(None),
-            )
-            .group_by(ClickEvent.section)
-        ).all()
-    )
+    # Per section: readers who clicked any of its stories (click rows carry the section), grouped
+    # by edition first, the index's order (a reader belongs to one edition: the groups add up).
+    section_readers: dict[str, int] = defaultdict(int)
+    for _edition, section, readers in session.execute(
+        select(
+            ClickEvent.edition_id,
+            ClickEvent.section,
+            func.count(func.distinct(ClickEvent.delivery_id)),
+        )
+        .where(
+            ClickEvent.edition_id.in_(ids),
+            ClickEvent.kind == "click",
+            ClickEvent.counted == true(),
+            ClickEvent.section.is_not(None),
+        )
+        .group_by(ClickEvent.edition_id, ClickEvent.section)
+    ):
+        section_readers[section] += readers
     names: dict[str, int] = defaultdict(int)
     for (_edition, section), n in by_section.items():
         names[section] += n
