@@ -301,8 +301,8 @@ def _stories(
         )
     # Per section: readers who clicked any of its stories (click rows carry the section), grouped
     # by edition first, the index's order (a reader belongs to one edition: the groups add up).
-    section_readers: dict[str, int] = defaultdict(int)
-    for _edition, section, readers in session.execute(
+    section_readers: dict[str | None, int] = defaultdict(int)
+    for _edition, name, readers in session.execute(
         select(
             ClickEvent.edition_id,
             ClickEvent.section,
@@ -316,7 +316,7 @@ def _stories(
         )
         .group_by(ClickEvent.edition_id, ClickEvent.section)
     ):
-        section_readers[section] += readers
+        section_readers[name] += readers
     names: dict[str, int] = defaultdict(int)
     for (_edition, section), n in by_section.items():
         names[section] += n
