@@ -106,8 +106,9 @@ def bench_redirect(args: argparse.Namespace) -> None:
 
 
 def _bulk(session: object, table: object, rows: list[dict[str, object]]) -> None:
-    """Insert through the driver's executemany: bound values processed once per distinct
-    value by the column types (SQLAlchemy's per-row processing would be most of the fill)."""
+    """Insert through the driver's executemany (COPY on PostgreSQL): bound values processed once
+    per distinct value by the column types (SQLAlchemy's per-row processing would be most of
+    the fill)."""
     from sqlalchemy import Table
     from sqlalchemy.orm import Session
 
@@ -131,6 +132,13 @@ def _bulk(session: object, table: object, rows: list[dict[str, object]]) -> None
         return cache[key]
 
     conn = session.connection()
+    if dialect.name == "postgresql":
+        # COPY: one statement, so the ledger's statement-level triggers run once per batch.
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(tuple(value(c, r[c]) for c in cols))
+        return
     if compiled.positiontup is not None:
         order = list(compiled.positiontup)
         conn.exec_driver_sql(str(compiled), [tuple(value(c, r[c]) for c in order) for r in rows])
@@ -171,6 +179,7 @@ def _fill(url: str, deliveries: int, clicks: int) -> None:
             session.add(edition)
             session.flush()
             link_ids = []
+            link_sections = {}
             for k in range(9):
                 link = TrackedLink(
                     edition_id=edition.id,
@@ -183,6 +192,7 @@ def _fill(url: str, deliveries: int, clicks: int) -> None:
                 session.add(link)
                 session.flush()
                 link_ids.append(link.id)
+                link_sections[link.id] = link.section
             first = session.scalar(select(func.coalesce(func.max(Delivery.id), 0))) + 1
             for lo in range(0, per, 20000):
                 rows = [
@@ -208,7 +218,8 @@ def _fill(url: str, deliveries: int, clicks: int) -> None:
                 {
                     "edition_id": edition.id,
                     "delivery_id": first + (d := rng.randrange(per)),
-                    "link_id": rng.choice(link_ids),
+                    "link_id": (link_id := rng.choice(link_ids)),
+                    "section": link_sections[link_id],
                     "kind": "click",
                     "variant": f"v-{d % 10}",
                     "segment": "",

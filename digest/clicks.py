@@ -79,6 +79,8 @@ class ClickEvent(Base):
     variant: Mapped[str] = mapped_column(String(40), default="")
     segment: Mapped[str] = mapped_column(String(200), default="")
     subject: Mapped[str | None] = mapped_column(String(300))
+    # The section of a story link, copied from the link: the per-section count reads one index.
+    section: Mapped[str | None] = mapped_column(String(100))
     clicked_at: Mapped[datetime] = mapped_column(UTCDateTime)
     source: Mapped[str] = mapped_column(String(10))  # redirect | sendgrid
     agent: Mapped[str] = mapped_column(String(10))  # browser | scanner | none
@@ -97,6 +99,9 @@ class ClickEvent(Base):
             "segment",
             "subject",
             "delivery_id",
+        ),
+        Index(
+            "ix_click_events_sections", "edition_id", "kind", "counted", "section", "delivery_id"
         ),
         Index("ix_click_events_delivery", "delivery_id", "clicked_at"),
     )
@@ -149,6 +154,7 @@ def record_many(session: Session, clicks: Sequence[Click]) -> list[str]:
         return []
     deliveries = _deliveries(session, clicks)
     near = _nearby(session, [d.id for d in deliveries.values()], clicks)
+    sections = _story_sections(session, {c.link_id for c in clicks})
     rows: list[dict[str, Any]] = []
     bursts: set[int] = set()
     out: list[str] = []
@@ -191,6 +197,7 @@ def record_many(session: Session, clicks: Sequence[Click]) -> list[str]:
             "variant": d.variant,
             "segment": d.segment,
             "subject": d.subject,
+            "section": sections.get(click.link_id),
             "clicked_at": at,
             "source": click.source,
             "agent": agent,
@@ -247,6 +254,15 @@ def _deliveries(session: Session, clicks: Sequence[Click]) -> dict[tuple[int, in
             ):
                 out[(edition_id, d.subscriber_id)] = d
     return out
+
+
+def _story_sections(session: Session, link_ids: set[int]) -> dict[int, str | None]:
+    rows = session.execute(
+        select(TrackedLink.id, TrackedLink.section).where(
+            TrackedLink.id.in_(sorted(link_ids)), TrackedLink.kind == "story"
+        )
+    )
+    return {link_id: section for link_id, section in rows}
 
 
 def _nearby(

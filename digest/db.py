@@ -47,6 +47,7 @@ def load_models() -> None:
         "digest.tracking",
         "digest.clicks",
         "digest.abtest",
+        "digest.report_counts",
     ):
         try:
             importlib.import_module(name)

@@ -1,9 +1,9 @@
 """`digest report`: what readers read, from SQL aggregates over the ledger and click events.
 
-Every figure is a GROUP BY the database answers from an index alone: delivered rows from the
-partial index of sent deliveries (edition, variant, segment, subject), clicks from the two
-covering indexes of click_events. Nothing is loaded row by row, so a report over a million
-deliveries stays interactive (`bench/clicks.py report`).
+Every figure is a GROUP BY the database answers from a few rows or an index alone: delivered
+rows from the counts the ledger's triggers keep per edition, variant, segment and subject
+(digest.report_counts), clicks from the covering indexes of click_events. Nothing is loaded
+row by row, so a report over a million deliveries stays interactive (`bench/clicks.py report`).
 
 Rates are unique clickers over delivered readers who could click: a story's rate counts only
 the readers whose variant had its section. Flagged clicks (bots, scanners: digest.clicks) are
@@ -21,15 +21,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import false, func, literal_column, select, true
+from sqlalchemy import false, func, select, true
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnClause
 
 from digest.clicks import ClickEvent
 from digest.config import Config
 from digest.editions import Edition
 from digest.errors import NotFound
-from digest.ledger import Delivery, decode_variant
+from digest.report_counts import delivered_groups, variant_sections
 from digest.tracking import TrackedLink
 
 TREND_EDITIONS = 10
@@ -39,7 +38,6 @@ OPENS_CAVEAT = (
     "unreliable: Apple Mail Privacy Protection and image proxies open every message; "
     "use clicks to measure engagement"
 )
-_SENT: ColumnClause[str] = literal_column("'sent'")  # a literal, so SQLite uses the partial index
 
 
 @dataclass(frozen=True)
@@ -145,19 +143,8 @@ def build_report(
     all_ids = sorted({e.id for e in scope} | {e.id for e in trend})
     report = Report(nl.id, [e.edition_date.isoformat() for e in scope])
 
-    # Delivered: one GROUP BY over the partial index of sent rows.
-    delivered = session.execute(
-        select(
-            Delivery.edition_id,
-            Delivery.variant,
-            Delivery.segment,
-            Delivery.subject,
-            func.count(),
-            func.min(Delivery.id),  # in the index too: one row per variant, to read its sections
-        )
-        .where(Delivery.edition_id.in_(all_ids), Delivery.state == _SENT)
-        .group_by(Delivery.edition_id, Delivery.variant, Delivery.segment, Delivery.subject)
-    ).all()
+    # Delivered: the counts the ledger's triggers keep (digest.report_counts), a few rows a group.
+    delivered = delivered_groups(session, all_ids)
     # Clickers: the covering index of counted clicks (each delivery has one variant,
     # segment and subject, so the groups add up to the edition's unique clickers).
     clickers = session.execute(
@@ -177,7 +164,7 @@ def build_report(
         .group_by(ClickEvent.edition_id, ClickEvent.variant, ClickEvent.segment, ClickEvent.subject)
     ).all()
     _totals(report, ids, trend, delivered, clickers)
-    sections_of = _variant_sections(session, [r[5] for r in delivered if r[0] in ids])
+    sections_of = variant_sections(session, ids)
     _stories(session, report, scope, ids, delivered, sections_of)
     shown = {v: ", ".join(secs) for (_e, v), secs in sections_of.items() if secs}
     report.variants = [
@@ -225,7 +212,7 @@ def _totals(
     }
     per_edition: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     scope = set(ids)
-    for edition_id, variant, segment, subject, n, _first in delivered:
+    for edition_id, variant, segment, subject, n in delivered:
         per_edition[edition_id][0] += n
         if edition_id in scope:
             report.delivered += n
@@ -253,21 +240,6 @@ def _totals(
     report.trend = [TrendRow(e.edition_date.isoformat(), *per_edition[e.id]) for e in trend]
 
 
-def _variant_sections(
-    session: Session, row_ids: list[int]
-) -> dict[tuple[int, str], tuple[str, ...]]:
-    """The sections of each (edition, variant), read from one row of each."""
-    out: dict[tuple[int, str], tuple[str, ...]] = {}
-    for lo in range(0, len(row_ids), 500):
-        for edition_id, variant, raw in session.execute(
-            select(Delivery.edition_id, Delivery.variant, Delivery.sections).where(
-                Delivery.id.in_(row_ids[lo : lo + 500])
-            )
-        ):
-            out[(edition_id, variant)] = decode_variant(raw)[0] if raw else ()
-    return out
-
-
 def _stories(
     session: Session,
     report: Report,
@@ -278,7 +250,7 @@ def _stories(
 ) -> None:
     by_section: dict[tuple[int, str], int] = defaultdict(int)
     total: dict[int, int] = defaultdict(int)
-    for edition_id, variant, _segment, _subject, n, _first in delivered:
+    for edition_id, variant, _segment, _subject, n in delivered:
         if edition_id not in ids:
             continue
         total[edition_id] += n
@@ -327,20 +299,24 @@ def _stories(
                 url=link.url,
             )
         )
-    # Per section: readers who clicked any of its stories (a GROUP BY through the link table).
-    section_readers = dict(
-        session.execute(
-            select(TrackedLink.section, func.count(func.distinct(ClickEvent.delivery_id)))
-            .join(TrackedLink, TrackedLink.id == ClickEvent.link_id)
-            .where(
-                ClickEvent.edition_id.in_(ids),
-                ClickEvent.kind == "click",
-                ClickEvent.counted == true(),
-                TrackedLink.kind == "story",
-            )
-            .group_by(TrackedLink.section)
-        ).all()
-    )
+    # Per section: readers who clicked any of its stories (click rows carry the section), grouped
+    # by edition first, the index's order (a reader belongs to one edition: the groups add up).
+    section_readers: dict[str | None, int] = defaultdict(int)
+    for _edition, name, readers in session.execute(
+        select(
+            ClickEvent.edition_id,
+            ClickEvent.section,
+            func.count(func.distinct(ClickEvent.delivery_id)),
+        )
+        .where(
+            ClickEvent.edition_id.in_(ids),
+            ClickEvent.kind == "click",
+            ClickEvent.counted == true(),
+            ClickEvent.section.is_not(None),
+        )
+        .group_by(ClickEvent.edition_id, ClickEvent.section)
+    ):
+        section_readers[name] += readers
     names: dict[str, int] = defaultdict(int)
     for (_edition, section), n in by_section.items():
         names[section] += n

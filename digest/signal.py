@@ -30,8 +30,7 @@ from digest.articles import Article
 from digest.clicks import ClickEvent
 from digest.config import ClickSignalConfig, NewsletterConfig
 from digest.editions import Edition
-from digest.ledger import Delivery, decode_variant
-from digest.report import _SENT
+from digest.report_counts import delivered_groups, variant_sections
 from digest.selection import Candidate
 from digest.tracking import TrackedLink
 
@@ -64,19 +63,20 @@ def history(
     ]
     if not editions:
         return History(0, {}, {})
-    delivered = session.execute(
-        select(Delivery.edition_id, Delivery.variant, func.min(Delivery.sections), func.count())
-        .where(Delivery.edition_id.in_(editions), Delivery.state == _SENT)
-        .group_by(Delivery.edition_id, Delivery.variant)
-    ).all()
+    # Delivered readers from the counts the ledger's triggers keep (digest.report_counts).
+    sections_of = variant_sections(session, editions)
+    delivered = [
+        (e, v, sections_of.get((e, v), ()), n)
+        for e, v, _segment, _subject, n in delivered_groups(session, editions)
+    ]
     per_edition: dict[int, int] = defaultdict(int)
     for edition_id, _v, _s, n in delivered:
         per_edition[edition_id] += n
     evidence = {e for e, n in per_edition.items() if n >= cfg.min_delivered}
     could: dict[str, int] = defaultdict(int)  # readers who got the section
-    for edition_id, _variant, raw, n in delivered:
+    for edition_id, _variant, shown, n in delivered:
         if edition_id in evidence:
-            for section in decode_variant(raw)[0]:
+            for section in shown:
                 could[section.casefold()] += n
     clicked = session.execute(
         select(
