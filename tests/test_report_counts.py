@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.clicks import Click, ClickEvent, record
 from digest.config import Config
 from digest.editions import Edition
-from digest.ledger import Delivery, ProviderEvent, apply_provider_event, reopen
+from digest.ledger import Delivery, ProviderEvent, apply_provider_event, decode_variant, reopen
 from digest.report import Report, build_report
 from digest.report_counts import ReportSent
 from digest.tracking import TrackedLink
@@ -51,7 +51,7 @@ def _click(session: Session, reader: int, at: datetime, nth: int = 0) -> str:
     links = session.scalars(
         select(TrackedLink)
         .where(TrackedLink.edition_id == row.edition_id, TrackedLink.kind == "story")
-        .where(TrackedLink.section.in_(row.section_tuple))
+        .where(TrackedLink.section.in_(decode_variant(row.sections)[0]))
         .order_by(TrackedLink.id)
     ).all()
     link = links[nth % len(links)]
