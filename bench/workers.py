@@ -34,11 +34,11 @@ from digest.sending import SendOptions, send_edition  # noqa: E402
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
-def _stand_in(conn: Any) -> None:
+def _stand_in(conn: Any, latency: tuple[float, float]) -> None:
     from tests.fakes.sendgrid import SendGridStandIn
 
     with SendGridStandIn(api_key=API_KEY, validate=False) as server:
-        server.latency = (0.2, 0.4)
+        server.latency = latency
         conn.send(server.url)
         while conn.recv() != "stop":
             server.accepted.clear()
@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--subscribers", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--database", default=DEFAULT_DB, help="PostgreSQL admin URL")
+    ap.add_argument("--latency", default="0.2,0.4", help="seconds per answer: LOW,HIGH")
     args = ap.parse_args()
     template = "digest_bench_workers_template"
     drop(args.database, template)
@@ -110,7 +111,8 @@ def main() -> None:
     print(f"populated {args.subscribers:,} subscribers in {took:.1f}s; batch {args.batch}")
     ctx = multiprocessing.get_context("spawn")
     server_conn, child = ctx.Pipe()
-    server = ctx.Process(target=_stand_in, args=(child,), daemon=True)
+    low, high = (float(x) for x in args.latency.split(","))
+    server = ctx.Process(target=_stand_in, args=(child, (low, high)), daemon=True)
     server.start()
     host = server_conn.recv()
     runs = [("1 worker", [1]), ("2 workers", [2]), ("4 workers", [4]), ("8 workers", [8])]
