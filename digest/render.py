@@ -261,7 +261,7 @@ class Renderer:
         found = self._requested.get((sections, blocks, skip))
         if found is None:
             shown, left_out = self.leave_out(self.resolve(sections), skip)
-            if not shown:
+            if not shown and skip:  # left out by the same-day rule (an empty edition renders)
                 raise ValueError("every story is left out: the reader has nothing to get")
             layout = (shown, self.resolve_blocks(blocks), left_out)
             found = self._requested[(sections, blocks, skip)] = self._render(layout, archive=False)
