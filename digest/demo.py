@@ -97,6 +97,23 @@ def demo_anchor(newsletter: NewsletterConfig, now: datetime) -> datetime:
     return min(now, end) - timedelta(minutes=30)
 
 
+def todays_anchor(newsletter: NewsletterConfig, now: datetime, stored: Path) -> datetime:
+    """demo_anchor, kept for the rest of the local day in `stored`: before today's send time
+    the anchor follows the clock, and a re-run must find the very same stories (unchanged),
+    not the sample moved by the minutes in between."""
+    today = now.astimezone(newsletter.tz).date().isoformat()
+    try:
+        day, _, when = stored.read_text(encoding="utf-8").strip().partition(" ")
+        if day == today:
+            return datetime.fromisoformat(when)
+    except (OSError, ValueError):
+        pass  # none yet, or not ours to read: a new anchor
+    anchor = demo_anchor(newsletter, now)
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_text(f"{today} {anchor.isoformat()}\n", encoding="utf-8")
+    return anchor
+
+
 DEMO_EDITOR = "demo-editor"
 DEMO_DESK = "desk@ledger.example"
 DEMO_NOTE = (
@@ -118,7 +135,7 @@ def run_demo(config: Config, sessions: sessionmaker[Session], *, clock: Clock) -
     now = clock()
     today = now.astimezone(newsletter.tz).date()
     yield from _demo_keys(config)
-    files = shifted_sample(WORK_DIR, demo_anchor(newsletter, now))
+    files = shifted_sample(WORK_DIR, todays_anchor(newsletter, now, WORK_DIR / "anchor"))
     yield _command("ingest", *map(str, files))
     for report in ingest_files(sessions, files, section=None, source=None, fmt="auto", clock=clock):
         yield report.summary()

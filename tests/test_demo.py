@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from digest.cli import load_all
+from digest.clock import fixed
 from digest.config import load_config
 from digest.dkim import load_key, verify
 from digest_cli import cli
+from tests.cli_support import set_cli_clock
 
 EXAMPLE = Path(__file__).parent.parent / "digest.example.toml"
 
@@ -82,3 +85,20 @@ def test_demo_sample_is_dated_so_each_day_is_new_content(tmp_path: Path) -> None
     assert "https://ledger.example/2026/05/01/" in text1
     assert "https://ledger.example/2026/05/02/" in text2
     assert '"published": "2026-05-01T08:00:00+00:00"' in text1
+
+
+def test_a_rerun_before_todays_send_time_finds_the_same_stories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the morning's send time the sample is dated from the clock: a second run minutes
+    later must still find every story unchanged (the anchor is kept for the local day)."""
+    load_all()
+    # 01:10 and 01:25 in New York (the example's zone), long before its 06:30 send.
+    set_cli_clock(monkeypatch, fixed(datetime(2026, 12, 2, 6, 10, tzinfo=UTC)))
+    _, first = run_demo(tmp_path, monkeypatch)
+    assert first.exit_code == 0, first.output
+    set_cli_clock(monkeypatch, fixed(datetime(2026, 12, 2, 6, 25, tzinfo=UTC)))
+    _, again = run_demo(tmp_path, monkeypatch)
+    assert again.exit_code == 0, again.output
+    assert "0 new, 0 updated, 30 unchanged" in again.output
+    assert "sent 0, failed 0" in again.output
