@@ -22,7 +22,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from send import API_KEY, EDITION_DATE, NOW, config_for, populate  # noqa: E402  (bench/send.py)
+from send import (  # noqa: E402  (bench/send.py)
+    API_KEY,
+    EDITION_DATE,
+    NOW,
+    config_for,
+    drop_database,
+    fresh_database,
+    populate,
+)
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
@@ -61,20 +69,15 @@ def _send(url: str, host: str, workers: int, batch: int, conn: Any) -> None:
     conn.send(report.sent_now)
 
 
-def _admin(base: str) -> Any:
-    return create_engine(make_url(base), isolation_level="AUTOCOMMIT")
-
-
-def copy_of(base: str, template: str, name: str) -> str:
-    with _admin(base).connect() as c:
+def copy_of(base: str, template_url: str, name: str) -> str:
+    """A new database `name` made from the populated one (bench/send.py's fresh_database and
+    drop_database make and drop the others)."""
+    admin = create_engine(make_url(base), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
         c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{make_url(template_url).database}"'))
+    admin.dispose()
     return make_url(base).set(database=name).render_as_string(hide_password=False)
-
-
-def drop(base: str, name: str) -> None:
-    with _admin(base).connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def timed_send(url: str, host: str, groups: list[int], batch: int) -> tuple[int, float]:
@@ -102,11 +105,7 @@ def main() -> None:
     ap.add_argument("--database", default=DEFAULT_DB, help="PostgreSQL admin URL")
     ap.add_argument("--latency", default="0.2,0.4", help="seconds per answer: LOW,HIGH")
     args = ap.parse_args()
-    template = "digest_bench_workers_template"
-    drop(args.database, template)
-    with _admin(args.database).connect() as c:
-        c.execute(text(f'CREATE DATABASE "{template}"'))
-    base_url = make_url(args.database).set(database=template).render_as_string(False)
+    base_url = fresh_database(args.database, Path(), "workers_template")
     took = populate(base_url, args.subscribers)
     print(f"populated {args.subscribers:,} subscribers in {took:.1f}s; batch {args.batch}")
     ctx = multiprocessing.get_context("spawn")
@@ -121,9 +120,9 @@ def main() -> None:
     try:
         for label, groups in runs:
             name = f"digest_bench_workers_{sum(groups)}_{len(groups)}"
-            url = copy_of(args.database, template, name)
+            url = copy_of(args.database, base_url, name)
             sent, secs = timed_send(url, host, groups, args.batch)
-            drop(args.database, name)
+            drop_database(args.database, url)
             server_conn.send("reset")
             server_conn.recv()
             rate = sent / secs
@@ -132,7 +131,7 @@ def main() -> None:
     finally:
         server_conn.send("stop")
         server.join(10)
-        drop(args.database, template)
+        drop_database(args.database, base_url)
 
 
 if __name__ == "__main__":
