@@ -26,6 +26,7 @@ from digest.metrics import SchedulerMetrics, SendMetrics
 from digest.sending import SendOptions, send_edition
 from digest_cli import cli
 from tests.fakes.population import add_population
+from tests.fakes.smtp import free_port
 from tests.render_support import EDITION_DATE, store_edition
 from tests.test_web_health import fill_ledger, rows_by_state, samples
 
@@ -101,13 +102,6 @@ def config_with(tmp_path: Path, metrics: str) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_digest_schedule_serves_metrics_on_the_configured_port(tmp_path: Path) -> None:
     port = free_port()
     config = config_with(tmp_path, f"port = {port}")
@@ -152,7 +146,7 @@ def test_digest_schedule_serves_metrics_on_the_configured_port(tmp_path: Path) -
         ),
     ],
 )
-def test_a_wrong_metrics_setting_is_one_error_line(tmp_path: Path, metrics: str, error: str):
+def test_a_wrong_metrics_setting_is_one_error_line(tmp_path: Path, metrics: str, error: str) -> None:
     config = config_with(tmp_path, metrics)
     env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'd.db'}"}
     result = CliRunner().invoke(cli, ["--config", str(config), "schedule"], env=env)

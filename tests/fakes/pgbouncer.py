@@ -16,6 +16,8 @@ from types import TracebackType
 
 from sqlalchemy.engine import make_url
 
+from tests.fakes.smtp import free_port
+
 BINARY = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
@@ -23,17 +25,11 @@ def available() -> bool:
     return Path(BINARY).exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PgBouncer:
     def __init__(self, postgres_url: str, pool_size: int = 2) -> None:
         self.target = make_url(postgres_url)
         self.pool_size = pool_size
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="digest-pgbouncer-"))
         self.process: subprocess.Popen[bytes] | None = None
 
