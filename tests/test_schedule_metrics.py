@@ -146,7 +146,9 @@ def test_digest_schedule_serves_metrics_on_the_configured_port(tmp_path: Path) -
         ),
     ],
 )
-def test_a_wrong_metrics_setting_is_one_error_line(tmp_path: Path, metrics: str, error: str) -> None:
+def test_a_wrong_metrics_setting_is_one_error_line(
+    tmp_path: Path, metrics: str, error: str
+) -> None:
     config = config_with(tmp_path, metrics)
     env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'd.db'}"}
     result = CliRunner().invoke(cli, ["--config", str(config), "schedule"], env=env)
