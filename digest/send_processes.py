@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from digest import ledger
 from digest.clock import utcnow
@@ -27,6 +28,7 @@ from digest.config import Config, NewsletterConfig
 from digest.db import make_engine, session_factory, transaction
 from digest.editions import Edition
 from digest.errors import ProviderError
+from digest.ledger import Delivery
 from digest.providers import make_provider
 from digest.render import Renderer
 from digest.send_options import Progress, ProgressEvent, SendOptions
@@ -48,10 +50,32 @@ class Inherited:
     renderer: Renderer
 
 
-def start_method() -> str:
-    """fork where it is safe and cheap (Linux); spawn elsewhere (macOS: fork is unsafe with
-    the system frameworks; Windows: no fork)."""
-    return "fork" if sys.platform.startswith("linux") else "spawn"
+def forks() -> bool:
+    """Workers are forked where that is safe and cheap (Linux), spawned elsewhere (macOS: fork
+    is unsafe with the system frameworks; Windows: no fork)."""
+    return sys.platform.startswith("linux")
+
+
+def render_ahead(sessions: sessionmaker[Session], renderer: Renderer, edition_id: int) -> int:
+    """Render, once, every variant a pending row of the edition asks for, so the forked workers
+    inherit them rather than each rendering them again: this run's new rows were rendered when
+    they were created, but rows another run (machine) added were not. A variant that does not
+    render is left to the worker that claims it, which meets the error as it always did.
+    Returns how many variants were rendered here."""
+    with sessions() as session:
+        layouts = session.scalars(
+            select(Delivery.sections)
+            .where(Delivery.edition_id == edition_id, Delivery.state == "pending")
+            .distinct()
+        ).all()
+    rendered = 0
+    for raw in layouts:
+        try:
+            renderer.variant(*ledger.decode_layout(raw))
+        except Exception:  # noqa: BLE001  (the claiming worker reports it, as before)
+            continue
+        rendered += 1
+    return rendered
 
 
 def run_processes(
@@ -65,12 +89,14 @@ def run_processes(
     stop: threading.Event,
     progress: Progress | None,
 ) -> tuple[int, int, int, int]:
-    method = start_method()
-    ctx = multiprocessing.get_context(method)
+    fork = forks()
+    ctx = multiprocessing.get_context("fork") if fork else multiprocessing.get_context("spawn")
     url = engine.url.render_as_string(hide_password=False)
     edition_id = edition.id
-    # Spawned workers get nothing but the edition's id (their arguments are pickled).
-    inherited = Inherited(engine, edition, renderer) if method == "fork" else None
+    inherited = None  # spawned workers get the edition's id alone (their arguments are pickled)
+    if fork:
+        render_ahead(session_factory(engine), renderer, edition_id)
+        inherited = Inherited(engine, edition, renderer)
     child_stop = ctx.Event()
     errors = ctx.Queue()
     results = ctx.Queue()
@@ -86,12 +112,12 @@ def run_processes(
         )
         for _ in range(options.workers)
     ]
+    factory = session_factory(engine)
+    with factory() as session:  # before the start: a forked worker settles its first rows soon
+        base = ledger.counts(session, edition_id)
+    started = time.monotonic()
     for p in procs:
         p.start()
-    factory = session_factory(engine)
-    started = time.monotonic()
-    with factory() as session:
-        base = ledger.counts(session, edition_id)
     total = base["pending"] if share is None else min(base["pending"], options.limit or 0)
     while any(p.is_alive() for p in procs):
         if stop.wait(0.5):
