@@ -8,6 +8,10 @@ Several workers need PostgreSQL (SQLite runs one worker in the parent's own proc
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections import Counter
 from dataclasses import replace
 from datetime import datetime
@@ -18,6 +22,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from digest import ledger
 from digest.clock import fixed
 from digest.config import Config, SendGridConfig, load_config
 from digest.ledger import Delivery
@@ -116,3 +121,23 @@ def test_a_second_machine_renders_the_rows_it_finds_once_in_its_parent(
     assert second.edition_status == "sent"
     assert renderers(log) == {os.getpid()}
     assert sendgrid_server.counts() == Counter({email_for(i): 1 for i in range(1, n + 1)})
+
+
+def test_a_worker_that_exited_but_is_not_reaped_yet_counts_as_dead() -> None:
+    """Workers whose parent was killed are reaped by init, which in a container or VM may take
+    seconds: a re-run meanwhile must still recover their rows (kill(pid, 0) succeeds on a
+    zombie)."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("zombies are told apart through /proc")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    claimed_by = f"{socket.gethostname()[:80]}:{child.pid}:1"
+    deadline = time.monotonic() + 10
+    while b") Z" not in Path(f"/proc/{child.pid}/stat").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    try:
+        assert not ledger._alive_here(claimed_by)  # exited, not reaped (we have not waited)
+        assert ledger._alive_here(f"{socket.gethostname()[:80]}:{os.getpid()}:1")
+    finally:
+        child.wait()
+    assert not ledger._alive_here(claimed_by)
