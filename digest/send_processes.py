@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
+from multiprocessing.connection import wait
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -36,6 +37,8 @@ from digest.send_worker import Worker, load_for_send
 from digest.tracking import send_renderer
 
 _COUNTED = ("sent", "failed", "unknown", "deferred")
+_TICK = 0.1  # seconds: how soon a stop (Ctrl-C) reaches the workers
+_PROGRESS = 0.5  # seconds between progress reports (each counts the ledger)
 
 
 @dataclass
@@ -119,10 +122,18 @@ def run_processes(
     for p in procs:
         p.start()
     total = base["pending"] if share is None else min(base["pending"], options.limit or 0)
-    while any(p.is_alive() for p in procs):
-        if stop.wait(0.5):
+    alive = {p.sentinel: p for p in procs}
+    reported = 0.0
+    while alive:
+        # Woken by a worker's end (the send is over when the last one ends, not at the next
+        # half second), else every _TICK to pass a stop on.
+        for ended in wait(list(alive), timeout=_TICK):
+            assert isinstance(ended, int)  # a sentinel is a file descriptor
+            alive.pop(ended)
+        if stop.is_set():
             child_stop.set()
-        if progress is not None:
+        if progress is not None and (not alive or time.monotonic() - reported >= _PROGRESS):
+            reported = time.monotonic()
             with factory() as session:
                 now = ledger.counts(session, edition_id)
             sent, failed, unknown, deferred = (now[s] - base[s] for s in _COUNTED)
