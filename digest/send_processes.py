@@ -13,6 +13,7 @@ other `digest send` runs: their parents render for them.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sys
 import threading
 import time
@@ -174,6 +175,12 @@ def worker_process(
         # The parent's pooled connections are its own: forget them without closing them (a
         # close from here would end the parent's sessions with the server).
         inherited.engine.dispose(close=False)
+        # Fork copied the parent's signal handlers (`digest send`'s Ctrl-C handler would print
+        # its message once per worker). Ctrl-C reaches the whole process group: the parent
+        # decides (its stop reaches us through `stop`; a second Ctrl-C ends it, and the
+        # lifeline ends us). SIGTERM ends a worker at once, as it ends a spawned one.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent()  # kill -9 of `digest send` stops its workers too
     engine = make_engine(url)
     sessions = session_factory(engine)
