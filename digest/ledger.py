@@ -104,7 +104,19 @@ def _alive_here(claimed_by: str) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has exited but not been reaped yet (Linux /proc): dead for our purpose.
+    Workers whose parent was killed are reaped by init, and a container's or VM's init may
+    take its time: until then kill(pid, 0) still succeeds."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[:1]
+    except OSError:
+        return False  # no /proc (macOS): kill() was the answer
+    return state in ([b"Z"], [b"X"])
 
 
 def existing_subscribers(session: Session, edition_id: int) -> set[int]:

@@ -276,7 +276,9 @@ def send_edition(
 
             bind = sessions.kw["bind"]
             assert isinstance(bind, Engine)
-            totals = run_processes(config, bind, nl, edition.id, name, options, stop, progress)
+            totals = run_processes(
+                config, bind, nl, edition, renderer, name, options, stop, progress
+            )
         report.sent_now, report.failed_now, report.unknown_now, report.deferred_now = totals
     finally:
         provider.close()

@@ -49,13 +49,15 @@ def alive(pid: int) -> bool:
 
 
 def worker_pids(parent: int) -> set[int]:
+    """The parent's children but multiprocessing's resource tracker (workers are forked, with
+    the parent's command line, or spawned)."""
     out = set()
     for pid in children(parent):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"spawn_main" in cmdline:  # not the resource tracker
+        if b"resource_tracker" not in cmdline:
             out.add(pid)
     return out
 
