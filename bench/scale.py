@@ -151,7 +151,9 @@ def populate(url: str, n: int) -> float:
         for lo in range(1, n + 1, _CHUNK):
             _fill(c, lo, min(lo + _CHUNK - 1, n))
         if c.dialect.name == "postgresql":  # ids were given: the sequence moves past them
-            c.execute(text("SELECT setval(pg_get_serial_sequence('subscribers', 'id'), :n)"), {"n": n})
+            c.execute(
+                text("SELECT setval(pg_get_serial_sequence('subscribers', 'id'), :n)"), {"n": n}
+            )
             c.execute(text("ANALYZE"))
     engine.dispose()
     return time.perf_counter() - started
