@@ -27,6 +27,7 @@ from digest.ledger import Delivery, decode_layout
 from digest.ledger_report import format_report, ledger_report
 from digest.providers.base import Batch, Checkpoint, Outcome
 from digest.providers.outbox import OutboxProvider
+from digest import same_day
 from digest.same_day import NOTHING_NEW
 from digest.sending import SendOptions, SendReport, send_edition
 from subscribers.service import add_subscriber
@@ -89,6 +90,14 @@ def store_evening(session: Session, daily: Edition, *, only_shared: bool = False
     session.add(edition)
     session.flush()
     return edition
+
+
+@pytest.fixture(autouse=True, params=["one window", "a row per window"])
+def window(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Today's rows of the other newsletters are read a window of readers at a time: every
+    test holds with all of them in one window and with one row of each edition per window."""
+    if request.param == "a row per window":
+        monkeypatch.setattr(same_day._Seen, "PAGE", 1)
 
 
 @pytest.fixture
