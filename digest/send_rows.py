@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 from digest import ledger
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
+from digest.ledger_model import Delivery
 from digest.preflight import VariantCheck
 from digest.render import Layout
 from digest.same_day import NOTHING_NEW, same_day
 from digest.send_options import SendOptions
-from digest.ledger_model import Delivery
 from subscribers.audience import audience, audience_query
 from subscribers.models import Subscriber
 

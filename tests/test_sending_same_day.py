@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from digest import same_day
 from digest.clock import fixed
 from digest.config import Config
 from digest.editions import Edition
@@ -27,7 +28,6 @@ from digest.ledger import Delivery, decode_layout
 from digest.ledger_report import format_report, ledger_report
 from digest.providers.base import Batch, Checkpoint, Outcome
 from digest.providers.outbox import OutboxProvider
-from digest import same_day
 from digest.same_day import NOTHING_NEW
 from digest.sending import SendOptions, SendReport, send_edition
 from subscribers.service import add_subscriber
