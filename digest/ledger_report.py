@@ -10,13 +10,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from digest.config import Config, NewsletterConfig
 from digest.editions import get_edition
 from digest.errors import NotFound
-from digest.ledger import STATES, Delivery, counts, decode_layout, resolved_counts
+from digest.ledger import RESOLVED_BY, STATES, Delivery, decode_layout
 from digest.text import csv_row
 
 
@@ -61,12 +61,27 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
     sections: dict[str, tuple[str, ...]] = {}
     blocks: dict[str, tuple[int, ...]] = {}
     left_out: dict[str, int] = {}
+    # One pass over the edition's rows gives every figure (by state, segment, variant, and
+    # those a provider's event resolved): three passes were three seconds at a million rows.
+    resolved_by_event = Delivery.last_error.like(f"%{RESOLVED_BY}% event %")
     rows = session.execute(
-        select(Delivery.segment, Delivery.variant, Delivery.sections, Delivery.state, func.count())
+        select(
+            Delivery.segment,
+            Delivery.variant,
+            Delivery.sections,
+            Delivery.state,
+            func.count(),
+            func.sum(case((resolved_by_event, 1), else_=0)),
+        )
         .where(Delivery.edition_id == edition_id)
         .group_by(Delivery.segment, Delivery.variant, Delivery.sections, Delivery.state)
     ).all()
-    for segment, variant, secs, state, n in rows:
+    totals = dict.fromkeys(STATES, 0)
+    resolved: dict[str, int] = {}
+    for segment, variant, secs, state, n, by_event in rows:
+        totals[state] += n
+        if by_event:
+            resolved[state] = resolved.get(state, 0) + int(by_event)
         by_segment[segment or "(all)"][state] += n
         by_variant[variant][state] += n
         sections[variant], blocks[variant], skip = decode_layout(secs)
@@ -93,14 +108,14 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
         edition.newsletter,
         edition.edition_date,
         edition.status,
-        counts(session, edition_id),
+        totals,
         dict(by_segment),
         dict(by_variant),
         sections,
         failures,
         blocks,
         approval_text(edition),
-        resolved_counts(session, edition_id),
+        {state: resolved[state] for state in STATES if state in resolved},
         left_out,
     )
 

@@ -56,9 +56,7 @@ def local_day(nl: NewsletterConfig, now: datetime) -> tuple[date, datetime, date
 class SameDay:
     """Per reader, the ids of this edition's stories they were already sent today."""
 
-    def __init__(
-        self, seen: dict[int, frozenset[_Story]], items: Iterable[tuple[int, str]]
-    ) -> None:
+    def __init__(self, seen: _Seen, items: Iterable[tuple[int, str]]) -> None:
         self._seen = seen
         self._items = [(article_id, _canonical(url)) for article_id, url in items]
         self._hits: dict[frozenset[_Story], tuple[int, ...]] = {}
@@ -94,8 +92,8 @@ def same_day(
     session: Session, config: Config, nl: NewsletterConfig, edition: Edition, now: datetime
 ) -> SameDay | None:
     """What this edition's new rows must leave out, or None (the rule is off, or no other
-    newsletter reached anyone today). Three queries: today's editions of the other
-    newsletters (a few rows), their items, and their rows of today (by edition)."""
+    newsletter reached anyone today). Today's editions of the other newsletters (a few rows),
+    their items, and their rows of today, read by _Seen a window of readers at a time."""
     if not nl.no_repeat_today:
         return None
     day, start, end = local_day(nl, now)
@@ -112,27 +110,79 @@ def same_day(
     )
     if not ids:
         return None
-    shown = _shown_stories(session, ids)
-    rows = session.execute(
-        select(Delivery.edition_id, Delivery.subscriber_id, Delivery.sections).where(
-            Delivery.edition_id.in_(ids),
+    seen = _Seen(session, ids, start, end, _shown_stories(session, ids))
+    if not seen.any():
+        return None
+    return SameDay(seen, ((i.article_id, i.url) for i in edition.items))
+
+
+class _Seen:
+    """Per reader, the stories the other newsletters' rows of today showed them, read from the
+    ledger a window of subscriber ids at a time as the audience (in id order) asks for them:
+    what is held is a window (at most PAGE rows of each other edition), not a dict of every
+    reader of the day (a million entries, and the rows behind them, at a million)."""
+
+    PAGE = 5000
+
+    def __init__(
+        self,
+        session: Session,
+        edition_ids: list[int],
+        start: datetime,
+        end: datetime,
+        shown: _Shown,
+    ) -> None:
+        self._session, self._ids, self._shown = session, edition_ids, shown
+        self._today = (
             Delivery.created_at >= start,
             Delivery.created_at < end,
             Delivery.state.not_in(_GONE),
         )
-    )
-    seen: dict[int, frozenset[_Story]] = {}
-    unions: dict[tuple[frozenset[_Story], frozenset[_Story]], frozenset[_Story]] = {}
-    for edition_id, subscriber_id, raw in rows:
-        part = shown(edition_id, raw)
-        had = seen.get(subscriber_id)
+        self._low = self._high = 0  # the window [low, high) of subscriber ids held in _seen
+        self._seen: dict[int, frozenset[_Story]] = {}
+        self._unions: dict[tuple[frozenset[_Story], frozenset[_Story]], frozenset[_Story]] = {}
+
+    def any(self) -> bool:
+        """Whether any of today's rows reached anyone."""
+        found = select(Delivery.id).where(Delivery.edition_id.in_(self._ids), *self._today)
+        return self._session.scalar(found.limit(1)) is not None
+
+    def get(self, subscriber_id: int) -> frozenset[_Story] | None:
+        if not self._low <= subscriber_id < self._high:
+            self._load(subscriber_id)
+        return self._seen.get(subscriber_id)
+
+    def _load(self, low: int) -> None:
+        # Each edition's rows from `low` on, in subscriber order (the (edition_id,
+        # subscriber_id) key): the window ends where the first full page ends, so every row
+        # below it of every edition is held.
+        high = 2**63  # past any id: no edition had a full page, all of their rows are held
+        pages = []
+        for edition_id in self._ids:
+            rows = self._session.execute(
+                select(Delivery.subscriber_id, Delivery.sections)
+                .where(
+                    Delivery.edition_id == edition_id, Delivery.subscriber_id >= low, *self._today
+                )
+                .order_by(Delivery.subscriber_id)
+                .limit(self.PAGE)
+            ).all()
+            if len(rows) == self.PAGE:
+                high = min(high, rows[-1][0] + 1)
+            pages.append((edition_id, rows))
+        self._seen = {}
+        for edition_id, rows in pages:
+            for subscriber_id, raw in rows:
+                if subscriber_id < high:
+                    self._add(subscriber_id, self._shown(edition_id, raw))
+        self._low, self._high = low, high
+
+    def _add(self, subscriber_id: int, part: frozenset[_Story]) -> None:
+        had = self._seen.get(subscriber_id)
         if had is not None and had is not part:  # several newsletters today: their union
-            both = unions.get((had, part))
-            part = unions[(had, part)] = had | part if both is None else both
-        seen[subscriber_id] = part
-    if not seen:
-        return None
-    return SameDay(seen, ((i.article_id, i.url) for i in edition.items))
+            both = self._unions.get((had, part))
+            part = self._unions[(had, part)] = had | part if both is None else both
+        self._seen[subscriber_id] = part
 
 
 def _shown_stories(session: Session, edition_ids: list[int]) -> _Shown:

@@ -12,11 +12,13 @@ from sqlalchemy.orm import Session
 from digest import ledger
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
+from digest.ledger_model import Delivery
 from digest.preflight import VariantCheck
 from digest.render import Layout
 from digest.same_day import NOTHING_NEW, same_day
 from digest.send_options import SendOptions
-from subscribers.audience import audience
+from subscribers.audience import audience, audience_query
+from subscribers.models import Subscriber
 
 
 @contextmanager
@@ -47,7 +49,10 @@ def create_rows(
     today in another newsletter: digest.same_day); pending rows of people who left the
     audience since become skipped/suppressed. Returns (created pending, skipped, missed, left
     out by the recipient filter for a later run, nothing new today)."""
-    existing = ledger.existing_subscribers(session, edition_id)
+    # Whether this is a later run (rows exist): only then can a row belong to someone who has
+    # left the audience since. Who already has a row is asked of the database (an anti-join
+    # in the audience query), never held here: memory does not grow with the list.
+    earlier = ledger.has_rows(session, edition_id)
     segments, wave = options.segments, options.recipient_filter
     segment = ",".join(segments)
     left_out = nothing_new = 0
@@ -55,12 +60,9 @@ def create_rows(
     renderer = check.renderer
     today = same_day(session, config, nl, check.edition, now)
     variants: dict[Layout, Variant] = {}
-    present: set[int] = set()
     rows = ledger.add_rows(session, edition_id, segment, now)
-    for r in audience(session, config, nl, segments):
-        if r.subscriber_id in existing:
-            present.add(r.subscriber_id)
-            continue
+    new = ledger.without_row(edition_id) if earlier else None
+    for r in audience(session, config, nl, segments, where=new):
         verdict = True if wave is None else wave(r)
         if verdict is False:
             left_out += 1
@@ -80,9 +82,13 @@ def create_rows(
         else:
             rows.skip(row, verdict)
     created, missed = rows.finish()
-    # Only rows from an earlier run can belong to someone who has left since.
-    gone = ledger.pending_of(session, edition_id, sorted(existing - present), segment)
-    skipped = ledger.leave_audience(session, gone, now)
+    skipped = 0
+    if earlier:
+        # Only rows from an earlier run can belong to someone who has left since.
+        member = audience_query(session, config, nl, segments).with_only_columns(Subscriber.id)
+        in_audience = member.where(Subscriber.id == Delivery.subscriber_id).exists()
+        gone = ledger.pending_outside(session, edition_id, segment, in_audience)
+        skipped = ledger.leave_audience(session, gone, now)
     return created, skipped, max(missed - nothing_new, 0), left_out, nothing_new
 
 

@@ -138,12 +138,17 @@ def audience(
     config: Config,
     newsletter: NewsletterConfig,
     segments: Sequence[str] = (),
+    where: ColumnElement[bool] | None = None,
 ) -> Iterator[Recipient]:
     """Active members of the newsletter in ANY of the segments (all when empty), never
-    suppressed, each once, ordered by subscriber id, read a page at a time."""
+    suppressed, each once, ordered by subscriber id, read a page at a time (what is held at
+    once is a page, whatever the list's size). `where` narrows it further in SQL (the sender:
+    those without a ledger row yet)."""
+    q = audience_query(session, config, newsletter, segments)
+    if where is not None:
+        q = q.where(where)
     base = (
-        audience_query(session, config, newsletter, segments)
-        .with_only_columns(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.timezone)
+        q.with_only_columns(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.timezone)
         .order_by(Subscriber.id)
         .limit(PAGE)
     )

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from digest import same_day
 from digest.clock import fixed
 from digest.config import Config
 from digest.editions import Edition
@@ -89,6 +90,14 @@ def store_evening(session: Session, daily: Edition, *, only_shared: bool = False
     session.add(edition)
     session.flush()
     return edition
+
+
+@pytest.fixture(autouse=True, params=["one window", "a row per window"])
+def window(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Today's rows of the other newsletters are read a window of readers at a time: every
+    test holds with all of them in one window and with one row of each edition per window."""
+    if request.param == "a row per window":
+        monkeypatch.setattr(same_day._Seen, "PAGE", 1)
 
 
 @pytest.fixture
