@@ -3,10 +3,11 @@
 Every statement is a round trip to the server and runs the statement-level triggers of
 digest.report_counts once, so a batch of 1,000 costs what a batch of ten does:
 
-    claim       UPDATE … FROM (the pick, MATERIALIZED, FOR UPDATE SKIP LOCKED) … RETURNING
+    claim       UPDATE … WHERE id = ANY(ARRAY(the pick … FOR UPDATE SKIP LOCKED)) RETURNING
     hand-over   UPDATE … WHERE id = ANY(ids)
-    settle      UPDATE … FROM unnest(ids, states, provider ids, errors): the accepted, failed
-                and unknown rows of a batch together (deferred ones: digest.ledger_deferral)
+    settle      UPDATE … WHERE id = ANY(ids): the largest group of like answers (SendGrid: a
+                request's accepted rows, one provider id); the other accepted, failed and
+                unknown rows, if any, in a second one (deferred ones: digest.ledger_deferral)
 
 The ids go as one array parameter rather than an expanded IN list: the statement's text is the
 same for every batch, so psycopg prepares it after a few executions (unless
@@ -16,6 +17,7 @@ statements of digest.ledger: there a statement is a function call, not a round t
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -35,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import Grouping
 
 from digest.ledger_model import DELIVERIES
 from digest.providers.base import Kind, Outcome
@@ -59,12 +62,14 @@ TAKE = dict(
     attempts=_T.attempts + 1,
 )
 
-# Materialized once, its rows locked by this transaction: rows another worker holds are
-# skipped, and the LIMIT is never evaluated again inside the join (a recheck would pick anew).
-_PICKED = PICK.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+# The pick runs once (an InitPlan: ARRAY(subquery)), its rows locked by this transaction: rows
+# another worker holds are skipped, and a recheck never picks anew. The ids are then looked up
+# by primary key whatever the planner believes of the states (a join on the pick was a scan of
+# every pending row per picked row when the statistics were taken before the rows existed).
+_PICKED = func.array(PICK.with_for_update(skip_locked=True).scalar_subquery())
 _CLAIM = (
     update(DELIVERIES)
-    .where(_T.id == _PICKED.c.id, _T.state == "pending")
+    .where(_T.id == any_(_PICKED), _T.state == "pending")
     .values(**TAKE)
     .returning(*CLAIMED)
 )
@@ -74,35 +79,48 @@ _HANDED = (
     .where(_T.id == any_(_IDS), _T.claimed_by == bindparam("b_worker"))
     .values(handed_at=bindparam("b_now"))
 )
-_OUTCOMES = func.unnest(
-    _IDS,
-    bindparam("b_states", type_=ARRAY(String)),
-    bindparam("b_pids", type_=ARRAY(String)),
-    bindparam("b_errors", type_=ARRAY(Text)),
-).table_valued("id", "state", "pid", "error").render_derived(name="outcome")
-_SETTLE = (
+# A batch's outcomes mostly share one answer (SendGrid: one provider id per request): those go
+# with scalar values. The rest (a few refusals, or SMTP's one provider id per message) find
+# their own values by the row's position in the ids array. Not a join with unnest(): a ledger
+# whose statistics were taken before the send sees no `sending` rows, and the planner then
+# scanned the table once per outcome (a second per batch of 1,000).
+_SETTLED: dict[str, Any] = dict(provider=bindparam("b_provider"), settled_at=bindparam("b_now"))
+_MINE = (_T.id == any_(_IDS), _T.state == "sending", _T.claimed_by == bindparam("b_worker"))
+
+
+def _pid(state: Any, pid: Any) -> Any:
+    """The provider id of an accepted row; a refusal keeps what an earlier attempt got."""
+    return case((state == "sent", pid), else_=_T.provider_message_id)
+
+
+_SETTLE_SAME = (
     update(DELIVERIES)
-    .where(
-        _T.id == _OUTCOMES.c.id,
-        _T.state == "sending",
-        _T.claimed_by == bindparam("b_worker"),
-    )
+    .where(*_MINE)
     .values(
-        state=_OUTCOMES.c.state,
-        provider=bindparam("b_provider"),
-        # A refusal keeps the provider id an earlier attempt got (as on SQLite).
-        provider_message_id=case(
-            (_OUTCOMES.c.state == "sent", _OUTCOMES.c.pid), else_=_T.provider_message_id
-        ),
-        settled_at=bindparam("b_now"),
-        last_error=_OUTCOMES.c.error,  # NULL for an accepted row
+        state=bindparam("b_state", type_=String),
+        provider_message_id=_pid(bindparam("b_state", type_=String), bindparam("b_pid", String)),
+        last_error=bindparam("b_error", type_=Text),  # NULL for accepted rows
+        **_SETTLED,
     )
 )
-_UNHAND = (
+
+
+def _each(name: str, type_: Any) -> Any:
+    """This row's element of an array parameter (its position in the ids array)."""
+    return Grouping(bindparam(name, type_=ARRAY(type_)))[func.array_position(_IDS, _T.id)]
+
+
+_SETTLE_EACH = (
     update(DELIVERIES)
-    .where(_T.id == any_(_IDS), _T.state == "sending", _T.claimed_by == bindparam("b_worker"))
-    .values(handed_at=None, attempts=_T.attempts + 1)
+    .where(*_MINE)
+    .values(
+        state=_each("b_states", String),
+        provider_message_id=_pid(_each("b_states", String), _each("b_pids", String)),
+        last_error=_each("b_errors", Text),
+        **_SETTLED,
+    )
 )
+_UNHAND = update(DELIVERIES).where(*_MINE).values(handed_at=None, attempts=_T.attempts + 1)
 
 
 def claim(
@@ -124,24 +142,29 @@ def settle(
     outcomes: Sequence[Outcome],
     common: dict[str, object],
 ) -> None:
-    """Accepted, failed and unknown outcomes of rows this worker holds, in one statement."""
-    ids: list[int] = []
-    states: list[str] = []
-    pids: list[str | None] = []
-    errors: list[str | None] = []
+    """Accepted, failed and unknown outcomes of rows this worker holds: the largest group of
+    like answers in one statement, the others in a second (when there are others)."""
+    groups: dict[tuple[str, str | None, str | None], list[int]] = defaultdict(list)
     for o in outcomes:
-        ids.append(o.delivery_id)
         if o.kind is Kind.ACCEPTED:
-            states.append("sent")
-            pids.append(o.provider_id)
-            errors.append(None)
+            groups[("sent", o.provider_id, None)].append(o.delivery_id)
         else:
-            states.append(o.kind.value)
-            pids.append(None)
-            errors.append((o.error or "")[:2000])
-    if ids:
-        params = {"b_ids": ids, "b_states": states, "b_pids": pids, "b_errors": errors}
-        session.execute(_SETTLE, {**params, **common})
+            groups[(o.kind.value, None, (o.error or "")[:2000])].append(o.delivery_id)
+    if not groups:
+        return
+    main = max(groups, key=lambda k: len(groups[k]))
+    if len(groups[main]) > 1 or len(groups) == 1:
+        state, pid, error = main
+        same = {"b_ids": groups.pop(main), "b_state": state, "b_pid": pid, "b_error": error}
+        session.execute(_SETTLE_SAME, {**same, **common})
+    if groups:
+        each: dict[str, list[Any]] = {"b_ids": [], "b_states": [], "b_pids": [], "b_errors": []}
+        for (state, pid, error), ids in groups.items():
+            each["b_ids"] += ids
+            each["b_states"] += [state] * len(ids)
+            each["b_pids"] += [pid] * len(ids)
+            each["b_errors"] += [error] * len(ids)
+        session.execute(_SETTLE_EACH, {**each, **common})
 
 
 def unhand(session: Session | Connection, ids: Sequence[int], worker: str) -> None:
