@@ -192,8 +192,9 @@ def claim(
     batch is mostly one variant (one SendGrid request carries one variant's content).
 
     PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint rows without
-    waiting (one statement: digest.ledger_batch). SQLite ignores it; there a single UPDATE ... WHERE state='pending' runs under the
-    database write lock, which still never hands one row to two claimers."""
+    waiting (one statement: digest.ledger_batch). SQLite ignores it; there a single UPDATE
+    ... WHERE state='pending' runs under the database write lock, which still never hands one
+    row to two claimers."""
     if not _sqlite(session):
         rows = ledger_batch.claim(session, edition_id, worker, n, now)
     else:
