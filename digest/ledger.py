@@ -45,6 +45,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 
+from digest import ledger_batch
+from digest.ledger_batch import CLAIMED, PICK, TAKE
 from digest.ledger_deferral import DEFAULT_DEFERRAL, DeferralPolicy, defer
 from digest.ledger_model import (
     DELIVERIES,
@@ -211,15 +213,13 @@ def claim(
     batch is mostly one variant (one SendGrid request carries one variant's content).
 
     PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint rows without
-    waiting. SQLite ignores it; there a single UPDATE ... WHERE state='pending' runs under the
-    database write lock, which still never hands one row to two claimers."""
-    params = {"b_edition": edition_id, "b_n": n, "b_worker": worker, "b_now": now}
+    waiting (one statement: digest.ledger_batch). SQLite ignores it; there a single UPDATE
+    ... WHERE state='pending' runs under the database write lock, which still never hands one
+    row to two claimers."""
     if not _sqlite(session):
-        ids = list(session.scalars(_PICK.with_for_update(skip_locked=True), params))
-        if not ids:
-            return []
-        rows = session.execute(_CLAIM_IDS, {**params, "b_ids": ids}).all()
+        rows = ledger_batch.claim(session, edition_id, worker, n, now)
     else:
+        params = {"b_edition": edition_id, "b_n": n, "b_worker": worker, "b_now": now}
         rows = session.execute(_CLAIM_NEXT, params).all()
     # A handful of distinct variants per batch.
     parsed: dict[str, tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]] = {}
@@ -235,28 +235,9 @@ def claim(
 
 # Core statements on the table, built once: the ORM's bulk-UPDATE machinery cost more than
 # SQLite did, and building the statements per claim was a third of a claim's Python.
-_PICK = (
-    select(_T.id)
-    # A literal, not a bound value: the planner uses the partial index only then.
-    .where(_T.edition_id == bindparam("b_edition"), _T.state == _PENDING)
-    .order_by(_T.variant, _T.id)
-    .limit(bindparam("b_n"))
-)
-_TAKE = (
-    update(DELIVERIES)
-    .values(
-        state="sending",
-        claimed_by=bindparam("b_worker"),
-        claimed_at=bindparam("b_now"),
-        handed_at=None,
-        attempts=_T.attempts + 1,
-    )
-    .returning(
-        _T.id, _T.subscriber_id, _T.email, _T.name, _T.sections, _T.variant, _T.deferred_since
-    )
-)
+_PICK = PICK
+_TAKE = update(DELIVERIES).values(**TAKE).returning(*CLAIMED)
 _CLAIM_NEXT = _TAKE.where(_T.id.in_(_PICK.scalar_subquery()), _T.state == "pending")
-_CLAIM_IDS = _TAKE.where(_T.id.in_(bindparam("b_ids", expanding=True)), _T.state == "pending")
 
 
 # Per-message statements (SMTP checkpoints) run on the Core table with bound parameters:
@@ -306,11 +287,17 @@ _SETTLED = (
 def mark_handed(
     session: Session | Connection, ids: Sequence[int], worker: str, now: datetime
 ) -> None:
+    if not _sqlite(session):
+        ledger_batch.mark_handed(session, ids, worker, now)
+        return
     if len(ids) == 1:
         session.execute(_HANDED, {"b_id": ids[0], "b_worker": worker, "b_now": now})
         return
     for chunk in _chunks(list(ids)):
         session.execute(_HANDED_MANY, {"b_ids": chunk, "b_worker": worker, "b_now": now})
+
+
+_SETTLES = (Kind.ACCEPTED, Kind.FAILED, Kind.UNKNOWN)
 
 
 def settle(
@@ -324,13 +311,16 @@ def settle(
     """Record final outcomes (accepted, failed, unknown, deferred) of rows this worker holds."""
     accepted: dict[str | None, list[int]] = defaultdict(list)
     others: list[dict[str, object]] = []
-    deferred: list[Outcome] = []
+    deferred = [o for o in outcomes if o.kind is Kind.DEFER]
     common = {"b_worker": worker, "b_provider": provider, "b_now": now}
+    if not _sqlite(session):
+        ledger_batch.settle(session, [o for o in outcomes if o.kind in _SETTLES], common)
+        if deferred:
+            defer(session, deferred, common, now, deferral)
+        return
     for o in outcomes:
         if o.kind is Kind.ACCEPTED:
             accepted[o.provider_id].append(o.delivery_id)
-        elif o.kind is Kind.DEFER:
-            deferred.append(o)
         elif o.kind in (Kind.FAILED, Kind.UNKNOWN):
             others.append(
                 {
@@ -358,6 +348,9 @@ def settle(
 def unhand(session: Session | Connection, ids: Sequence[int], worker: str) -> None:
     """The provider answered "not accepted, try again" (429, 5xx, 401): the messages are no
     longer in its hands, so a crash from here on may resend them safely."""
+    if not _sqlite(session):
+        ledger_batch.unhand(session, ids, worker)
+        return
     for chunk in _chunks(list(ids)):
         session.execute(
             update(Delivery)
