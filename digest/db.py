@@ -47,6 +47,7 @@ def load_models() -> None:
         "digest.tracking",
         "digest.clicks",
         "digest.abtest",
+        "digest.summaries",
         "digest.report_counts",
     ):
         try:

@@ -8,7 +8,7 @@ rather than ten times as many (measured: 15% of a send).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import literal_column
@@ -25,6 +25,14 @@ ROW_COLUMNS = ("subscriber_id", "email", "name", "sections", "variant", "subject
 _TEXT: TypeEngine[str] = DELIVERIES.c.email.type
 
 Row = tuple[int, str, str | None, str, str, str]
+
+
+def edition_date(session: Session, edition_id: int) -> date:
+    from digest.editions import Edition
+
+    found = session.get(Edition, edition_id)
+    assert found is not None, edition_id
+    return found.edition_date
 
 
 def _insert(session: Session) -> Any:
@@ -71,6 +79,8 @@ class RowAdder:
             "state": "pending",
             "attempts": 0,
             "created_at": now,
+            # The partition key (migration 0016): the edition's date, the same for every row.
+            "edition_date": edition_date(session, edition_id),
         }
         insert = _insert(session).values(_literals(session, self.shared))
         # The rows go to the driver's executemany as they are (plain ints, strings and None):
