@@ -130,3 +130,10 @@ def ensure_for(engine: Any, day: date) -> None:
     ensure_months(engine, [day])
     with _lock:
         _made.add(key)
+
+
+def forget(engine: Engine) -> None:
+    """After a prune dropped partitions: check again before the next send (another process
+    that still remembers a dropped month writes into the DEFAULT partition, the safety net)."""
+    with _lock:
+        _made.difference_update({k for k in _made if k[0] == str(engine.url)})
