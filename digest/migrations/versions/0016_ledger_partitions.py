@@ -94,6 +94,13 @@ def _sqlite_upgrade() -> None:
     for table in ("deliveries", "click_events"):
         op.add_column(table, sa.Column("edition_date", sa.Date(), nullable=True))
         op.execute(_fill.format(t=table))
+    # Clicks first: rebuilding deliveries drops it, and with foreign keys on SQLite would
+    # cascade that drop to every click that still had a key to it.
+    _indexes("click_events", _CLICK_INDEXES, drop=True)
+    with op.batch_alter_table("click_events", naming_convention=_NAMES) as batch:
+        batch.alter_column("edition_date", existing_type=sa.Date(), nullable=False)
+        batch.drop_constraint("fk_click_events_delivery_id_deliveries", type_="foreignkey")
+    _indexes("click_events", _CLICK_INDEXES, drop=False)
     # The table is rebuilt (a SQLite constraint cannot be altered): its triggers and partial
     # indexes go with it and are made again.
     _indexes("deliveries", _DELIVERY_INDEXES, drop=True)
@@ -104,11 +111,6 @@ def _sqlite_upgrade() -> None:
     _indexes("deliveries", _DELIVERY_INDEXES, drop=False)
     for ddl in _counts_migration()._SQLITE[:3]:  # the ledger's three (editions keeps its own)
         op.execute(ddl)
-    _indexes("click_events", _CLICK_INDEXES, drop=True)
-    with op.batch_alter_table("click_events", naming_convention=_NAMES) as batch:
-        batch.alter_column("edition_date", existing_type=sa.Date(), nullable=False)
-        batch.drop_constraint("fk_click_events_delivery_id_deliveries", type_="foreignkey")
-    _indexes("click_events", _CLICK_INDEXES, drop=False)
 
 
 def _months(table: str) -> list[date]:
