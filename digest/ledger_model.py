@@ -42,9 +42,10 @@ def edition_date_of(context: DefaultExecutionContext) -> date:
     edition's date. The send's bulk insert and the click writer set it themselves."""
     from digest.editions import Edition
 
-    edition_id = context.get_current_parameters()["edition_id"]
+    edition_id = context.get_current_parameters()["edition_id"]  # type: ignore[no-untyped-call]
     found = context.connection.execute(
-        Edition.__table__.select().with_only_columns(Edition.__table__.c.edition_date)
+        Edition.__table__.select()
+        .with_only_columns(Edition.__table__.c.edition_date)
         .where(Edition.__table__.c.id == edition_id)
     ).scalar_one()
     return cast(date, found)

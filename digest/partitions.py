@@ -118,6 +118,12 @@ def ensure_ahead(engine: Engine, today: date) -> list[date]:
     return ensure_months(engine, months_ahead(today))
 
 
+def made_ahead(engine: Engine, today: date) -> str | None:
+    """The scheduler's daily job: what it made, as its log line (None: nothing was missing)."""
+    made = ensure_ahead(engine, today)
+    return "ledger partitions made for " + ", ".join(f"{m:%Y-%m}" for m in made) if made else None
+
+
 def ensure_for(engine: Any, day: date) -> None:
     """Before a send writes rows dated `day`: its month's partition, made in its own
     transaction if missing (a cheap check, then remembered for the life of the process)."""

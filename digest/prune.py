@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, select, text
-from sqlalchemy.orm import sessionmaker, Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from digest.db import transaction
 from digest.editions import Edition
@@ -54,8 +54,10 @@ class PruneReport:
         )
         lines = [head]
         if self.partitions:
-            lines.append(f"  partitions {'to drop' if self.dry_run else 'dropped'}: "
-                         + ", ".join(self.partitions))
+            lines.append(
+                f"  partitions {'to drop' if self.dry_run else 'dropped'}: "
+                + ", ".join(self.partitions)
+            )
         lines.append("  their figures stay in `digest sends report` and `digest report`")
         return "\n".join(lines)
 

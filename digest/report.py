@@ -152,22 +152,27 @@ def build_report(
     delivered = delivered_groups(session, live_all) + _kept(kept, all_ids, "delivered")
     # Clickers: the covering index of counted clicks (each delivery has one variant,
     # segment and subject, so the groups add up to the edition's unique clickers).
-    clickers = session.execute(
-        select(
-            ClickEvent.edition_id,
-            ClickEvent.variant,
-            ClickEvent.segment,
-            ClickEvent.subject,
-            func.count(func.distinct(ClickEvent.delivery_id)),
-            func.count(),
-        )
-        .where(
-            ClickEvent.edition_id.in_(live_all),
-            ClickEvent.kind == "click",
-            ClickEvent.counted == true(),
-        )
-        .group_by(ClickEvent.edition_id, ClickEvent.variant, ClickEvent.segment, ClickEvent.subject)
-    ).all() + _kept(kept, all_ids, "clickers")
+    clickers: list[Any] = [
+        *session.execute(
+            select(
+                ClickEvent.edition_id,
+                ClickEvent.variant,
+                ClickEvent.segment,
+                ClickEvent.subject,
+                func.count(func.distinct(ClickEvent.delivery_id)),
+                func.count(),
+            )
+            .where(
+                ClickEvent.edition_id.in_(live_all),
+                ClickEvent.kind == "click",
+                ClickEvent.counted == true(),
+            )
+            .group_by(
+                ClickEvent.edition_id, ClickEvent.variant, ClickEvent.segment, ClickEvent.subject
+            )
+        ),
+        *_kept(kept, all_ids, "clickers"),
+    ]
     _totals(report, ids, trend, delivered, clickers)
     sections_of = variant_sections(session, live) | {
         (e, v): tuple(secs) for e, v, secs in _kept(kept, ids, "sections_of")

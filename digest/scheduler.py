@@ -476,23 +476,21 @@ def build_schedule(runner: Runner) -> Any:
             sched.every().day.at(f"{nl.send_time:%H:%M}", nl.timezone).do(job).tag(nl.id)
             # Retries a failed run within the grace period and takes over a stale claim.
             sched.every(RETRY_EVERY_MINUTES).minutes.do(job).tag(nl.id, "retry")
-    # The ledger's monthly partitions (PostgreSQL), made ahead once a day (and at start).
-    sched.every().day.at("00:30").do(partitions_job(runner)).tag("partitions")
+    sched.every().day.at("00:30").do(partitions_job(runner)).tag("partitions")  # PostgreSQL
     return sched
 
 
 def partitions_job(runner: Runner) -> Callable[[], None]:
     def job() -> None:
-        from digest.partitions import ensure_ahead
+        from digest.partitions import made_ahead
 
-        try:
-            made = ensure_ahead(runner.sessions.kw["bind"], runner.clock().date())
-        except Exception as e:  # a failed run is retried tomorrow (and sends make their own)
+        try:  # a failed run is retried tomorrow (and a send makes the month it needs)
+            note = made_ahead(runner.sessions.kw["bind"], runner.clock().date())
+        except Exception as e:
             _event(logging.ERROR, "error", "*", None, f"ledger partitions: {_describe(e)}")
             return
-        if made:
-            months = ", ".join(f"{m:%Y-%m}" for m in made)
-            _event(logging.INFO, "partitions", "*", None, f"ledger partitions made for {months}")
+        if note:
+            _event(logging.INFO, "partitions", "*", None, note)
 
     return job
 

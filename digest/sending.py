@@ -28,11 +28,11 @@ from digest.config import Config, NewsletterConfig
 from digest.db import one_writer, transaction
 from digest.dkim import signer_for
 from digest.editions import Edition, build_edition, freeze_edition, get_edition
-from digest.partitions import ensure_for
 from digest.errors import EXIT_UNDELIVERED, EditionPruned, NotFound
 from digest.ledger import Claimed
 from digest.ledger_report import format_report, ledger_csv, ledger_report, variant_label
 from digest.outgoing import MessageBuilder
+from digest.partitions import ensure_for
 from digest.preflight import (
     CHECK_ERRORS,
     VariantCheck,

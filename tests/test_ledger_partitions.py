@@ -28,6 +28,7 @@ from tests.fakes.population import add_population
 from tests.render_support import EDITION_DATE, store_edition
 from tests.test_report_counts import _click
 
+
 def _later(now: datetime) -> datetime:
     """Far enough on that the tests' edition (March 2026) is older than 400 days."""
     return now + timedelta(days=450)

@@ -251,7 +251,5 @@ def downgrade() -> None:
     _indexes("click_events", _CLICK_INDEXES, drop=True)
     with op.batch_alter_table("click_events") as batch:
         batch.drop_column("edition_date")
-        batch.create_foreign_key(
-            None, "deliveries", ["delivery_id"], ["id"], ondelete="CASCADE"
-        )
+        batch.create_foreign_key(None, "deliveries", ["delivery_id"], ["id"], ondelete="CASCADE")
     _indexes("click_events", _CLICK_INDEXES, drop=False)
