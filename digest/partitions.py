@@ -104,12 +104,16 @@ def ensure_months(engine: Engine, months: Iterable[date]) -> list[date]:
         for month in sorted({month_of(m) for m in months}):
             try:
                 with conn.begin():
+                    # Creating a partition locks the parent table: rather than wait behind a
+                    # long transaction (or a caller's own), give up; the DEFAULT one takes the
+                    # rows and the next try (the scheduler's daily run) makes it.
+                    conn.execute(text("SET LOCAL lock_timeout = '5s'"))
                     if create_month(conn, month):
                         made.append(month)
-            except DBAPIError as e:  # rows of that month already in the DEFAULT partition
+                with _lock:
+                    _made.add((str(engine.url), month))
+            except DBAPIError as e:  # a lock not had, or rows of that month in the DEFAULT one
                 log.warning("no partition for %s: %s", month, str(e.orig).splitlines()[0])
-    with _lock:
-        _made.update((str(engine.url), m) for m in made)
     return made
 
 
@@ -133,9 +137,7 @@ def ensure_for(engine: Any, day: date) -> None:
     with _lock:
         if key in _made:
             return
-    ensure_months(engine, [day])
-    with _lock:
-        _made.add(key)
+    ensure_months(engine, [day])  # remembered once it exists (a failure is tried again)
 
 
 def forget(engine: Engine) -> None:
