@@ -241,7 +241,7 @@ def _send_if_due(app: App, newsletter_id: str, options: Any, force, date_, dry_r
 
 @click.group("sends")
 def sends_group() -> None:
-    """The delivery ledger: who got an edition, who did not, and why."""
+    """The delivery ledger: who got an edition, who did not, and why; prune old editions."""
 
 
 @sends_group.command("report")
