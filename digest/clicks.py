@@ -26,11 +26,12 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    Date,
     ForeignKey,
     Index,
     Integer,
@@ -47,6 +48,7 @@ from digest.db import Base
 from digest.editions import Edition
 from digest.events import TrackingEvent, TrackingKind
 from digest.ledger import Delivery
+from digest.ledger_model import edition_date_of
 from digest.tracking import PATH, TrackedLink, parse_token, url_hash
 from subscribers.tokens import site_secret
 
@@ -72,7 +74,13 @@ class ClickEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"))
-    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+    # No foreign key (migration 0016): on PostgreSQL the ledger is partitioned, a key to it would
+    # have to carry the partition key and make every DETACH of a month scan this table. A
+    # delivery is only ever deleted with its edition (a deleted or reopened edition), and the
+    # edition_id key cascades those clicks; `sends prune` drops a month of both tables at once.
+    delivery_id: Mapped[int] = mapped_column(Integer)
+    # The edition's date (the partition key, as on deliveries).
+    edition_date: Mapped[date] = mapped_column(Date, default=edition_date_of)
     link_id: Mapped[int | None] = mapped_column(ForeignKey("tracked_links.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(5), default="click")  # click | open
     # Copied from the delivery so the report groups without a join.
@@ -192,6 +200,7 @@ def record_many(session: Session, clicks: Sequence[Click]) -> list[str]:
         row = {
             "edition_id": click.edition_id,
             "delivery_id": d.id,
+            "edition_date": d.edition_date,
             "link_id": click.link_id,
             "kind": "click",
             "variant": d.variant,
@@ -246,6 +255,7 @@ def _deliveries(session: Session, clicks: Sequence[Click]) -> dict[tuple[int, in
                     Delivery.settled_at,
                     Delivery.variant,
                     Delivery.segment,
+                    Delivery.edition_date,
                     Delivery.subject,
                 ).where(
                     Delivery.edition_id == edition_id,
@@ -346,6 +356,7 @@ def record_open(session: Session, row: Delivery, event: TrackingEvent, at: datet
         ClickEvent(
             edition_id=row.edition_id,
             delivery_id=row.id,
+            edition_date=row.edition_date,
             link_id=None,
             kind="open",
             variant=row.variant,

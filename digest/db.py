@@ -47,6 +47,7 @@ def load_models() -> None:
         "digest.tracking",
         "digest.clicks",
         "digest.abtest",
+        "digest.summaries",
         "digest.report_counts",
     ):
         try:
@@ -183,6 +184,11 @@ def upgrade(engine: Engine, revision: str = "heads") -> None:
         command.upgrade(_alembic_config(engine), revision)
     except OperationalError as e:
         raise SchemaError(f"cannot upgrade database {engine.url!r}: {one_line(e.orig)}") from None
+    if revision == "heads":
+        from digest.clock import utcnow
+        from digest.partitions import ensure_ahead
+
+        ensure_ahead(engine, utcnow().date())  # the ledger's partitions (PostgreSQL) ahead
 
 
 def current_revisions(engine: Engine) -> set[str]:

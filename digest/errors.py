@@ -31,6 +31,10 @@ class EditionFrozen(DigestError):
     """The edition has started sending; it can no longer be rebuilt."""
 
 
+class EditionPruned(DigestError):
+    """The edition's ledger rows were pruned (`digest sends prune`): it is never sent again."""
+
+
 class ProviderError(DigestError):
     """The email provider refused or failed in a way that stops the whole send."""
 

@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import NamedTuple, cast
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Table, Text, UniqueConstraint, text
+from sqlalchemy import (
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, mapped_column
 
 from digest.articles import UTCDateTime
@@ -24,6 +35,22 @@ STATES = (
     "skipped",
     "unknown",
 )
+
+
+def edition_date_of(context: DefaultExecutionContext) -> date:
+    """The partition key of a row written without one (an ORM insert, a test's row): its
+    edition's date. The send's bulk insert and the click writer set it themselves."""
+    from digest.editions import Edition
+
+    edition_id = context.get_current_parameters()["edition_id"]  # type: ignore[no-untyped-call]
+    found = context.connection.execute(
+        Edition.__table__.select()
+        .with_only_columns(Edition.__table__.c.edition_date)
+        .where(Edition.__table__.c.id == edition_id)
+    ).scalar_one()
+    return cast(date, found)
+
+
 SETTLED = ("sent", "failed", "suppressed", "skipped", "unknown")
 UNSETTLED = ("pending", "sending", "deferred")
 
@@ -33,6 +60,9 @@ class Delivery(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"))
+    # The edition's date, copied: PostgreSQL partitions the ledger by it, a month a partition
+    # (digest.partitions), so a year's rows are dropped whole (`digest sends prune`).
+    edition_date: Mapped[date] = mapped_column(Date, default=edition_date_of)
     # No foreign key: the ledger is an audit record and outlives the subscriber row.
     subscriber_id: Mapped[int] = mapped_column(Integer)
     email: Mapped[str] = mapped_column(String(320))
@@ -59,7 +89,11 @@ class Delivery(Base):
     subject: Mapped[str | None] = mapped_column(String(300))  # as sent (A/B arms differ)
 
     __table_args__ = (
-        UniqueConstraint("edition_id", "subscriber_id"),
+        # With the partition key: PostgreSQL enforces a unique key per partition only. The
+        # date follows from the edition, so this is still one row per edition and subscriber.
+        UniqueConstraint(
+            "edition_id", "subscriber_id", "edition_date", name="uq_deliveries_edition_subscriber"
+        ),
         # Claims walk one edition's pending rows variant by variant (full provider batches).
         # Partial: a row leaves the index once, when claimed, instead of moving within it at
         # every change of state (measured: claim and settle of a batch 40% cheaper on SQLite).

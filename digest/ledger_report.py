@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
@@ -17,6 +18,7 @@ from digest.config import Config, NewsletterConfig
 from digest.editions import get_edition
 from digest.errors import NotFound
 from digest.ledger import RESOLVED_BY, STATES, Delivery, decode_layout
+from digest.summaries import summaries
 from digest.text import csv_row
 
 
@@ -56,6 +58,9 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
 
     edition = session.get(Edition, edition_id)
     assert edition is not None
+    kept = summaries(session, [edition_id]).get(edition_id)
+    if kept is not None:  # pruned: the rows are gone, the summary has every figure
+        return _from_summary(edition, kept["ledger"], approval_text(edition))
     by_segment: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
     by_variant: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
     sections: dict[str, tuple[str, ...]] = {}
@@ -116,6 +121,38 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
         blocks,
         approval_text(edition),
         {state: resolved[state] for state in STATES if state in resolved},
+        left_out,
+    )
+
+
+def _from_summary(edition: Any, kept: dict[str, Any], approval: str) -> LedgerReport:
+    """The report of a pruned edition, from its summary (digest.summaries)."""
+    by_segment: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
+    by_variant: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATES, 0))
+    sections: dict[str, tuple[str, ...]] = {}
+    blocks: dict[str, tuple[int, ...]] = {}
+    left_out: dict[str, int] = {}
+    for segment, variant, secs, state, n in kept["groups"]:
+        by_segment[segment or "(all)"][state] += n
+        by_variant[variant][state] += n
+        sections[variant], blocks[variant], skip = decode_layout(secs)
+        left_out[variant] = len(skip)
+    failures = [
+        Failure(email, state, attempts, error, datetime.fromisoformat(due) if due else None)
+        for email, state, attempts, error, due in kept["failures"]
+    ]
+    return LedgerReport(
+        edition.newsletter,
+        edition.edition_date,
+        edition.status,
+        kept["counts"],
+        dict(by_segment),
+        dict(by_variant),
+        sections,
+        failures,
+        blocks,
+        approval,
+        kept["resolved"],
         left_out,
     )
 

@@ -17,7 +17,7 @@ as with executemany; both senders insert in the same order, so they wait rather 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, literal_column
@@ -37,6 +37,14 @@ ROW_COLUMNS = ("subscriber_id", "email", "name", "sections", "variant", "subject
 _TEXT: TypeEngine[str] = DELIVERIES.c.email.type
 
 Row = tuple[int, str, str | None, str, str, str]
+
+
+def edition_date(session: Session, edition_id: int) -> date:
+    from digest.editions import Edition
+
+    found = session.get(Edition, edition_id)
+    assert found is not None, edition_id
+    return found.edition_date
 
 
 def _insert(session: Session) -> Any:
@@ -83,6 +91,8 @@ class RowAdder:
             "state": "pending",
             "attempts": 0,
             "created_at": now,
+            # The partition key (migration 0016): the edition's date, the same for every row.
+            "edition_date": edition_date(session, edition_id),
         }
         self._conn = session.connection()
         self._pending: dict[str, list[Row]] = {}

@@ -29,6 +29,7 @@ from digest.config import Config
 from digest.editions import Edition
 from digest.errors import NotFound
 from digest.report_counts import delivered_groups, variant_sections
+from digest.summaries import summaries
 from digest.tracking import TrackedLink
 
 TREND_EDITIONS = 10
@@ -142,58 +143,80 @@ def build_report(
     ids = [e.id for e in scope]
     all_ids = sorted({e.id for e in scope} | {e.id for e in trend})
     report = Report(nl.id, [e.edition_date.isoformat() for e in scope])
+    # Pruned editions (`sends prune`) are read from their summaries only, never the ledger.
+    kept = summaries(session, all_ids)
+    live_all = [i for i in all_ids if i not in kept]
+    live = [i for i in ids if i not in kept]
 
     # Delivered: the counts the ledger's triggers keep (digest.report_counts), a few rows a group.
-    delivered = delivered_groups(session, all_ids)
+    delivered = delivered_groups(session, live_all) + _kept(kept, all_ids, "delivered")
     # Clickers: the covering index of counted clicks (each delivery has one variant,
     # segment and subject, so the groups add up to the edition's unique clickers).
-    clickers = session.execute(
-        select(
-            ClickEvent.edition_id,
-            ClickEvent.variant,
-            ClickEvent.segment,
-            ClickEvent.subject,
-            func.count(func.distinct(ClickEvent.delivery_id)),
-            func.count(),
-        )
-        .where(
-            ClickEvent.edition_id.in_(all_ids),
-            ClickEvent.kind == "click",
-            ClickEvent.counted == true(),
-        )
-        .group_by(ClickEvent.edition_id, ClickEvent.variant, ClickEvent.segment, ClickEvent.subject)
-    ).all()
+    clickers: list[Any] = [
+        *session.execute(
+            select(
+                ClickEvent.edition_id,
+                ClickEvent.variant,
+                ClickEvent.segment,
+                ClickEvent.subject,
+                func.count(func.distinct(ClickEvent.delivery_id)),
+                func.count(),
+            )
+            .where(
+                ClickEvent.edition_id.in_(live_all),
+                ClickEvent.kind == "click",
+                ClickEvent.counted == true(),
+            )
+            .group_by(
+                ClickEvent.edition_id, ClickEvent.variant, ClickEvent.segment, ClickEvent.subject
+            )
+        ),
+        *_kept(kept, all_ids, "clickers"),
+    ]
     _totals(report, ids, trend, delivered, clickers)
-    sections_of = variant_sections(session, ids)
-    _stories(session, report, scope, ids, delivered, sections_of)
+    sections_of = variant_sections(session, live) | {
+        (e, v): tuple(secs) for e, v, secs in _kept(kept, ids, "sections_of")
+    }
+    _stories(session, report, scope, ids, delivered, sections_of, kept)
     shown = {v: ", ".join(secs) for (_e, v), secs in sections_of.items() if secs}
     report.variants = [
         Row(f"{shown[v.name]} ({v.name})" if v.name in shown else v.name, *_figures(v))
         for v in report.variants
     ]
-    report.flagged = {
-        flag or "?": n
-        for flag, n in session.execute(
-            select(ClickEvent.flag, func.count())
+    flagged: dict[str, int] = defaultdict(int)
+    for _e, flag, n in [
+        *session.execute(
+            select(ClickEvent.edition_id, ClickEvent.flag, func.count())
             .where(
-                ClickEvent.edition_id.in_(ids),
+                ClickEvent.edition_id.in_(live),
                 ClickEvent.kind == "click",
                 ClickEvent.counted == false(),
             )
-            .group_by(ClickEvent.flag)
-        )
-    }
+            .group_by(ClickEvent.edition_id, ClickEvent.flag)
+        ),
+        *_kept(kept, ids, "flagged"),
+    ]:
+        flagged[flag or "?"] += n
+    report.flagged = dict(flagged)
     if nl.track_opens:
-        report.opens = session.scalar(
-            select(func.count(func.distinct(ClickEvent.delivery_id))).where(
-                ClickEvent.edition_id.in_(ids), ClickEvent.kind == "open"
+        report.opens = (
+            session.scalar(
+                select(func.count(func.distinct(ClickEvent.delivery_id))).where(
+                    ClickEvent.edition_id.in_(live), ClickEvent.kind == "open"
+                )
             )
-        )
+            or 0
+        ) + sum(kept[e]["report"]["opens"] or 0 for e in ids if e in kept)
     if len(report.subjects) > 1:  # A/B subjects (the config's or the edition's)
         from digest.abtest import winner_of
 
         report.ab_winner = winner_of(session, scope[-1].id)
     return report
+
+
+def _kept(kept: dict[int, dict[str, Any]], ids: Sequence[int], key: str) -> list[Any]:
+    """Rows of a query's shape (edition id first) from the summaries of pruned editions."""
+    return [(e, *row) for e in ids if e in kept for row in kept[e]["report"][key]]
 
 
 def _figures(r: Row) -> tuple[int, int, int]:
@@ -247,6 +270,7 @@ def _stories(
     ids: list[int],
     delivered: Sequence[Any],
     sections_of: dict[tuple[int, str], tuple[str, ...]],
+    kept: dict[int, dict[str, Any]],
 ) -> None:
     by_section: dict[tuple[int, str], int] = defaultdict(int)
     total: dict[int, int] = defaultdict(int)
@@ -259,22 +283,26 @@ def _stories(
     # Grouped by edition first, the index's own order: each group is read in order, with no
     # temporary B-tree (SQLite) or sort (PostgreSQL) for the whole scope (a link belongs to
     # one edition, so the groups are the links').
+    live = [i for i in ids if i not in kept]
     counts = {
         link_id: (readers, clicks)
-        for _edition, link_id, readers, clicks in session.execute(
-            select(
-                ClickEvent.edition_id,
-                ClickEvent.link_id,
-                func.count(func.distinct(ClickEvent.delivery_id)),
-                func.count(),
-            )
-            .where(
-                ClickEvent.edition_id.in_(ids),
-                ClickEvent.kind == "click",
-                ClickEvent.counted == true(),
-            )
-            .group_by(ClickEvent.edition_id, ClickEvent.link_id)
-        )
+        for _edition, link_id, readers, clicks in [
+            *session.execute(
+                select(
+                    ClickEvent.edition_id,
+                    ClickEvent.link_id,
+                    func.count(func.distinct(ClickEvent.delivery_id)),
+                    func.count(),
+                )
+                .where(
+                    ClickEvent.edition_id.in_(live),
+                    ClickEvent.kind == "click",
+                    ClickEvent.counted == true(),
+                )
+                .group_by(ClickEvent.edition_id, ClickEvent.link_id)
+            ),
+            *_kept(kept, ids, "links"),
+        ]
     }
     day = {e.id: e.edition_date.isoformat() for e in scope}
     links = session.execute(
@@ -302,20 +330,23 @@ def _stories(
     # Per section: readers who clicked any of its stories (click rows carry the section), grouped
     # by edition first, the index's order (a reader belongs to one edition: the groups add up).
     section_readers: dict[str | None, int] = defaultdict(int)
-    for _edition, name, readers in session.execute(
-        select(
-            ClickEvent.edition_id,
-            ClickEvent.section,
-            func.count(func.distinct(ClickEvent.delivery_id)),
-        )
-        .where(
-            ClickEvent.edition_id.in_(ids),
-            ClickEvent.kind == "click",
-            ClickEvent.counted == true(),
-            ClickEvent.section.is_not(None),
-        )
-        .group_by(ClickEvent.edition_id, ClickEvent.section)
-    ):
+    for _edition, name, readers in [
+        *session.execute(
+            select(
+                ClickEvent.edition_id,
+                ClickEvent.section,
+                func.count(func.distinct(ClickEvent.delivery_id)),
+            )
+            .where(
+                ClickEvent.edition_id.in_(live),
+                ClickEvent.kind == "click",
+                ClickEvent.counted == true(),
+                ClickEvent.section.is_not(None),
+            )
+            .group_by(ClickEvent.edition_id, ClickEvent.section)
+        ),
+        *_kept(kept, ids, "sections"),
+    ]:
         section_readers[name] += readers
     names: dict[str, int] = defaultdict(int)
     for (_edition, section), n in by_section.items():

@@ -476,7 +476,23 @@ def build_schedule(runner: Runner) -> Any:
             sched.every().day.at(f"{nl.send_time:%H:%M}", nl.timezone).do(job).tag(nl.id)
             # Retries a failed run within the grace period and takes over a stale claim.
             sched.every(RETRY_EVERY_MINUTES).minutes.do(job).tag(nl.id, "retry")
+    sched.every().day.at("00:30").do(partitions_job(runner)).tag("partitions")  # PostgreSQL
     return sched
+
+
+def partitions_job(runner: Runner) -> Callable[[], None]:
+    def job() -> None:
+        from digest.partitions import made_ahead
+
+        try:  # a failed run is retried tomorrow (and a send makes the month it needs)
+            note = made_ahead(runner.sessions.kw["bind"], runner.clock().date())
+        except Exception as e:
+            _event(logging.ERROR, "error", "*", None, f"ledger partitions: {_describe(e)}")
+            return
+        if note:
+            _event(logging.INFO, "partitions", "*", None, note)
+
+    return job
 
 
 def _job(runner: Runner, newsletter_id: str) -> Callable[[], None]:
@@ -520,6 +536,7 @@ def _loop(runner: Runner, poll_seconds: float) -> int:
     try:
         with handle_signals(runner.stop):
             _event(logging.INFO, "started", "*", None, f"scheduler {runner.owner} for {names}")
+            partitions_job(runner)()
             for nid in runner.config.newsletters:
                 _job(runner, nid)()
             while not runner.stop.is_set():

@@ -28,10 +28,11 @@ from digest.config import Config, NewsletterConfig
 from digest.db import one_writer, transaction
 from digest.dkim import signer_for
 from digest.editions import Edition, build_edition, freeze_edition, get_edition
-from digest.errors import EXIT_UNDELIVERED, NotFound
+from digest.errors import EXIT_UNDELIVERED, EditionPruned, NotFound
 from digest.ledger import Claimed
 from digest.ledger_report import format_report, ledger_csv, ledger_report, variant_label
 from digest.outgoing import MessageBuilder
+from digest.partitions import ensure_for
 from digest.preflight import (
     CHECK_ERRORS,
     VariantCheck,
@@ -209,6 +210,20 @@ class SendReport:
         return out
 
 
+def refuse_pruned(session: Session, newsletter: str, edition_date: date) -> None:
+    """A pruned edition's ledger, which says who got it, is gone: sending it again would send
+    it to everyone again."""
+    from digest.summaries import pruned_on
+
+    edition = get_edition(session, newsletter, edition_date)
+    when = pruned_on(session, edition.id) if edition is not None else None
+    if when is not None:
+        raise EditionPruned(
+            f"edition {newsletter} {edition_date} was pruned on {when:%Y-%m-%d} "
+            "(`digest sends prune`): its ledger is gone, so it is never sent again"
+        )
+
+
 def send_edition(
     config: Config,
     sessions: sessionmaker[Session],
@@ -243,6 +258,10 @@ def send_edition(
     with transaction(sessions) as session:
         if get_edition(session, nl.id, edition_date) is None:
             build_edition(session, config, nl, edition_date, clock=clock)  # kept if a check fails
+        refuse_pruned(session, nl.id, edition_date)
+    # The month's ledger partition (PostgreSQL), made before the send's transaction locks the
+    # ledger (creating a partition locks the whole table).
+    ensure_for(sessions.kw["bind"], edition_date)
     with transaction(sessions) as session:
         # Freezing and the first rows commit together, after the checks: see digest.preflight.
         edition, froze = _frozen_edition(session, nl, edition_date, clock)

@@ -113,7 +113,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "sends": (
         "sending:sends_group",
-        "The delivery ledger: who got an edition, who did not, and why.",
+        "The delivery ledger: who got an edition, who did not, and why; prune old editions.",
     ),
     "serve": (
         "service:serve",

@@ -241,7 +241,7 @@ def _send_if_due(app: App, newsletter_id: str, options: Any, force, date_, dry_r
 
 @click.group("sends")
 def sends_group() -> None:
-    """The delivery ledger: who got an edition, who did not, and why."""
+    """The delivery ledger: who got an edition, who did not, and why; prune old editions."""
 
 
 @sends_group.command("report")
@@ -260,3 +260,18 @@ def sends_report(app: App, newsletter, date_, as_csv):
             click.echo(ledger_csv(session, app.config, nl.id, day), nl=False)
         else:
             click.echo(format_report(ledger_report(session, app.config, nl.id, day), nl))
+
+
+@sends_group.command("prune")
+@click.option(
+    "--older-than", "older_than", required=True, help="Age of the editions to prune, e.g. 400d."
+)
+@click.option("--dry-run", is_flag=True, help="Say what would go; change nothing.")
+@pass_app
+def sends_prune(app: App, older_than, dry_run):
+    """Summarise, then drop, the ledger rows and clicks of editions older than --older-than
+    (PostgreSQL: whole monthly partitions). Reports keep showing them; they are never re-sent."""
+    from digest.prune import parse_age, prune
+
+    age = parse_age(older_than)
+    click.echo(prune(app.sessions, utcnow(), age, dry_run=dry_run).summary())

@@ -7,6 +7,8 @@ from digest.config import database_url
 from digest.db import Base, load_models
 
 load_models()
+from digest.partitions import include_name  # noqa: E402
+
 target_metadata = Base.metadata
 engine = context.config.attributes.get("engine") or create_engine(database_url())
 
@@ -16,6 +18,7 @@ with engine.connect() as connection:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,  # the ledger's partitions are not models (autogenerate)
     )
     with context.begin_transaction():
         context.run_migrations()

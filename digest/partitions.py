@@ -1,0 +1,147 @@
+"""Monthly partitions of the ledger on PostgreSQL.
+
+`deliveries` and `click_events` are partitioned by RANGE of `edition_date` (migration 0016),
+one partition a month, named `<table>_pYYYYMM`. A partition must exist before a row of its
+month is written, so they are made ahead: by `digest db upgrade` (the current month and
+AHEAD_MONTHS more), by the scheduler once a day, and on demand, before a send writes the rows
+of an edition whose month has none (checked once per process and month: `ensure_for`).
+
+A DEFAULT partition (`<table>_default`) is the safety net: a row of a month nobody made a
+partition for still lands somewhere instead of failing a send. It stays empty in normal use;
+a month with rows in it cannot get its own partition (PostgreSQL refuses), and
+`sends prune` never drops it. SQLite has plain tables: every function here does nothing there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+
+log = logging.getLogger(__name__)
+
+TABLES = ("deliveries", "click_events")
+AHEAD_MONTHS = 3
+_made: set[tuple[str, date]] = set()  # (database url, month) known to have partitions
+_lock = threading.Lock()
+
+
+def month_of(day: date) -> date:
+    return day.replace(day=1)
+
+
+def next_month(month: date) -> date:
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def partition_name(table: str, month: date) -> str:
+    return f"{table}_p{month:%Y%m}"
+
+
+def months_ahead(today: date, ahead: int = AHEAD_MONTHS) -> list[date]:
+    out = [month_of(today)]
+    for _ in range(ahead):
+        out.append(next_month(out[-1]))
+    return out
+
+
+def is_partition(name: str | None) -> bool:
+    """A table that is a monthly (or the DEFAULT) partition, not a model's table."""
+    return name is not None and any(
+        name == f"{t}_default" or (name.startswith(f"{t}_p") and name[len(t) + 2 :].isdigit())
+        for t in TABLES
+    )
+
+
+def include_name(name: str | None, type_: str, _parents: object) -> bool:
+    """Alembic's filter: partitions are the database's, not the models' (autogenerate and the
+    schema test compare the models with the parent tables only)."""
+    return not (type_ == "table" and is_partition(name))
+
+
+def partitioned(conn: Connection) -> bool:
+    if conn.dialect.name != "postgresql":
+        return False
+    kind = conn.execute(
+        text("SELECT relkind FROM pg_class WHERE relname = 'deliveries' AND relkind = 'p'")
+    ).scalar()
+    return kind is not None
+
+
+def create_month(conn: Connection, month: date) -> bool:
+    """The partitions of `month` on every partitioned table (True: some were new). Idempotent
+    and safe against a concurrent sender doing the same (IF NOT EXISTS, and a lost race
+    is the partition existing)."""
+    new = False
+    for table in TABLES:
+        name = partition_name(table, month)
+        exists = conn.execute(text("SELECT to_regclass(:n)"), {"n": name}).scalar()
+        if exists is not None:
+            continue
+        conn.execute(
+            text(
+                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} "
+                f"FOR VALUES FROM ('{month.isoformat()}') TO ('{next_month(month).isoformat()}')"
+            )
+        )
+        new = True
+    return new
+
+
+def ensure_months(engine: Engine, months: Iterable[date]) -> list[date]:
+    """Create what is missing of the partitions of `months`, each month in its own
+    transaction; returns the months that got new partitions."""
+    made: list[date] = []
+    with engine.connect() as conn:
+        if not partitioned(conn):
+            return made
+        conn.commit()
+        for month in sorted({month_of(m) for m in months}):
+            try:
+                with conn.begin():
+                    # Creating a partition locks the parent table: rather than wait behind a
+                    # long transaction (or a caller's own), give up; the DEFAULT one takes the
+                    # rows and the next try (the scheduler's daily run) makes it.
+                    conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+                    if create_month(conn, month):
+                        made.append(month)
+                with _lock:
+                    _made.add((str(engine.url), month))
+            except DBAPIError as e:  # a lock not had, or rows of that month in the DEFAULT one
+                log.warning("no partition for %s: %s", month, str(e.orig).splitlines()[0])
+    return made
+
+
+def ensure_ahead(engine: Engine, today: date) -> list[date]:
+    """`digest db upgrade` and the scheduler's daily job: this month and the next few."""
+    return ensure_months(engine, months_ahead(today))
+
+
+def made_ahead(engine: Engine, today: date) -> str | None:
+    """The scheduler's daily job: what it made, as its log line (None: nothing was missing)."""
+    made = ensure_ahead(engine, today)
+    return "ledger partitions made for " + ", ".join(f"{m:%Y-%m}" for m in made) if made else None
+
+
+def ensure_for(engine: Any, day: date) -> None:
+    """Before a send writes rows dated `day`: its month's partition, made in its own
+    transaction if missing (a cheap check, then remembered for the life of the process)."""
+    if not isinstance(engine, Engine) or engine.dialect.name != "postgresql":
+        return
+    key = (str(engine.url), month_of(day))
+    with _lock:
+        if key in _made:
+            return
+    ensure_months(engine, [day])  # remembered once it exists (a failure is tried again)
+
+
+def forget(engine: Engine) -> None:
+    """After a prune dropped partitions: check again before the next send (another process
+    that still remembers a dropped month writes into the DEFAULT partition, the safety net)."""
+    with _lock:
+        _made.difference_update({k for k in _made if k[0] == str(engine.url)})
