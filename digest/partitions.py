@@ -73,6 +73,19 @@ def partitioned(conn: Connection) -> bool:
     return kind is not None
 
 
+def refresh_statistics(conn: Connection, day: date) -> None:
+    """ANALYZE the partition of `day` (PostgreSQL; in the caller's transaction, whose own new
+    rows it counts). A morning's rows arrive in one transaction, before autovacuum's analyze
+    notices them, and a second segment's send or a crash re-run minutes later was planned for
+    an empty table: its anti-join over the edition took 16 s at 30,000 readers instead of
+    0.6 s, and grows with the square of the list."""
+    if not partitioned(conn):
+        return
+    name = partition_name("deliveries", month_of(day))
+    found = conn.execute(text("SELECT to_regclass(:n)"), {"n": name}).scalar()
+    conn.execute(text(f"ANALYZE {name if found is not None else 'deliveries_default'}"))
+
+
 def create_month(conn: Connection, month: date) -> bool:
     """The partitions of `month` on every partitioned table (True: some were new). Idempotent
     and safe against a concurrent sender doing the same (IF NOT EXISTS, and a lost race

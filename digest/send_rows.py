@@ -13,6 +13,7 @@ from digest import ledger
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
 from digest.ledger_model import Delivery
+from digest.partitions import refresh_statistics
 from digest.preflight import VariantCheck
 from digest.render import Layout
 from digest.same_day import NOTHING_NEW, same_day
@@ -82,6 +83,8 @@ def create_rows(
         else:
             rows.skip(row, verdict)
     created, missed = rows.finish()
+    if created >= _FRESH_STATISTICS:
+        refresh_statistics(session.connection(), check.edition.edition_date)
     skipped = 0
     if earlier:
         # Only rows from an earlier run can belong to someone who has left since.
@@ -91,6 +94,9 @@ def create_rows(
         skipped = ledger.leave_audience(session, gone, now)
     return created, skipped, max(missed - nothing_new, 0), left_out, nothing_new
 
+
+# New rows past which the ledger's statistics are taken at once (digest.partitions).
+_FRESH_STATISTICS = 10_000
 
 # What a row records of its variant: (key, the `sections` column, subject).
 Variant = tuple[str, str, str]

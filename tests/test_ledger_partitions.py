@@ -167,3 +167,31 @@ def test_the_scheduler_makes_partitions_ahead(
     partitions_job(Runner(config, sessions, lambda: day))()
     names = _partitions(engine)
     assert {"deliveries_p203201", "deliveries_p203204", "click_events_p203202"} <= names
+
+
+def test_a_large_row_creation_leaves_fresh_statistics_for_the_next_run(
+    config: Config,
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    now: datetime,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second segment's send or a crash re-run minutes later is planned from them: without,
+    PostgreSQL planned its anti-join for an empty table (16 s instead of 0.6 s at 30,000)."""
+    _pg(engine)
+    import digest.send_rows
+
+    monkeypatch.setattr(digest.send_rows, "_FRESH_STATISTICS", 20)
+    with sessions.begin() as session:
+        store_edition(session)
+        add_population(session, 40, now)
+    assert send(tracked(config, tmp_path), sessions, now).sent_now == 40
+    with engine.connect() as conn:
+        analysed, tuples = conn.execute(
+            text(
+                "SELECT s.last_analyze IS NOT NULL, c.reltuples FROM pg_stat_user_tables s "
+                "JOIN pg_class c ON c.oid = s.relid WHERE s.relname = 'deliveries_p202603'"
+            )
+        ).one()
+    assert analysed and tuples == 40
