@@ -300,7 +300,9 @@ def show(backend: str, small: Figures, large: Figures) -> None:
     )
 
 
-def bench_backend(backend: str, base: str | None, folder: Path, sizes: tuple[int, int]) -> None:
+def bench_backend(
+    backend: str, base: str | None, folder: Path, sizes: tuple[int, int]
+) -> list[Figures]:
     figures = []
     for n in sizes:
         url = fresh_database(base, folder, f"scale{n}")
@@ -311,6 +313,7 @@ def bench_backend(backend: str, base: str | None, folder: Path, sizes: tuple[int
             if base is None:
                 Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
     show(backend, *figures)
+    return figures
 
 
 def main() -> None:
@@ -325,11 +328,19 @@ def main() -> None:
     os.environ["SENDGRID_API_KEY"] = API_KEY
     folder = Path(tempfile.mkdtemp(prefix="digest-bench-scale-"))
     sizes = (args.small, args.subscribers)
+    lite: list[Figures] = []
+    pg: list[Figures] = []
     try:
         if not args.skip_sqlite:
-            bench_backend("SQLite", None, folder, sizes)
+            lite = bench_backend("SQLite", None, folder, sizes)
         if not args.skip_postgres:
-            bench_backend("PostgreSQL", args.database, folder, sizes)
+            pg = bench_backend("PostgreSQL", args.database, folder, sizes)
+        for a, b in zip(lite, pg, strict=False):  # one worker each, same run
+            ratio = b.rate / a.rate if a.rate else 0.0
+            print(
+                f"PostgreSQL one worker at {a.subscribers:,}: {ratio:.0%} of SQLite one worker "
+                f"(goal ≥ 90%: {_verdict(ratio >= 0.9)})"
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
