@@ -57,8 +57,10 @@ def counting(
 
 
 # Once per send: the edition, the audience, the rows' creation (SQLite: an INSERT per variant
-# and 2,000 rows; PostgreSQL: a COPY per 5,000 rows, then one INSERT … SELECT), the summary.
-FIXED = 32
+# and 2,000 rows; PostgreSQL: a COPY per 5,000 rows, then one INSERT … SELECT), the summary,
+# and since the ledger is kept for years, whether the edition was pruned, its date (the
+# partition key) and whether it has rows yet (a first run skips the anti-join).
+FIXED = 34
 # Per batch: claim, settle (here: three checkpoints of the outbox); SendGrid adds a hand-over.
 PER_BATCH = 4
 
