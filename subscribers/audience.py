@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sqlalchemy import ColumnElement, Select, exists, func, not_, select
+from sqlalchemy import ColumnElement, Integer, Select, bindparam, exists, func, not_, select
 from sqlalchemy.orm import Session
 
 from digest.config import Config, NewsletterConfig
@@ -42,16 +42,25 @@ def audience_query(
     config: Config,
     newsletter: NewsletterConfig,
     segments: Sequence[str] = (),
+    after: ColumnElement[int] | None = None,
 ) -> Select[Subscriber]:
-    """Subscribers who receive `newsletter`, restricted to ANY of `segments` (all when empty)."""
+    """Subscribers who receive `newsletter`, restricted to ANY of `segments` (all when empty);
+    with `after`, only those whose id is above it."""
+    member = [
+        Membership.subscriber_id == Subscriber.id,
+        Membership.newsletter == newsletter.id,
+        Membership.status == "active",
+        Membership.paused.is_(False),
+    ]
+    if after is not None:
+        # Said of the memberships too: PostgreSQL does not carry `id > after` across the
+        # semi-join, and merged every page with the memberships from the first one on (a page
+        # of 1,000 at a million: 255 ms, not 1.6 ms; the audience read grew with the square
+        # of the list).
+        member.append(Membership.subscriber_id > after)
     q = select(Subscriber).where(
         Subscriber.status == "active",
-        exists().where(
-            Membership.subscriber_id == Subscriber.id,
-            Membership.newsletter == newsletter.id,
-            Membership.status == "active",
-            Membership.paused.is_(False),
-        ),
+        exists().where(*member),
         not_suppressed(),
     )
     in_segments = segment_condition(session, config, segments, newsletter)
@@ -144,11 +153,13 @@ def audience(
     suppressed, each once, ordered by subscriber id, read a page at a time (what is held at
     once is a page, whatever the list's size). `where` narrows it further in SQL (the sender:
     those without a ledger row yet)."""
-    q = audience_query(session, config, newsletter, segments)
+    after = bindparam("after", type_=Integer)
+    q = audience_query(session, config, newsletter, segments, after)
     if where is not None:
         q = q.where(where)
     base = (
         q.with_only_columns(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.timezone)
+        .where(Subscriber.id > after)
         .order_by(Subscriber.id)
         .limit(PAGE)
     )
@@ -156,7 +167,7 @@ def audience(
     last = 0
     while True:
         # Keyset paging: no cursor is held open between pages, so callers may write meanwhile.
-        rows = session.connection().execute(base.where(Subscriber.id > last)).all()
+        rows = session.connection().execute(base, {"after": last}).all()
         if not rows:
             return
         ids = [r[0] for r in rows]
