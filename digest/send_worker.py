@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from digest.clock import Clock
 from digest.config import Config, NewsletterConfig
+from digest.db import one_writer
 from digest.editions import Edition
 from digest.errors import ProviderError
 from digest.ledger import Claimed
@@ -114,6 +115,35 @@ class Tally:
             return self._streak >= _STREAK
 
 
+class _ClaimAhead:
+    """The next batch, claimed on a thread of its own while the current one is prepared."""
+
+    def __init__(self, ledger: LedgerWriter) -> None:
+        self.ledger = ledger
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest-claim")
+        self._next: Future[list[Claimed]] | None = None
+
+    def start(self, n: int) -> None:
+        self._next = self._pool.submit(self.ledger.claim, n)
+
+    def take(self, n: int) -> list[Claimed]:
+        """The batch claimed ahead (or, the first time, one claimed now)."""
+        if self._next is None:
+            return self.ledger.claim(n)
+        found, self._next = self._next, None
+        return found.result()
+
+    def close(self) -> None:
+        """Stopping: rows claimed ahead were never prepared; they go back to pending."""
+        try:
+            if self._next is not None:
+                claimed = self._next.result()
+                if claimed:
+                    self.ledger.release([c.id for c in claimed])
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 class _Stopped(Exception):
     """The stop event was set while the next batch was being prepared."""
 
@@ -159,6 +189,10 @@ class Worker:
             else functools.partial(self.observer.recorded, provider.name)
         )
         self.ledger = LedgerWriter(sessions, edition.id, provider.name, clock, config.deferral)
+        # Where writers do not queue for one lock (PostgreSQL), the next batch is claimed
+        # while this one is prepared: a claim is a round trip of 20-30 ms a batch of 1,000
+        # that the preparing thread otherwise waits out (a quarter of a send).
+        self._claim_ahead = not one_writer(sessions)
         self.builder = MessageBuilder(config, nl, edition, renderer)
         self._started = time.monotonic()
         self._remaining = 0
@@ -178,6 +212,7 @@ class Worker:
         taken = 0
         in_flight: deque[Delivery] = deque()
         pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="digest-deliver")
+        ahead = _ClaimAhead(self.ledger) if self._claim_ahead else None
         # Everything alive now (modules, SQLAlchemy's metadata, the rendered variants) outlives
         # the loop: frozen, the collector stops re-walking it on every full collection, while
         # each batch allocates thousands of short-lived objects (about 9% of a SendGrid send).
@@ -185,13 +220,17 @@ class Worker:
         try:
             while not self.stop.is_set() and (limit is None or taken < limit):
                 n = self.batch_size if limit is None else min(self.batch_size, limit - taken)
-                if in_flight:
-                    # Bounded: a provider that never checkpoints (the outbox) only costs this.
+                if in_flight and ahead is None:
+                    # SQLite: the claim waits for the last batch's hand-over rather than
+                    # contending with it for the write lock. Bounded: a provider that never
+                    # checkpoints (the outbox) only costs this.
                     in_flight[-1].handed.wait(_HANDED_WAIT)
-                claimed = self.ledger.claim(n)
+                claimed = ahead.take(n) if ahead is not None else self.ledger.claim(n)
                 if not claimed:
                     break
                 taken += len(claimed)
+                if ahead is not None and (limit is None or taken < limit):
+                    ahead.start(self.batch_size if limit is None else min(n, limit - taken))
                 try:
                     delivery = Delivery()
                     batches = self._prepare(claimed, delivery)
@@ -213,8 +252,12 @@ class Worker:
                 self._report()
         finally:
             gc.unfreeze()
-            pool.shutdown(wait=True)
-            self.ledger.close()
+            try:
+                if ahead is not None:
+                    ahead.close()  # a batch claimed ahead and never delivered goes back
+            finally:
+                pool.shutdown(wait=True)
+                self.ledger.close()
 
     def _report(self) -> None:
         if self.progress is None:

@@ -315,6 +315,8 @@ def test_stop_finishes_the_batch_in_hand_and_a_rerun_completes(
     )
     assert first.sent_now == 10 and first.stopped and first.edition_status == "frozen"
     assert seen == [10]
+    # Nothing is left held: a batch claimed ahead (PostgreSQL) went back to pending.
+    assert first.counts["sending"] == 0 and first.counts["pending"] == 20
     second = send(config, sessions, now, batch_size=10)
     assert second.sent_now == 20 and second.edition_status == "sent"
 
