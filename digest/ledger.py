@@ -59,7 +59,7 @@ from digest.ledger_model import (
     decode_variant,
     encode_variant,
 )
-from digest.ledger_rows import add_rows
+from digest.ledger_rows import add_rows, lock_rows
 from digest.providers.base import Kind, Outcome
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "decode_layout",
     "decode_variant",
     "encode_variant",
+    "lock_rows",
 ]
 
 # A claim older than this belongs to a worker presumed dead (other machines cannot be asked).

@@ -53,6 +53,7 @@ def create_rows(
     # Whether this is a later run (rows exist): only then can a row belong to someone who has
     # left the audience since. Who already has a row is asked of the database (an anti-join
     # in the audience query), never held here: memory does not grow with the list.
+    ledger.lock_rows(session, edition_id)  # one creator at a time; asked after it: who has one
     earlier = ledger.has_rows(session, edition_id)
     segments, wave = options.segments, options.recipient_filter
     segment = ",".join(segments)

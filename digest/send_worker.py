@@ -35,6 +35,7 @@ from digest.send_options import Progress, ProgressEvent, SendOptions
 _STREAK = 3
 _STREAK_BATCH = 10
 _HANDED_WAIT = 0.02  # seconds; SendGrid checkpoints within a few ms of a batch's start
+_AHEAD_BATCHES = 10  # pending rows, in batches, from which a worker claims ahead
 
 
 class Delivery:
@@ -189,10 +190,7 @@ class Worker:
             else functools.partial(self.observer.recorded, provider.name)
         )
         self.ledger = LedgerWriter(sessions, edition.id, provider.name, clock, config.deferral)
-        # Where writers do not queue for one lock (PostgreSQL), the next batch is claimed
-        # while this one is prepared: a claim is a round trip of 20-30 ms a batch of 1,000
-        # that the preparing thread otherwise waits out (a quarter of a send).
-        self._claim_ahead = not one_writer(sessions)
+        self._one_writer = one_writer(sessions)
         self.builder = MessageBuilder(config, nl, edition, renderer)
         self._started = time.monotonic()
         self._remaining = 0
@@ -212,7 +210,13 @@ class Worker:
         taken = 0
         in_flight: deque[Delivery] = deque()
         pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="digest-deliver")
-        ahead = _ClaimAhead(self.ledger) if self._claim_ahead else None
+        # Where writers do not queue for one lock (PostgreSQL), the next batch is claimed
+        # while this one is prepared: a claim is a round trip of 20-30 ms a batch of 1,000
+        # that the preparing thread otherwise waits out (a quarter of a send). Not for a
+        # short list, where the batch held ahead would be another worker's whole share.
+        ahead = None
+        if not self._one_writer and self._remaining >= _AHEAD_BATCHES * self.batch_size:
+            ahead = _ClaimAhead(self.ledger)
         # Everything alive now (modules, SQLAlchemy's metadata, the rendered variants) outlives
         # the loop: frozen, the collector stops re-walking it on every full collection, while
         # each batch allocates thousands of short-lived objects (about 9% of a SendGrid send).

@@ -295,7 +295,7 @@ def test_stop_finishes_the_batch_in_hand_and_a_rerun_completes(
     tmp_path: Path,
 ) -> None:
     config = with_outbox(config, tmp_path / "out")
-    populate(sessions, 30, now)
+    populate(sessions, 120, now)  # enough batches to claim ahead (PostgreSQL)
     stop = threading.Event()
     seen: list[int] = []
 
@@ -316,9 +316,9 @@ def test_stop_finishes_the_batch_in_hand_and_a_rerun_completes(
     assert first.sent_now == 10 and first.stopped and first.edition_status == "frozen"
     assert seen == [10]
     # Nothing is left held: a batch claimed ahead (PostgreSQL) went back to pending.
-    assert first.counts["sending"] == 0 and first.counts["pending"] == 20
+    assert first.counts["sending"] == 0 and first.counts["pending"] == 110
     second = send(config, sessions, now, batch_size=10)
-    assert second.sent_now == 20 and second.edition_status == "sent"
+    assert second.sent_now == 110 and second.edition_status == "sent"
 
 
 def test_limit_sends_at_most_n(

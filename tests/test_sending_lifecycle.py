@@ -11,7 +11,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, true
+from sqlalchemy import select, text, true
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest import ledger
@@ -176,6 +177,8 @@ def test_concurrent_senders_report_the_rows_they_added_not_the_rows_they_found(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if sessions.kw["bind"].dialect.name == "postgresql":
+        pytest.skip("PostgreSQL: the row-creation lock keeps the second sender from reading first")
     config = with_outbox(config, tmp_path / "out")
     first = send(config, sessions, now, limit=0)
     assert first.created == AUDIENCE
@@ -190,6 +193,25 @@ def test_concurrent_senders_report_the_rows_they_added_not_the_rows_they_found(
     assert second.sent_now == AUDIENCE
     assert "new recipient" not in second.summary()
     assert len(rows(sessions)) == AUDIENCE
+
+
+def test_a_second_sender_waits_for_the_first_ones_rows_before_asking_who_has_one(
+    sessions: sessionmaker[Session], edition: Edition
+) -> None:
+    if sessions.kw["bind"].dialect.name != "postgresql":
+        pytest.skip("SQLite's one write lock does this")
+    with sessions.begin() as first:
+        ledger.lock_rows(first, edition.id)
+        with sessions() as second, second.begin():
+            second.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            with pytest.raises(OperationalError, match="lock timeout"):
+                ledger.lock_rows(second, edition.id)
+        with sessions() as other, other.begin():  # another edition's creation goes on
+            other.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            ledger.lock_rows(other, edition.id + 1)
+    with sessions.begin() as later:  # the first one's transaction ended: free
+        later.execute(text("SET LOCAL lock_timeout = '200ms'"))
+        ledger.lock_rows(later, edition.id)
 
 
 def test_two_senders_at_once_add_and_send_each_row_once_between_them(
