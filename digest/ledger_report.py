@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 
 from digest.config import Config, NewsletterConfig
 from digest.editions import get_edition
-from digest.errors import NotFound
+from digest.errors import EditionPruned, NotFound
 from digest.ledger import RESOLVED_BY, STATES, Delivery, decode_layout
-from digest.summaries import summaries
+from digest.summaries import pruned_on, summaries
 from digest.text import csv_row
 
 
@@ -308,6 +308,12 @@ def ledger_csv(session: Session, config: Config, newsletter_id: str, edition_dat
     edition = get_edition(session, nl.id, edition_date)
     if edition is None:
         raise NotFound(f"no edition of {nl.id} for {edition_date}: nothing was sent")
+    when = pruned_on(session, edition.id)
+    if when is not None:  # an empty file would read as "nobody got it"
+        raise EditionPruned(
+            f"edition {nl.id} {edition_date} was pruned on {when:%Y-%m-%d} (`digest sends "
+            "prune`): its rows are gone; `digest sends report` without --csv shows its summary"
+        )
     out = io.StringIO()
     rows = map(csv_row, csv_rows(session, edition.id))  # formula-safe cells
     csv.writer(out, lineterminator="\n").writerows(rows)

@@ -17,7 +17,7 @@ from digest.config import Config
 from digest.errors import EditionPruned
 from digest.ledger import Delivery
 from digest.ledger_report import format_report as format_ledger
-from digest.ledger_report import ledger_report
+from digest.ledger_report import ledger_csv, ledger_report
 from digest.partitions import ensure_for, months_ahead, partition_name
 from digest.prune import prune
 from digest.report import build_report, format_report, report_json
@@ -97,6 +97,16 @@ def test_a_pruned_edition_is_never_sent_again(
         send(sent, sessions, _later(now))
     with sessions() as session:
         assert _rows(session) == (0, 0)
+
+
+def test_the_rows_of_a_pruned_edition_as_csv_are_refused_not_an_empty_file(
+    sent: Config, sessions: sessionmaker[Session], now: datetime
+) -> None:
+    with sessions() as session:
+        assert "reader000001@example.org" in ledger_csv(session, sent, "daily", EDITION_DATE)
+    prune(sessions, _later(now), timedelta(days=400))
+    with sessions() as session, pytest.raises(EditionPruned, match="was pruned on .*summary"):
+        ledger_csv(session, sent, "daily", EDITION_DATE)
 
 
 def test_the_cli_prunes_and_refuses_a_bad_age(
