@@ -7,9 +7,9 @@ AHEAD_MONTHS more), by the scheduler once a day, and on demand, before a send wr
 of an edition whose month has none (checked once per process and month: `ensure_for`).
 
 A DEFAULT partition (`<table>_default`) is the safety net: a row of a month nobody made a
-partition for still lands somewhere instead of failing a send. It stays empty in normal use;
-a month with rows in it cannot get its own partition (PostgreSQL refuses), and
-`sends prune` never drops it. SQLite has plain tables: every function here does nothing there.
+partition for still lands somewhere instead of failing a send. It stays empty in normal use.
+PostgreSQL refuses a partition for a month with rows in the DEFAULT one, so making that month
+moves them out first (`_move_out_of_default`); `sends prune` never drops the DEFAULT one. SQLite has plain tables: every function here does nothing there.
 """
 
 from __future__ import annotations
@@ -96,14 +96,57 @@ def create_month(conn: Connection, month: date) -> bool:
         exists = conn.execute(text("SELECT to_regclass(:n)"), {"n": name}).scalar()
         if exists is not None:
             continue
-        conn.execute(
-            text(
-                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} "
-                f"FOR VALUES FROM ('{month.isoformat()}') TO ('{next_month(month).isoformat()}')"
-            )
-        )
+        bounds = f"FOR VALUES FROM ('{month.isoformat()}') TO ('{next_month(month).isoformat()}')"
+        if _in_default(conn, table, month):
+            moved = _move_out_of_default(conn, table, name, month, bounds)
+            log.warning("%s: %d row(s) of %s moved out of %s_default", name, moved, month, table)
+        else:
+            conn.execute(text(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} {bounds}"))
         new = True
     return new
+
+
+def _month_rows(table: str, month: date) -> str:
+    return (
+        f"{table}_default WHERE edition_date >= '{month.isoformat()}' "
+        f"AND edition_date < '{next_month(month).isoformat()}'"
+    )
+
+
+def _in_default(conn: Connection, table: str, month: date) -> bool:
+    return bool(
+        conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM {_month_rows(table, month)})")).scalar()
+    )
+
+
+def _move_out_of_default(conn: Connection, table: str, name: str, month: date, bounds: str) -> int:
+    """The month's partition, made from the rows that fell into the DEFAULT one (its
+    partition could not be made in time: a lock not had). In the caller's transaction: the
+    DEFAULT partition is locked so no row of the month lands there meanwhile, the rows are
+    moved into a new table, which is then attached (with the parent's indexes and keys).
+    A move, not an insert or delete through the parent: the report counts kept by triggers
+    (digest.report_counts) do not change, and neither do the rows' ids."""
+    conn.execute(text(f"LOCK TABLE {table}_default IN ACCESS EXCLUSIVE MODE"))
+    columns = ", ".join(
+        conn.execute(
+            text(
+                "SELECT quote_ident(attname) FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) "
+                "AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+            ),
+            {"t": table},
+        ).scalars()
+    )
+    conn.execute(
+        text(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+    )
+    moved = conn.execute(
+        text(
+            f"WITH gone AS (DELETE FROM {_month_rows(table, month)} RETURNING {columns}) "
+            f"INSERT INTO {name} ({columns}) SELECT {columns} FROM gone"
+        )
+    ).rowcount
+    conn.execute(text(f"ALTER TABLE {table} ATTACH PARTITION {name} {bounds}"))
+    return int(moved)
 
 
 def ensure_months(engine: Engine, months: Iterable[date]) -> list[date]:

@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.clicks import ClickEvent
 from digest.config import Config
 from digest.errors import EditionPruned
-from digest.ledger import Delivery
+from digest.ledger import Delivery, encode_variant
 from digest.ledger_report import format_report as format_ledger
 from digest.ledger_report import ledger_csv, ledger_report
-from digest.partitions import ensure_for, months_ahead, partition_name
+from digest.partitions import ensure_for, ensure_months, months_ahead, partition_name
 from digest.prune import prune
 from digest.report import build_report, format_report, report_json
 from digest.scheduler import Runner, partitions_job
@@ -167,6 +167,45 @@ def test_a_send_makes_the_partition_of_its_month_first(
     assert (march, default) == (12, 0)
     ensure_for(engine, date(2031, 7, 4))
     assert "deliveries_p203107" in _partitions(engine)
+
+
+def test_a_month_whose_rows_fell_into_the_default_partition_gets_them_back(
+    engine: Engine, sessions: sessionmaker[Session], now: datetime
+) -> None:
+    """Its partition could not be made in time (a lock not had): the rows went to the DEFAULT
+    partition, and making the month later moves them into it, ids and counts unchanged."""
+    _pg(engine)
+    late = date(2035, 5, 10)
+    with sessions.begin() as session:
+        edition = store_edition(session)
+        for n in range(1, 4):
+            session.add(
+                Delivery(
+                    edition_id=edition.id,
+                    edition_date=late,
+                    subscriber_id=n,
+                    email=f"r{n}@example.org",
+                    sections=encode_variant(["News"], []),
+                    variant="v",
+                    segment="",
+                    state="sent",
+                    created_at=now,
+                )
+            )
+    with engine.connect() as conn:
+        ids = conn.execute(text("SELECT id FROM deliveries_default ORDER BY id")).scalars().all()
+    assert len(ids) == 3
+
+    assert ensure_months(engine, [late]) == [late.replace(day=1)]
+
+    with engine.connect() as conn:
+        moved = conn.execute(text("SELECT id FROM deliveries_p203505 ORDER BY id")).scalars().all()
+        left = conn.execute(text("SELECT count(*) FROM deliveries_default")).scalar()
+        counted = conn.execute(
+            text("SELECT sum(delivered) FROM report_sent WHERE edition_id = :e"), {"e": edition.id}
+        ).scalar()
+    assert moved == ids and left == 0 and counted == 3
+    assert "deliveries_p203505" in _partitions(engine)
 
 
 def test_the_scheduler_makes_partitions_ahead(
