@@ -138,7 +138,10 @@ class _ClaimAhead:
         """Stopping: rows claimed ahead were never prepared; they go back to pending."""
         try:
             if self._next is not None:
-                claimed = self._next.result()
+                try:
+                    claimed = self._next.result()
+                except Exception:  # its transaction rolled back: nothing was claimed
+                    claimed = []
                 if claimed:
                     self.ledger.release([c.id for c in claimed])
         finally:
@@ -225,9 +228,10 @@ class Worker:
             while not self.stop.is_set() and (limit is None or taken < limit):
                 n = self.batch_size if limit is None else min(self.batch_size, limit - taken)
                 if in_flight and ahead is None:
-                    # SQLite: the claim waits for the last batch's hand-over rather than
-                    # contending with it for the write lock. Bounded: a provider that never
-                    # checkpoints (the outbox) only costs this.
+                    # Without claim ahead (SQLite, a short list) the claim waits for the last
+                    # batch's hand-over rather than contend with it (SQLite: for the write
+                    # lock). Bounded: a provider that never checkpoints (the outbox) only
+                    # costs this.
                     in_flight[-1].handed.wait(_HANDED_WAIT)
                 claimed = ahead.take(n) if ahead is not None else self.ledger.claim(n)
                 if not claimed:
