@@ -51,6 +51,10 @@ class LedgerReport:
     resolved: dict[str, int] = field(default_factory=dict)
     # How many stories each variant leaves out (sent today in another newsletter).
     variant_left_out: dict[str, int] = field(default_factory=dict)
+    # The cross tab behind the counts, rows by (segment, variant, state), and each variant's
+    # layout as stored (its `sections` column): what a pruned edition's summary keeps.
+    groups: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    variant_layouts: dict[str, str] = field(default_factory=dict)
 
 
 def report(session: Session, edition_id: int, max_failures: int = 200) -> LedgerReport:
@@ -75,6 +79,7 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
     totals = dict.fromkeys(STATES, 0)
     resolved: dict[str, int] = {}
     states_of: dict[str, set[str]] = defaultdict(set)
+    groups: dict[tuple[str, str, str], int] = defaultdict(int)
     for segment, variant, state, n, by_event in rows:
         totals[state] += n
         if by_event:
@@ -82,9 +87,12 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
         by_segment[segment or "(all)"][state] += n
         by_variant[variant][state] += n
         states_of[variant].add(state)
+        if n:
+            groups[(segment, variant, state)] += n
+    layouts: dict[str, str] = {}
     for variant, states in states_of.items():
-        raw = _layout(session, mine, variant, states)
-        sections[variant], blocks[variant], skip = decode_layout(raw)
+        layouts[variant] = _layout(session, mine, variant, states)
+        sections[variant], blocks[variant], skip = decode_layout(layouts[variant])
         left_out[variant] = len(skip)
     # Only states the counts found: when every row was sent there is nothing to look for, and
     # looking meant reading the whole edition once more (a third of the report at a million).
@@ -103,6 +111,8 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
         approval_text(edition),
         {state: resolved[state] for state in STATES if state in resolved},
         left_out,
+        dict(groups),
+        layouts,
     )
 
 
@@ -208,9 +218,13 @@ def _from_summary(edition: Any, kept: dict[str, Any], approval: str) -> LedgerRe
     sections: dict[str, tuple[str, ...]] = {}
     blocks: dict[str, tuple[int, ...]] = {}
     left_out: dict[str, int] = {}
+    groups: dict[tuple[str, str, str], int] = defaultdict(int)
+    layouts: dict[str, str] = {}
     for segment, variant, secs, state, n in kept["groups"]:
         by_segment[segment or "(all)"][state] += n
         by_variant[variant][state] += n
+        groups[(segment, variant, state)] += n
+        layouts[variant] = secs
         sections[variant], blocks[variant], skip = decode_layout(secs)
         left_out[variant] = len(skip)
     failures = [
@@ -230,6 +244,8 @@ def _from_summary(edition: Any, kept: dict[str, Any], approval: str) -> LedgerRe
         approval,
         kept["resolved"],
         left_out,
+        dict(groups),
+        layouts,
     )
 
 
