@@ -9,7 +9,8 @@ of an edition whose month has none (checked once per process and month: `ensure_
 A DEFAULT partition (`<table>_default`) is the safety net: a row of a month nobody made a
 partition for still lands somewhere instead of failing a send. It stays empty in normal use.
 PostgreSQL refuses a partition for a month with rows in the DEFAULT one, so making that month
-moves them out first (`_move_out_of_default`); `sends prune` never drops the DEFAULT one. SQLite has plain tables: every function here does nothing there.
+moves them out first (`_move_out_of_default`); `sends prune` never drops the DEFAULT one.
+SQLite has plain tables: every function here does nothing there.
 """
 
 from __future__ import annotations
