@@ -131,8 +131,9 @@ def _move_out_of_default(conn: Connection, table: str, name: str, month: date, b
     columns = ", ".join(
         conn.execute(
             text(
-                "SELECT quote_ident(attname) FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) "
-                "AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+                "SELECT quote_ident(attname) FROM pg_attribute "
+                "WHERE attrelid = CAST(:t AS regclass) AND attnum > 0 AND NOT attisdropped "
+                "ORDER BY attnum"
             ),
             {"t": table},
         ).scalars()
