@@ -208,17 +208,22 @@ def reopen(session: Session, edition_id: int, states: Iterable[str]) -> int:
 
 
 def claim(
-    session: Session | Connection, edition_id: int, worker: str, n: int, now: datetime
+    session: Session | Connection,
+    edition_id: int,
+    worker: str,
+    n: int,
+    now: datetime,
+    after: int = 0,
 ) -> list[Claimed]:
     """Take up to n pending rows for this worker (state sending), variant by variant so a
     batch is mostly one variant (one SendGrid request carries one variant's content).
 
     PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint rows without
-    waiting (one statement: digest.ledger_batch). SQLite ignores it; there a single UPDATE
-    ... WHERE state='pending' runs under the database write lock, which still never hands one
-    row to two claimers."""
+    waiting (one statement: digest.ledger_batch), in id order from `after` (the worker's
+    cursor). SQLite ignores both; there a single UPDATE ... WHERE state='pending' runs under
+    the database write lock, which still never hands one row to two claimers."""
     if not _sqlite(session):
-        rows = ledger_batch.claim(session, edition_id, worker, n, now)
+        rows = ledger_batch.claim(session, edition_id, worker, n, now, after)
     else:
         params = {"b_edition": edition_id, "b_n": n, "b_worker": worker, "b_now": now}
         rows = session.execute(_CLAIM_NEXT, params).all()

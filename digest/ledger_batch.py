@@ -44,7 +44,8 @@ from digest.providers.base import Kind, Outcome
 
 _T = DELIVERIES.c
 
-# The next rows of an edition to claim, variant by variant (both backends).
+# SQLite's pick: the next rows of an edition to claim, variant by variant, from the partial
+# index of pending rows.
 PICK = (
     select(_T.id)
     # A literal, not a bound value: the planner uses the partial index only then.
@@ -62,14 +63,29 @@ TAKE = dict(
     attempts=_T.attempts + 1,
 )
 
+# PostgreSQL's pick: the edition's rows in id order from the worker's cursor (`b_after`, the
+# last id it claimed), through the index on (edition_id, id): no index names `state` there
+# (migration 0017), so that a row's updates are HOT. Rows were written variant by variant, so
+# id order still gives batches of one variant. Rows behind the cursor that are pending again
+# (deferred rows woken, a stopped worker's batch) are found by a pick from the start, made
+# when the cursor's finds nothing (digest.ledger_writer).
+#
 # The pick runs once (an InitPlan: ARRAY(subquery)), its rows locked by this transaction: rows
 # another worker holds are skipped, and a recheck never picks anew. The lock itself re-reads a
 # row changed since the statement began and skips it unless still pending, so the update needs
-# no condition on the state: one would let the planner look the ids up in the partial index of
-# pending rows, where the id is not the leading column (a scan of it per id: 120 ms a batch).
-# Nor a join with the pick: when the statistics were taken before the edition's rows existed,
-# it was a scan of every pending row per picked row.
-_PICKED = func.array(PICK.with_for_update(skip_locked=True).scalar_subquery())
+# no condition on the state. Nor a join with the pick: when the statistics were taken before
+# the edition's rows existed, it was a scan of every pending row per picked row.
+_PG_PICK = (
+    select(_T.id)
+    .where(
+        _T.edition_id == bindparam("b_edition"),
+        _T.id > bindparam("b_after"),
+        _T.state == literal_column("'pending'"),
+    )
+    .order_by(_T.id)
+    .limit(bindparam("b_n"))
+)
+_PICKED = func.array(_PG_PICK.with_for_update(skip_locked=True).scalar_subquery())
 _CLAIM = update(DELIVERIES).where(_T.id == any_(_PICKED)).values(**TAKE).returning(*CLAIMED)
 _IDS = bindparam("b_ids", type_=ARRAY(Integer))
 # The rows of a batch: `id = ANY(ids)` within the ids' range. The range is what the planner
@@ -131,10 +147,17 @@ def _ids(ids: Sequence[int]) -> dict[str, object]:
 
 
 def claim(
-    session: Session | Connection, edition_id: int, worker: str, n: int, now: datetime
+    session: Session | Connection,
+    edition_id: int,
+    worker: str,
+    n: int,
+    now: datetime,
+    after: int = 0,
 ) -> Sequence[Any]:
-    """Up to n pending rows taken for this worker (CLAIMED columns), in one statement."""
+    """Up to n pending rows with ids above `after` taken for this worker (CLAIMED columns),
+    in one statement."""
     params = {"b_edition": edition_id, "b_n": n, "b_worker": worker, "b_now": now}
+    params["b_after"] = after
     return session.execute(_CLAIM, params).all()
 
 

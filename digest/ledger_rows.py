@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
+from digest.errors import NotFound
 from digest.ledger_model import DELIVERIES
 
 _INSERT_CHUNK = 2000
@@ -57,10 +58,15 @@ def _insert(session: Session) -> Any:
 
 def lock_rows(session: Session, edition_id: int) -> None:
     """PostgreSQL: until this transaction ends, no other sender creates rows of the edition
-    (it waits here, then finds this one's rows). SQLite's write lock does the same."""
+    (it waits here, then finds this one's rows), and the edition cannot be deleted (FOR KEY
+    SHARE, the lock a foreign key's check of each row would take: the ledger has no foreign
+    key there, see digest.ledger_model). SQLite's write lock does the same."""
     if session.get_bind().dialect.name == "postgresql":
-        lock = text("SELECT pg_advisory_xact_lock(:k, :e)")
-        session.execute(lock, {"k": _ROW_CREATION_LOCK, "e": edition_id})
+        lock = text(
+            "SELECT pg_advisory_xact_lock(:k, id) FROM editions WHERE id = :e FOR KEY SHARE"
+        )
+        if session.execute(lock, {"k": _ROW_CREATION_LOCK, "e": edition_id}).first() is None:
+            raise NotFound(f"edition {edition_id} was deleted before its rows were written")
 
 
 def _bound(session: Session, values: dict[str, object]) -> dict[str, object]:

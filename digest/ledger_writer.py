@@ -54,6 +54,9 @@ class LedgerWriter:
         self._local = threading.local()
         self._connections: list[Connection] = []
         self._writer = writer_lock(sessions)
+        # PostgreSQL: the last id this worker claimed; its next claim looks past it first.
+        self._cursor = 0
+        self._by_cursor = sessions.kw["bind"].dialect.name == "postgresql"
 
     def _connection(self) -> Connection:
         conn: Connection | None = getattr(self._local, "connection", None)
@@ -83,10 +86,18 @@ class LedgerWriter:
     def claim(self, n: int) -> list[Claimed]:
         with self.write() as conn:
             now = self.clock()
-            claimed = ledger.claim(conn, self.edition_id, self.worker, n, now)
+            edition = self.edition_id
+            claimed = ledger.claim(conn, edition, self.worker, n, now, self._cursor)
+            if not claimed and self._cursor:
+                # Nothing past the cursor: a row behind it may be pending again (another
+                # worker let it go), so the last word is a pick from the start.
+                self._cursor = 0
+                claimed = ledger.claim(conn, edition, self.worker, n, now)
             # Nothing pending: rows deferred earlier in a long send may be due by now.
-            if not claimed and ledger.wake_deferred(conn, self.edition_id, now):
-                claimed = ledger.claim(conn, self.edition_id, self.worker, n, now)
+            if not claimed and ledger.wake_deferred(conn, edition, now):
+                claimed = ledger.claim(conn, edition, self.worker, n, now)
+            if claimed and self._by_cursor:
+                self._cursor = claimed[-1].id  # sorted by id
         for c in claimed:
             if c.deferred_since is not None:
                 self._deferred_since[c.id] = c.deferred_since

@@ -134,6 +134,31 @@ def test_the_migration_keeps_every_row_and_count(old_engine: Engine) -> None:
                 n = conn.execute(text(f"SELECT count(*) FROM {table}_p{month}")).scalar()
                 assert n and n > 0, (table, month)
             assert conn.execute(text("SELECT count(*) FROM deliveries_default")).scalar() == 0
+            # 0017: the claim and due indexes built on every partition (CONCURRENTLY), then
+            # attached: the parent's are valid, and the partial indexes by state are gone.
+            indexes = conn.execute(
+                text(
+                    "SELECT c.relname, i.indisvalid FROM pg_index i "
+                    "JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE i.indrelid = 'deliveries'::regclass"
+                )
+            ).all()
+            assert dict(indexes) == {
+                "deliveries_pkey": True,
+                "uq_deliveries_edition_subscriber": True,
+                "ix_deliveries_claim": True,
+                "ix_deliveries_due": True,
+            }
+            claim_indexes = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_inherits WHERE inhparent = "
+                    "'ix_deliveries_claim'::regclass"
+                )
+            ).scalar()
+            partitions = conn.execute(
+                text("SELECT count(*) FROM pg_inherits WHERE inhparent = 'deliveries'::regclass")
+            ).scalar()
+            assert claim_indexes == partitions
     # The report-count triggers count on the migrated (partitioned) table; new ids go on.
     with old_engine.begin() as conn:
         conn.execute(text("UPDATE deliveries SET state = 'sent' WHERE state = 'pending'"))

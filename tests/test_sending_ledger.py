@@ -17,10 +17,11 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.clock import fixed
-from digest.config import Config, SendGridConfig, SmtpConfig
+from digest.config import Config, DeferralConfig, SendGridConfig, SmtpConfig
 from digest.editions import Edition
 from digest.errors import ProviderError
 from digest.ledger import Delivery, claim, mark_handed
+from digest.ledger_writer import LedgerWriter
 from digest.render import Renderer, personal_links, personalise
 from digest.sending import ProgressEvent, RetryPolicy, SendOptions, SendReport, send_edition
 from subscribers.audience import recipient
@@ -490,3 +491,59 @@ def test_claims_walk_the_partial_index_of_pending_rows_on_sqlite(
     with engine.connect() as conn:
         plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()  # type: ignore[arg-type]
     assert any("ix_deliveries_pending" in str(row[-1]) for row in plan), plan
+
+
+def _ledger_rows(sessions: sessionmaker[Session], edition: Edition, n: int, now: datetime) -> None:
+    with sessions.begin() as session:
+        session.add_all(
+            Delivery(
+                edition_id=edition.id,
+                subscriber_id=i,
+                email=email_for(i),
+                sections='["News"]',
+                variant="v",
+                created_at=now,
+            )
+            for i in range(1, n + 1)
+        )
+
+
+def test_rows_let_go_behind_a_workers_last_claim_are_still_claimed(
+    sessions: sessionmaker[Session], edition: Edition, now: datetime
+) -> None:
+    # PostgreSQL claims in id order from where the worker's last claim ended: a batch let go
+    # (a stopped delivery) lies behind it, and must not be left pending when the send ends.
+    _ledger_rows(sessions, edition, 30, now)
+    writer = LedgerWriter(sessions, edition.id, "outbox", fixed(now), DeferralConfig())
+    try:
+        first, second = writer.claim(10), writer.claim(10)
+        writer.release([c.id for c in first])
+        rest = [writer.claim(10), writer.claim(10), writer.claim(10)]
+    finally:
+        writer.close()
+    claimed = [c.id for c in second] + [c.id for batch in rest for c in batch]
+    assert sorted(claimed) == [r.id for r in rows(sessions)]  # everyone once, nobody twice
+    assert rest[-1] == []
+    assert {r.state for r in rows(sessions)} == {"sending"}
+
+
+def test_no_postgresql_index_of_the_ledger_names_its_state(engine: Any) -> None:
+    # A row's claim, hand-over and settle change `state`: an index naming it (in its columns
+    # or its predicate) turns each of those updates from HOT into a new entry in every index.
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL behaviour")
+    with engine.connect() as conn:
+        found = conn.exec_driver_sql(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_class t ON t.oid = i.indrelid WHERE t.relname LIKE 'deliveries%%'"
+        ).all()
+        fillfactors = conn.exec_driver_sql(
+            "SELECT c.relname, c.reloptions FROM pg_inherits h "
+            "JOIN pg_class c ON c.oid = h.inhrelid WHERE h.inhparent = 'deliveries'::regclass"
+        ).all()
+    assert {name for name, _ in found} >= {"ix_deliveries_claim", "ix_deliveries_due"}
+    assert [d for _, d in found if "state" in d] == []
+    assert fillfactors and all("fillfactor=50" in (options or []) for _, options in fillfactors), (
+        fillfactors
+    )

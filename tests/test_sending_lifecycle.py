@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest import ledger
 from digest.config import Config
 from digest.editions import Edition
+from digest.errors import NotFound
 from digest.sending import SendReport
 from subscribers.models import Tag
 from tests.fakes.fixtures import smtp_server, tls_cert  # noqa: F401
@@ -208,7 +209,18 @@ def test_a_second_sender_waits_for_the_first_ones_rows_before_asking_who_has_one
                 ledger.lock_rows(second, edition.id)
         with sessions() as other, other.begin():  # another edition's creation goes on
             other.execute(text("SET LOCAL lock_timeout = '200ms'"))
-            ledger.lock_rows(other, edition.id + 1)
+            another = other.execute(
+                text(
+                    "INSERT INTO editions (newsletter, edition_date, status, built_at, "
+                    "frozen_at, window_start, window_end, fingerprint) SELECT newsletter, "
+                    "edition_date + 1, status, built_at, frozen_at, window_start, window_end, "
+                    "fingerprint FROM editions WHERE id = :e RETURNING id"
+                ),
+                {"e": edition.id},
+            ).scalar_one()
+            ledger.lock_rows(other, another)
+            with pytest.raises(NotFound, match="was deleted"):  # no key: the lock checks
+                ledger.lock_rows(other, another + 1)
     with sessions.begin() as later:  # the first one's transaction ended: free
         later.execute(text("SET LOCAL lock_timeout = '200ms'"))
         ledger.lock_rows(later, edition.id)

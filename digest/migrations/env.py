@@ -7,7 +7,7 @@ from digest.config import database_url
 from digest.db import Base, load_models
 
 load_models()
-from digest.partitions import include_name  # noqa: E402
+from digest.partitions import include_name, include_object  # noqa: E402
 
 target_metadata = Base.metadata
 engine = context.config.attributes.get("engine") or create_engine(database_url())
@@ -19,6 +19,7 @@ with engine.connect() as connection:
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         include_name=include_name,  # the ledger's partitions are not models (autogenerate)
+        include_object=include_object(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()
