@@ -215,13 +215,14 @@ def claim(
     now: datetime,
     after: int = 0,
 ) -> list[Claimed]:
-    """Take up to n pending rows for this worker (state sending), variant by variant so a
-    batch is mostly one variant (one SendGrid request carries one variant's content).
+    """Take up to n pending rows for this worker (state sending), so that a batch is mostly
+    one variant (one SendGrid request carries one variant's content).
 
-    PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint rows without
-    waiting (one statement: digest.ledger_batch), in id order from `after` (the worker's
-    cursor). SQLite ignores both; there a single UPDATE ... WHERE state='pending' runs under
-    the database write lock, which still never hands one row to two claimers."""
+    PostgreSQL: in id order from `after` (the worker's cursor; rows were written variant by
+    variant), FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint rows without
+    waiting (one statement: digest.ledger_batch). SQLite ignores both and walks the pending
+    rows variant by variant; there a single UPDATE ... WHERE state='pending' runs under the
+    database write lock, which still never hands one row to two claimers."""
     if not _sqlite(session):
         rows = ledger_batch.claim(session, edition_id, worker, n, now, after)
     else:
@@ -447,7 +448,7 @@ def counts(session: Session, edition_id: int) -> dict[str, int]:
 
 
 def pending(session: Session, edition_id: int) -> int:
-    """Rows waiting for a worker (counted from the partial index alone)."""
+    """Rows waiting for a worker (SQLite: counted from the partial index alone)."""
     return int(
         session.scalar(
             select(func.count()).where(_T.edition_id == edition_id, _T.state == _PENDING)
@@ -492,9 +493,11 @@ def deferred_due(session: Session | Connection, edition_id: int, now: datetime) 
 
 def next_due(session: Session | Connection, edition_id: int) -> datetime | None:
     """When the edition's earliest deferred row is due again (None: no deferred rows)."""
+    # IS NOT NULL changes no answer (min() skips nulls) but matches the predicate of
+    # PostgreSQL's index of due rows: without it, the edition's every row was read.
     found: datetime | None = session.scalar(
         select(func.min(_T.next_attempt_at)).where(
-            _T.edition_id == edition_id, _T.state == _DEFERRED
+            _T.edition_id == edition_id, _T.state == _DEFERRED, _T.next_attempt_at.is_not(None)
         )
     )
     return found

@@ -156,8 +156,7 @@ def claim(
 ) -> Sequence[Any]:
     """Up to n pending rows with ids above `after` taken for this worker (CLAIMED columns),
     in one statement."""
-    params = {"b_edition": edition_id, "b_n": n, "b_worker": worker, "b_now": now}
-    params["b_after"] = after
+    params = {"b_edition": edition_id, "b_after": after, "b_n": n, "b_worker": worker, "b_now": now}
     return session.execute(_CLAIM, params).all()
 
 

@@ -185,3 +185,40 @@ def test_the_migration_keeps_every_row_and_count(old_engine: Engine) -> None:
     upgrade(old_engine)  # and up again
     with old_engine.connect() as conn:
         assert _figures(conn) == after
+
+
+def test_0017_runs_again_after_it_was_stopped_during_its_index_builds(old_engine: Engine) -> None:
+    # The concurrent builds run outside the migration's transaction: what came before them is
+    # committed, and a build stopped half way leaves an invalid index behind.
+    if old_engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL behaviour")
+    with old_engine.begin() as conn:
+        _populate(conn)
+    upgrade(old_engine, "0016")
+    with old_engine.begin() as conn:
+        before = _figures(conn)
+        conn.execute(text("ALTER TABLE deliveries DROP CONSTRAINT deliveries_edition_id_fkey"))
+        conn.execute(text("CREATE INDEX ix_deliveries_claim ON ONLY deliveries (edition_id, id)"))
+        conn.execute(text("CREATE INDEX deliveries_p202511_claim ON deliveries_p202511 (id)"))
+        # What a stopped CREATE INDEX CONCURRENTLY leaves: an index marked invalid.
+        conn.execute(
+            text(
+                "UPDATE pg_index SET indisvalid = false "
+                "WHERE indexrelid = 'deliveries_p202511_claim'::regclass"
+            )
+        )
+    upgrade(old_engine)
+    with old_engine.connect() as conn:
+        assert _figures(conn) == before
+        invalid = conn.execute(
+            text(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "JOIN pg_class t ON t.oid = i.indrelid "
+                "WHERE t.relname LIKE 'deliveries%' AND NOT i.indisvalid"
+            )
+        ).all()
+        assert invalid == []
+        columns = conn.execute(
+            text("SELECT pg_get_indexdef('deliveries_p202511_claim'::regclass)")
+        ).scalar()
+        assert "(edition_id, id)" in str(columns)

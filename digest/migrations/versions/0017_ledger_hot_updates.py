@@ -59,12 +59,20 @@ def _where(predicate: str | None) -> str:
     return "" if predicate is None else f" WHERE {predicate}"
 
 
+def _invalid(index: str) -> bool:
+    found = op.get_bind().execute(
+        sa.text("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:i)"),
+        {"i": index},
+    )
+    return bool(found.scalar())
+
+
 def _own(partition: str, index: str) -> str:
     """A partition's index of the parent's `index`: deliveries_p202612_claim."""
     return f"{partition}_{index.removeprefix('ix_deliveries_')}"
 
 
-_CASCADE = """CREATE FUNCTION deliveries_edition_cascade() RETURNS trigger LANGUAGE plpgsql AS $$
+_CASCADE = """CREATE OR REPLACE FUNCTION deliveries_edition_cascade() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM deliveries WHERE edition_id = OLD.id;
     RETURN NULL;
@@ -74,8 +82,11 @@ END $$"""
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute("ALTER TABLE deliveries DROP CONSTRAINT deliveries_edition_id_fkey")
+    # Everything before the concurrent builds is committed before them, so a run stopped
+    # during a build (still at 0016) must be able to run again: each step is idempotent.
+    op.execute("ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS deliveries_edition_id_fkey")
     op.execute(_CASCADE)
+    op.execute("DROP TRIGGER IF EXISTS deliveries_edition_cascade ON editions")
     op.execute(
         "CREATE TRIGGER deliveries_edition_cascade AFTER DELETE ON editions "
         "FOR EACH ROW EXECUTE FUNCTION deliveries_edition_cascade()"
@@ -83,12 +94,17 @@ def upgrade() -> None:
     partitions = _partitions()
     for name, columns, predicate in _NEW:
         # The parent's index, invalid until every partition's is attached.
-        op.execute(f"CREATE INDEX {name} ON ONLY deliveries ({columns}){_where(predicate)}")
+        op.execute(
+            f"CREATE INDEX IF NOT EXISTS {name} ON ONLY deliveries ({columns}){_where(predicate)}"
+        )
     with op.get_context().autocommit_block():
         for partition in partitions:
             for name, columns, predicate in _NEW:
+                own = _own(partition, name)
+                if _invalid(own):  # left by a build that was stopped
+                    op.execute(f"DROP INDEX CONCURRENTLY {own}")
                 op.execute(
-                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {_own(partition, name)} "
+                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {own} "
                     f"ON {partition} ({columns}){_where(predicate)}"
                 )
     for partition in partitions:
