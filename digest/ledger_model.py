@@ -194,3 +194,28 @@ class Claimed(NamedTuple):
     blocks: tuple[int, ...] = ()
     deferred_since: datetime | None = None  # a row deferred before: when that began
     skip: tuple[int, ...] = ()  # article ids left out (sent today in another newsletter)
+
+
+class LedgerCount(Base):
+    """Ledger rows of one group in one state, in one writer's shard: kept by triggers on
+    `deliveries` (migration 0018), read by digest.report_counts and digest.ledger.counts."""
+
+    __tablename__ = "ledger_counts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # No foreign key: a trigger of the ledger writes here while a cascade deletes an edition.
+    edition_id: Mapped[int] = mapped_column(Integer)
+    variant: Mapped[str] = mapped_column(String(40))
+    segment: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(String(300))
+    state: Mapped[str] = mapped_column(String(12))
+    # 1 for rows whose state a provider's later event set (digest.ledger.RESOLVED_BY).
+    by_event: Mapped[int] = mapped_column(Integer)
+    shard: Mapped[int] = mapped_column(Integer)
+    n: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        UniqueConstraint(
+            "edition_id", "variant", "segment", "subject", "state", "by_event", "shard"
+        ),
+    )

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import case, func, literal_column, select
+from sqlalchemy import literal_column, select
 from sqlalchemy.orm import Session
 
 from digest.config import Config, NewsletterConfig
 from digest.editions import get_edition
 from digest.errors import EditionPruned, NotFound
-from digest.ledger import RESOLVED_BY, STATES, Delivery, decode_layout
+from digest.ledger import STATES, Delivery, decode_layout
+from digest.report_counts import edition_groups
 from digest.summaries import pruned_on, summaries
 from digest.text import csv_row
 
@@ -70,12 +71,11 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
     sections: dict[str, tuple[str, ...]] = {}
     blocks: dict[str, tuple[int, ...]] = {}
     left_out: dict[str, int] = {}
-    # One pass over the edition's rows gives every figure (by state, segment, variant, and
-    # those a provider's event resolved): three passes were three seconds at a million rows.
-    # The edition's date names its partition (PostgreSQL); the layouts are read per variant
-    # after it, since grouping a million rows by their layout's text doubled the pass.
+    # The counts the ledger's triggers keep (digest.report_counts): a pass over a million
+    # rows was 1.3-1.9 s. The edition's date names its partition (PostgreSQL) for the reads of
+    # rows below: each variant's layout, and the rows not delivered.
     mine = (Delivery.edition_id == edition_id, Delivery.edition_date == edition.edition_date)
-    rows = _groups(session, mine)
+    rows = edition_groups(session, edition_id)
     totals = dict.fromkeys(STATES, 0)
     resolved: dict[str, int] = {}
     states_of: dict[str, set[str]] = defaultdict(set)
@@ -114,69 +114,6 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
         dict(groups),
         layouts,
     )
-
-
-_RESOLVED_BY_EVENT = Delivery.last_error.like(f"%{RESOLVED_BY}% event %")
-
-
-def _groups(session: Session, mine: tuple[Any, ...]) -> list[tuple[str, str, str, int, int]]:
-    """(segment, variant, state, rows, rows a provider's event resolved) of the edition."""
-    if session.get_bind().dialect.name != "sqlite":  # grouped by hashing, in one pass
-        return _grouped(session, mine, func.count())
-    # SQLite groups by sorting: a million rows through a temporary B-tree were 0.85 s of a
-    # 1.1 s report. The sent rows, nearly all of them, are counted in the order of their
-    # partial index (no sort, no row read); the pass over the rows keeps only the others and
-    # the few sent ones an event resolved (an accepted row has no error otherwise).
-    sent: Any = select(
-        Delivery.segment,
-        Delivery.variant,
-        literal_column("'sent'"),
-        func.count(),
-        literal_column("0"),
-    ).where(mine[0], Delivery.state == literal_column("'sent'"))
-    counted = session.execute(sent.group_by(Delivery.variant, Delivery.segment)).all()
-    others = (Delivery.state != "sent") | Delivery.last_error.is_not(None)
-    not_sent = func.sum(case((Delivery.state != "sent", 1), else_=0))
-    rest = _grouped(session, (*_scan(session, mine), others), not_sent)
-    return [*(tuple(r) for r in counted), *rest]
-
-
-def _grouped(session: Session, where: tuple[Any, ...], count: Any) -> list[Any]:
-    return list(
-        session.execute(
-            select(
-                Delivery.segment,
-                Delivery.variant,
-                Delivery.state,
-                count,
-                func.sum(case((_RESOLVED_BY_EVENT, 1), else_=0)),
-            )
-            .where(*where)
-            .group_by(Delivery.segment, Delivery.variant, Delivery.state)
-        ).all()
-    )
-
-
-# SQLite: an edition's rows read in id order when they lie together (the ids between its first
-# and last row are at most this many times its rows), not through the edition's index.
-_DENSE = 2
-
-
-def _scan(session: Session, mine: tuple[Any, ...]) -> tuple[Any, ...]:
-    """SQLite: the conditions the pass over the edition's rows reads them by. Through the
-    edition's index it jumps about the file in subscriber order (at a million rows, 1.5 s
-    against 0.15 s for the same rows in id order). A morning's rows were written together, so
-    their ids form one range; the range (found from the index alone) is read when it holds
-    few rows of other editions (a re-run days later can widen it)."""
-    n, lo, hi = session.execute(
-        select(func.count(), func.min(Delivery.id), func.max(Delivery.id)).where(*mine)
-    ).one()
-    if not n or hi - lo + 1 > _DENSE * n:
-        return mine
-    # The unary plus keeps SQLite off the edition's index for these terms (they still filter).
-    edition: Any = literal_column("+deliveries.edition_id")
-    day: Any = literal_column("+deliveries.edition_date")
-    return (Delivery.id.between(lo, hi), edition == mine[0].right, day == mine[1].right)
 
 
 def _failures(session: Session, mine: Any, states: list[str], limit: int) -> list[Failure]:

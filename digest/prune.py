@@ -16,12 +16,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, delete, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.db import transaction
 from digest.editions import Edition
 from digest.errors import InputError
+from digest.ledger_model import LedgerCount
 from digest.partitions import TABLES, forget, month_of, partitioned
 from digest.summaries import EditionSummary, summarise
 
@@ -129,6 +130,9 @@ def prune(
     # SQLite; on PostgreSQL what the DEFAULT partition held (deleted from the partition
     # itself: the parent's report-count triggers do not fire, the summary is the truth now).
     _delete_rows(bind, ids, [f"{t}_default" for t in TABLES] if pg else list(TABLES))
+    # The kept counts of the pruned editions' rows: their summaries say it all now.
+    with transaction(sessions) as session:
+        session.execute(delete(LedgerCount).where(LedgerCount.edition_id.in_(ids)))
     return report
 
 

@@ -1,13 +1,13 @@
-"""Delivered readers per edition, variant, segment and subject, kept by the database itself.
+"""Ledger rows per edition, variant, segment, subject and state, kept by the database itself.
 
-`digest report` shows the trend of the last editions, so every report needs the delivered
-count of about a million ledger rows; counting them each time is most of a second on SQLite
-and more on PostgreSQL. Instead, triggers on `deliveries` (migration 0014) add one to a row of
-`report_sent` when a delivery becomes `sent` and take one away when it stops being `sent`
-(another state, deleted), for whatever code path writes the ledger: the send worker's settle
-marks, a retry or a resend, an erasure, a deleted edition. The figures are exact by
-construction: `tests/test_report_counts.py` compares them with a count of the ledger after
-each writer.
+`digest report` shows the trend of the last editions and `digest sends report` an edition's
+rows by state, segment and variant: counting a million ledger rows each time is a second or
+two. Instead, triggers on `deliveries` (migration 0018; 0014 kept the delivered rows alone)
+add one to a row of `ledger_counts` when a delivery enters a group and take one away when it
+leaves it (another state, a provider's event resolved it, deleted), for whatever code path
+writes the ledger: row creation, a send's claims and settle marks, a retry or a resend, an
+erasure, a deleted edition. The figures are exact by construction: `tests/test_report_counts.py`
+compares them with a count of the ledger after each writer.
 
 On PostgreSQL each database session (backend) keeps its own `shard` of a row, so concurrent
 send workers never wait on, or deadlock over, the same counter; the report adds the shards.
@@ -23,38 +23,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Integer, String, UniqueConstraint, func, literal_column, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import func, literal_column, select
+from sqlalchemy.orm import Session
 
-from digest.db import Base
 from digest.ledger import Delivery, decode_variant
+from digest.ledger_model import LedgerCount
 
 
-class ReportSent(Base):
-    """Delivered (state `sent`) rows of one group, in one writer's shard."""
-
-    __tablename__ = "report_sent"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    # No foreign key: a trigger of the ledger writes here while a cascade deletes an edition.
-    edition_id: Mapped[int] = mapped_column(Integer)
-    variant: Mapped[str] = mapped_column(String(40))
-    segment: Mapped[str] = mapped_column(String(200))
-    subject: Mapped[str] = mapped_column(String(300))
-    shard: Mapped[int] = mapped_column(Integer)
-    delivered: Mapped[int] = mapped_column(Integer)
-
-    __table_args__ = (UniqueConstraint("edition_id", "variant", "segment", "subject", "shard"),)
+def edition_groups(session: Session, edition_id: int) -> list[tuple[str, str, str, int, int]]:
+    """(segment, variant, state, rows, rows a provider's event resolved) of an edition's
+    ledger, every group with a row."""
+    n = func.sum(LedgerCount.n)
+    by_event = func.sum(LedgerCount.n * LedgerCount.by_event)
+    keys = (LedgerCount.segment, LedgerCount.variant, LedgerCount.state)
+    rows = session.execute(
+        select(*keys, n, by_event)
+        .where(LedgerCount.edition_id == edition_id)
+        .group_by(*keys)
+        .having(n > 0)
+    )
+    return [(s, v, st, int(c), int(e)) for s, v, st, c, e in rows]
 
 
 def delivered_groups(session: Session, edition_ids: Sequence[int]) -> list[Any]:
     """(edition_id, variant, segment, subject, delivered) of every group with a delivery."""
-    n = func.sum(ReportSent.delivered)
-    keys = (ReportSent.edition_id, ReportSent.variant, ReportSent.segment, ReportSent.subject)
+    n = func.sum(LedgerCount.n)
+    keys = (LedgerCount.edition_id, LedgerCount.variant, LedgerCount.segment, LedgerCount.subject)
     return list(
         session.execute(
             select(*keys, n)
-            .where(ReportSent.edition_id.in_(edition_ids))
+            .where(LedgerCount.edition_id.in_(edition_ids), LedgerCount.state == "sent")
             .group_by(*keys)
             .having(n > 0)
         ).all()
@@ -69,18 +67,18 @@ def variant_sections(
     sections = (
         select(Delivery.sections)
         .where(
-            Delivery.edition_id == ReportSent.edition_id,
-            Delivery.variant == ReportSent.variant,
+            Delivery.edition_id == LedgerCount.edition_id,
+            Delivery.variant == LedgerCount.variant,
             Delivery.state == literal_column("'sent'"),  # a literal: SQLite's partial index
         )
         .limit(1)
-        .correlate(ReportSent)
+        .correlate(LedgerCount)
         .scalar_subquery()
     )
     rows = session.execute(
-        select(ReportSent.edition_id, ReportSent.variant, sections)
-        .where(ReportSent.edition_id.in_(edition_ids))
-        .group_by(ReportSent.edition_id, ReportSent.variant)
-        .having(func.sum(ReportSent.delivered) > 0)
+        select(LedgerCount.edition_id, LedgerCount.variant, sections)
+        .where(LedgerCount.edition_id.in_(edition_ids), LedgerCount.state == "sent")
+        .group_by(LedgerCount.edition_id, LedgerCount.variant)
+        .having(func.sum(LedgerCount.n) > 0)
     )
     return {(e, v): decode_variant(raw)[0] if raw else () for e, v, raw in rows}

@@ -16,6 +16,7 @@ from digest.clicks import ClickEvent
 from digest.config import Config
 from digest.errors import EditionPruned
 from digest.ledger import Delivery, encode_variant
+from digest.ledger_model import LedgerCount
 from digest.ledger_report import format_report as format_ledger
 from digest.ledger_report import ledger_csv, ledger_report
 from digest.partitions import ensure_for, ensure_months, months_ahead, partition_name
@@ -72,6 +73,8 @@ def test_prune_drops_the_rows_and_both_reports_stay_the_same(
     with sessions() as session:
         assert _rows(session) == (0, 0)
         assert _reports(sent, session) == before
+        # Nor are the rows' kept counts left behind: the summary has them.
+        assert session.scalar(select(func.count()).select_from(LedgerCount)) == 0
     again = prune(sessions, _later(now), timedelta(days=400))  # nothing left to drop
     assert again.rows == 0
     with sessions() as session:
@@ -202,7 +205,8 @@ def test_a_month_whose_rows_fell_into_the_default_partition_gets_them_back(
         moved = conn.execute(text("SELECT id FROM deliveries_p203505 ORDER BY id")).scalars().all()
         left = conn.execute(text("SELECT count(*) FROM deliveries_default")).scalar()
         counted = conn.execute(
-            text("SELECT sum(delivered) FROM report_sent WHERE edition_id = :e"), {"e": edition.id}
+            text("SELECT sum(n) FROM ledger_counts WHERE edition_id = :e AND state = 'sent'"),
+            {"e": edition.id},
         ).scalar()
     assert moved == ids and left == 0 and counted == 3
     assert "deliveries_p203505" in _partitions(engine)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from digest.db import _alembic_config, make_engine, upgrade
@@ -93,6 +93,9 @@ def _populate(conn: Connection) -> None:
     )
 
 
+_SENT = ("delivered", "report_sent")  # the delivered counts before migration 0018
+
+
 def _figures(conn: Connection) -> dict[str, object]:
     def rows(sql: str) -> list[tuple[object, ...]]:
         return [tuple(r) for r in conn.execute(text(sql))]
@@ -104,9 +107,15 @@ def _figures(conn: Connection) -> dict[str, object]:
         ),
         "ids": rows("SELECT count(*), sum(id), max(id) FROM deliveries"),
         "sent": rows(
-            "SELECT edition_id, variant, segment, subject, sum(delivered) FROM report_sent "
-            "GROUP BY edition_id, variant, segment, subject HAVING sum(delivered) <> 0 "
+            f"SELECT edition_id, variant, segment, subject, sum({_SENT[0]}) FROM {_SENT[1]} "
+            f"GROUP BY edition_id, variant, segment, subject HAVING sum({_SENT[0]}) <> 0 "
             "ORDER BY 1, 2, 3, 4"
+        )
+        if not inspect(conn).has_table("ledger_counts")
+        else rows(
+            "SELECT edition_id, variant, segment, subject, sum(n) FROM ledger_counts "
+            "WHERE state = 'sent' GROUP BY edition_id, variant, segment, subject "
+            "HAVING sum(n) <> 0 ORDER BY 1, 2, 3, 4"
         ),
         "clicks": rows(
             "SELECT edition_id, counted, count(*), count(DISTINCT delivery_id) FROM click_events "
@@ -125,6 +134,14 @@ def test_the_migration_keeps_every_row_and_count(old_engine: Engine) -> None:
     upgrade(old_engine)
     with old_engine.connect() as conn:
         assert _figures(conn) == before
+        # 0018: every state counted, as the rows stand.
+        kept = conn.execute(
+            text(
+                "SELECT edition_id, state, sum(n) FROM ledger_counts GROUP BY edition_id, state "
+                "HAVING sum(n) <> 0 ORDER BY 1, 2"
+            )
+        ).all()
+        assert [tuple(r) for r in kept] == before["states"]
         dates = conn.execute(
             text("SELECT DISTINCT edition_id, edition_date FROM deliveries ORDER BY 1")
         ).all()
@@ -172,7 +189,9 @@ def test_the_migration_keeps_every_row_and_count(old_engine: Engine) -> None:
         )
     with old_engine.connect() as conn:
         sent = conn.execute(text("SELECT count(*) FROM deliveries WHERE state = 'sent'")).scalar()
-        counted = conn.execute(text("SELECT sum(delivered) FROM report_sent")).scalar()
+        counted = conn.execute(
+            text("SELECT sum(n) FROM ledger_counts WHERE state = 'sent'")
+        ).scalar()
         assert sent == counted
         assert conn.execute(text("SELECT max(id) FROM deliveries")).scalar() == (
             before["ids"][0][2] + 1  # type: ignore[index]

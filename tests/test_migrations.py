@@ -18,7 +18,7 @@ from tests.factories import make_article
 
 
 def test_migrations_have_a_single_head() -> None:
-    assert head_revisions() == {"0017"}
+    assert head_revisions() == {"0018"}
 
 
 def test_models_match_the_migrated_schema(engine: Engine) -> None:
@@ -59,7 +59,7 @@ def test_an_old_database_is_upgraded_in_place_keeping_its_data(
     engine = make_engine(url)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [
-            "0017"
+            "0018"
         ]
     with session_factory(engine)() as session:
         assert session.scalar(select(func.count()).select_from(Article)) == 1

@@ -17,8 +17,9 @@ from digest.clicks import Click, ClickEvent, record
 from digest.config import Config
 from digest.editions import Edition
 from digest.ledger import Delivery, ProviderEvent, apply_provider_event, decode_variant, reopen
+from digest.ledger_report import report as ledger_report
 from digest.report import Report, build_report
-from digest.report_counts import ReportSent
+from digest.report_counts import LedgerCount
 from digest.tracking import TrackedLink
 from subscribers.models import Subscriber
 from tests.clicks_support import send, tracked
@@ -122,11 +123,33 @@ def _as_counted(r: Report, session: Session) -> dict[str, object]:
     }
 
 
+def _ledger_from_scratch(session: Session) -> tuple[dict[tuple[str, str, str], int], dict]:  # type: ignore[type-arg]
+    """`sends report`'s cross tab and resolved-by-event counts, counted from the rows."""
+    groups = session.execute(
+        select(Delivery.segment, Delivery.variant, Delivery.state, func.count()).group_by(
+            Delivery.segment, Delivery.variant, Delivery.state
+        )
+    ).all()
+    resolved = session.execute(
+        select(Delivery.state, func.count())
+        .where(Delivery.last_error.like("%resolved by % event %"))
+        .group_by(Delivery.state)
+    ).all()
+    return {(g, v, st): n for g, v, st, n in groups}, dict(resolved)  # type: ignore[misc]
+
+
 def _check(config: Config, sessions: sessionmaker[Session]) -> Report:
     with sessions() as session:
         r = build_report(session, config, "daily", day=EDITION_DATE)
         assert _as_counted(r, session) == _from_scratch(session)
         assert [(t.delivered, t.clickers) for t in r.trend] == [(r.delivered, r.clickers)]
+        # `digest sends report` reads the same kept counts, for every state.
+        edition_id = session.scalars(select(Edition.id)).one()
+        kept = ledger_report(session, edition_id)
+        assert (kept.groups, kept.resolved) == _ledger_from_scratch(session)
+        assert sum(kept.counts.values()) == session.scalar(
+            select(func.count()).select_from(Delivery)
+        )
     return r
 
 
@@ -148,6 +171,25 @@ def test_bounces_and_complaints_take_readers_out(
         apply_provider_event(session, ProviderEvent(rid, "SendGrid", "bounce", False, now), now)
     r = _check(sent, sessions)
     assert r.delivered == 17
+
+
+def test_rows_a_provider_event_resolved_are_counted_as_resolved(
+    sent: Config, sessions: sessionmaker[Session], now: datetime
+) -> None:
+    with sessions.begin() as session:
+        rows = [_delivery(session, n) for n in (4, 5, 6)]
+        for row in rows:
+            row.state = "unknown"  # no answer came back
+        session.flush()
+        for row, accepted in zip(rows, (True, True, False), strict=True):
+            event = ProviderEvent(
+                row.id, "SendGrid", "delivered" if accepted else "bounce", accepted, now
+            )
+            apply_provider_event(session, event, now)
+    with sessions() as session:
+        kept = ledger_report(session, session.scalars(select(Edition.id)).one())
+        assert kept.resolved == {"sent": 2, "failed": 1}
+    assert _check(sent, sessions).delivered == 19
 
 
 def test_a_retry_after_failures_counts_each_reader_once(
@@ -203,7 +245,7 @@ def test_a_reopened_edition_leaves_no_counts_behind(
     assert _check(sent, sessions).delivered == 19
     with sessions.begin() as session:
         session.execute(delete(Edition))
-        assert session.scalar(select(func.count()).select_from(ReportSent)) == 0
+        assert session.scalar(select(func.count()).select_from(LedgerCount)) == 0
 
 
 def test_concurrent_writers_never_wait_on_one_counter(
