@@ -119,8 +119,8 @@ class Delivery(Base):
             "next_attempt_at",
             sqlite_where=text("state = 'deferred'"),
         ).ddl_if(dialect="sqlite"),
-        # `digest report` counts delivered rows per edition, variant, segment and subject
-        # from this index alone; partial, so a row enters it once, when it is sent.
+        # A variant's layout read from one of its delivered rows (the reports; the counts are
+        # digest.report_counts'); partial, so a row enters it once, when it is sent.
         Index(
             "ix_deliveries_sent",
             "edition_id",

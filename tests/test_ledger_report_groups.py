@@ -1,6 +1,6 @@
 """`digest sends report` counts every row of the edition once, by state, segment and variant,
-however the rows lie: written together (SQLite reads them in id order) or interleaved with
-another newsletter's (through the edition's index), with sent rows an event resolved."""
+however the rows lie: written together or interleaved with another newsletter's, with sent
+rows an event resolved (the counts the ledger's triggers keep, digest.report_counts)."""
 
 from __future__ import annotations
 
