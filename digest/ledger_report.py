@@ -80,15 +80,14 @@ def report(session: Session, edition_id: int, max_failures: int = 200) -> Ledger
     resolved: dict[str, int] = {}
     states_of: dict[str, set[str]] = defaultdict(set)
     groups: dict[tuple[str, str, str], int] = defaultdict(int)
-    for segment, variant, state, n, by_event in rows:
+    for segment, variant, state, n, by_event in rows:  # every group has rows
         totals[state] += n
         if by_event:
-            resolved[state] = resolved.get(state, 0) + int(by_event)
+            resolved[state] = resolved.get(state, 0) + by_event
         by_segment[segment or "(all)"][state] += n
         by_variant[variant][state] += n
         states_of[variant].add(state)
-        if n:
-            groups[(segment, variant, state)] += n
+        groups[(segment, variant, state)] += n
     layouts: dict[str, str] = {}
     for variant, states in states_of.items():
         layouts[variant] = _layout(session, mine, variant, states)

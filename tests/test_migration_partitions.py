@@ -93,9 +93,6 @@ def _populate(conn: Connection) -> None:
     )
 
 
-_SENT = ("delivered", "report_sent")  # the delivered counts before migration 0018
-
-
 def _figures(conn: Connection) -> dict[str, object]:
     def rows(sql: str) -> list[tuple[object, ...]]:
         return [tuple(r) for r in conn.execute(text(sql))]
@@ -106,9 +103,10 @@ def _figures(conn: Connection) -> dict[str, object]:
             "ORDER BY 1, 2"
         ),
         "ids": rows("SELECT count(*), sum(id), max(id) FROM deliveries"),
+        # The delivered counts: report_sent's before migration 0018, ledger_counts' after.
         "sent": rows(
-            f"SELECT edition_id, variant, segment, subject, sum({_SENT[0]}) FROM {_SENT[1]} "
-            f"GROUP BY edition_id, variant, segment, subject HAVING sum({_SENT[0]}) <> 0 "
+            "SELECT edition_id, variant, segment, subject, sum(delivered) FROM report_sent "
+            "GROUP BY edition_id, variant, segment, subject HAVING sum(delivered) <> 0 "
             "ORDER BY 1, 2, 3, 4"
         )
         if not inspect(conn).has_table("ledger_counts")

@@ -17,9 +17,9 @@ from digest.clicks import Click, ClickEvent, record
 from digest.config import Config
 from digest.editions import Edition
 from digest.ledger import Delivery, ProviderEvent, apply_provider_event, decode_variant, reopen
+from digest.ledger_model import LedgerCount
 from digest.ledger_report import report as ledger_report
 from digest.report import Report, build_report
-from digest.report_counts import LedgerCount
 from digest.tracking import TrackedLink
 from subscribers.models import Subscriber
 from tests.clicks_support import send, tracked
@@ -123,7 +123,9 @@ def _as_counted(r: Report, session: Session) -> dict[str, object]:
     }
 
 
-def _ledger_from_scratch(session: Session) -> tuple[dict[tuple[str, str, str], int], dict]:  # type: ignore[type-arg]
+def _ledger_from_scratch(
+    session: Session,
+) -> tuple[dict[tuple[str, str, str], int], dict[str, int]]:
     """`sends report`'s cross tab and resolved-by-event counts, counted from the rows."""
     groups = session.execute(
         select(Delivery.segment, Delivery.variant, Delivery.state, func.count()).group_by(
@@ -135,7 +137,7 @@ def _ledger_from_scratch(session: Session) -> tuple[dict[tuple[str, str, str], i
         .where(Delivery.last_error.like("%resolved by % event %"))
         .group_by(Delivery.state)
     ).all()
-    return {(g, v, st): n for g, v, st, n in groups}, dict(resolved)  # type: ignore[misc]
+    return {(g, v, st): int(n) for g, v, st, n in groups}, {st: int(n) for st, n in resolved}
 
 
 def _check(config: Config, sessions: sessionmaker[Session]) -> Report:
